@@ -1,0 +1,546 @@
+//! Configuration: the `gateway.toml` file, parsed strictly.
+//!
+//! Every table rejects unknown keys (the error names the key, the line and the
+//! keys that are allowed), and every value that has a syntax of its own — listen
+//! addresses, serial and VNC targets, instance ids — is parsed here, so that the
+//! rest of the gateway only ever sees valid settings. Relative paths are
+//! resolved against the directory holding the config file.
+//!
+//! This module touches nothing but the file system (to read the file).
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The TOML did not parse, or a key or value was not allowed.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, which names the key, its line and what is allowed.
+        message: String,
+    },
+    /// The file parsed, but its settings do not fit together.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+}
+
+/// The whole gateway configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where host keys and the SQLite database live.
+    pub data_dir: PathBuf,
+    /// The SSH data plane.
+    pub ssh: SshConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// The instances whose consoles the gateway serves.
+    pub instances: Vec<InstanceConfig>,
+}
+
+/// `[ssh]`: the SSH listener and what connection strings advertise.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SshConfig {
+    /// Address the SSH listener binds (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// Host name written into connection strings.
+    pub public_host: String,
+    /// Port written into connection strings; defaults to the listen port.
+    pub public_port: Option<u16>,
+    /// Most simultaneous SSH connections; further clients wait in the kernel backlog.
+    pub max_connections: usize,
+    /// Seconds a client has to finish key exchange and authentication.
+    pub handshake_timeout_secs: u64,
+    /// Seconds between checks that a session's connection record is still ACTIVE.
+    pub revalidate_interval_secs: u64,
+    /// Seconds between SSH keepalives to an idle client (0 disables them).
+    pub keepalive_interval_secs: u64,
+}
+
+impl Default for SshConfig {
+    fn default() -> Self {
+        SshConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 2222)),
+            public_host: "127.0.0.1".to_owned(),
+            public_port: None,
+            max_connections: 1024,
+            handshake_timeout_secs: 30,
+            revalidate_interval_secs: 2,
+            keepalive_interval_secs: 30,
+        }
+    }
+}
+
+impl SshConfig {
+    /// The port connection strings use.
+    pub fn advertised_port(&self) -> u16 {
+        self.public_port.unwrap_or(self.listen.port())
+    }
+
+    /// How long a client may take to authenticate.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.handshake_timeout_secs)
+    }
+
+    /// How often live sessions re-read their connection record.
+    pub fn revalidate_interval(&self) -> Duration {
+        Duration::from_secs(self.revalidate_interval_secs)
+    }
+}
+
+/// `[log]`: how the gateway writes its log.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` (human readable) or `json` (one object a line).
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `consolegate=debug,russh=warn`;
+    /// the `RUST_LOG` environment variable overrides it.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// One `[[instance]]`: a machine whose console the gateway serves.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceConfig {
+    /// The instance id users name in connection strings (letters, digits, `.`, `_`, `-`).
+    pub id: String,
+    /// A human-friendly name shown in the banner.
+    #[serde(default)]
+    pub display_name: Option<String>,
+    /// The compartment (tenant) the instance belongs to.
+    #[serde(default = "default_compartment")]
+    pub compartment: String,
+    /// The serial console.
+    pub serial: SerialTarget,
+    /// The VNC display, if any.
+    #[serde(default)]
+    pub vnc: Option<VncTarget>,
+}
+
+fn default_compartment() -> String {
+    "default".to_owned()
+}
+
+impl InstanceConfig {
+    /// The name shown to users: the display name, or the id.
+    pub fn name(&self) -> &str {
+        self.display_name.as_deref().unwrap_or(&self.id)
+    }
+}
+
+/// The file as written; turned into [`Config`] by [`Config::from_toml`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default = "default_data_dir")]
+    data_dir: PathBuf,
+    #[serde(default)]
+    ssh: SshConfig,
+    #[serde(default)]
+    log: LogConfig,
+    #[serde(default)]
+    instance: Vec<InstanceConfig>,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("data")
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::from_toml(&text, path, base)
+    }
+
+    /// Parses and validates config text; `origin` names it in errors and
+    /// relative paths are resolved against `base`.
+    pub fn from_toml(text: &str, origin: &Path, base: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        let invalid = |message: String| ConfigError::Invalid {
+            path: origin.to_owned(),
+            message,
+        };
+        let mut seen = HashSet::new();
+        for instance in &raw.instance {
+            validate_instance_id(&instance.id)
+                .map_err(|m| invalid(format!("[[instance]] id: {m}")))?;
+            if !seen.insert(instance.id.as_str()) {
+                return Err(invalid(format!(
+                    "[[instance]] id `{}` appears twice; instance ids must be unique",
+                    instance.id
+                )));
+            }
+            if instance.compartment.is_empty() || instance.compartment.len() > 255 {
+                return Err(invalid(format!(
+                    "[[instance]] `{}`: compartment must be 1 to 255 characters",
+                    instance.id
+                )));
+            }
+        }
+        let ssh = &raw.ssh;
+        if !is_valid_host(&ssh.public_host) {
+            return Err(invalid(format!(
+                "[ssh] public_host `{}` is not a host name or IP address",
+                ssh.public_host
+            )));
+        }
+        if ssh.public_port == Some(0) {
+            return Err(invalid(
+                "[ssh] public_port must be between 1 and 65535".into(),
+            ));
+        }
+        if ssh.max_connections == 0 {
+            return Err(invalid("[ssh] max_connections must be at least 1".into()));
+        }
+        if ssh.handshake_timeout_secs == 0 || ssh.revalidate_interval_secs == 0 {
+            return Err(invalid(
+                "[ssh] handshake_timeout_secs and revalidate_interval_secs must be at least 1"
+                    .into(),
+            ));
+        }
+        let data_dir = if raw.data_dir.is_absolute() {
+            raw.data_dir
+        } else {
+            base.join(raw.data_dir)
+        };
+        Ok(Config {
+            data_dir,
+            ssh: raw.ssh,
+            log: raw.log,
+            instances: raw.instance,
+        })
+    }
+
+    /// The instance with this id.
+    pub fn instance(&self, id: &str) -> Option<&InstanceConfig> {
+        self.instances.iter().find(|i| i.id == id)
+    }
+
+    /// The SQLite database file.
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("consolegate.db")
+    }
+}
+
+/// Instance ids end up in shell command lines and `known_hosts`, so they are
+/// restricted to characters that need no quoting anywhere.
+pub fn validate_instance_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > 255 {
+        return Err("must be 1 to 255 characters".into());
+    }
+    if id.starts_with(['-', '.']) {
+        return Err(format!("`{id}` must not start with `-` or `.`"));
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "`{id}` contains {c:?}; allowed are letters, digits, `.`, `_` and `-`"
+        ));
+    }
+    Ok(())
+}
+
+fn is_valid_host(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 253
+        && !host.starts_with('-')
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '_'))
+}
+
+/// Where an instance's serial console is reached (`serial = "…"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SerialTarget {
+    /// `unix:/path`: a Unix socket, e.g. QEMU `-chardev socket,path=…,server=on,wait=off`.
+    Unix(PathBuf),
+    /// `tcp:host:port`: a raw TCP socket.
+    Tcp(String, u16),
+    /// `telnet:host:port`: a telnet server (QEMU `telnet:` chardev, ser2net); break as IAC BRK.
+    Telnet(String, u16),
+    /// `/dev/ttyS0@115200`: a local serial line at a baud rate.
+    Device(PathBuf, u32),
+    /// `pty:/dev/pts/N`: the slave side of a pseudo-terminal (libvirt `<serial type='pty'>`).
+    Pty(PathBuf),
+    /// `simulator`: the built-in demo machine.
+    Simulator,
+}
+
+const SERIAL_FORMS: &str = "expected one of `simulator`, `unix:/path`, `tcp:host:port`, \
+     `telnet:host:port`, `pty:/dev/pts/N` or `/dev/ttyXXX@baud` (e.g. `/dev/ttyS0@115200`)";
+
+impl FromStr for SerialTarget {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "simulator" {
+            return Ok(SerialTarget::Simulator);
+        }
+        if let Some(path) = s.strip_prefix("unix:") {
+            return Ok(SerialTarget::Unix(parse_path(path, s)?));
+        }
+        if let Some(rest) = s.strip_prefix("tcp:") {
+            let (host, port) = parse_host_port(rest, s)?;
+            return Ok(SerialTarget::Tcp(host, port));
+        }
+        if let Some(rest) = s.strip_prefix("telnet:") {
+            let (host, port) = parse_host_port(rest, s)?;
+            return Ok(SerialTarget::Telnet(host, port));
+        }
+        if let Some(path) = s.strip_prefix("pty:") {
+            return Ok(SerialTarget::Pty(parse_path(path, s)?));
+        }
+        if s.starts_with('/') {
+            let Some((path, baud)) = s.rsplit_once('@') else {
+                return Err(format!(
+                    "serial device `{s}` needs a baud rate, e.g. `{s}@115200`"
+                ));
+            };
+            let baud: u32 = baud
+                .parse()
+                .ok()
+                .filter(|b| (50..=4_000_000).contains(b))
+                .ok_or_else(|| {
+                    format!("baud rate `{baud}` in `{s}` must be a number from 50 to 4000000")
+                })?;
+            return Ok(SerialTarget::Device(parse_path(path, s)?, baud));
+        }
+        Err(format!(
+            "serial target `{s}` is not understood; {SERIAL_FORMS}"
+        ))
+    }
+}
+
+impl fmt::Display for SerialTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SerialTarget::Unix(p) => write!(f, "unix:{}", p.display()),
+            SerialTarget::Tcp(h, p) => write!(f, "tcp:{}", host_port(h, *p)),
+            SerialTarget::Telnet(h, p) => write!(f, "telnet:{}", host_port(h, *p)),
+            SerialTarget::Device(p, b) => write!(f, "{}@{b}", p.display()),
+            SerialTarget::Pty(p) => write!(f, "pty:{}", p.display()),
+            SerialTarget::Simulator => f.write_str("simulator"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for SerialTarget {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Where an instance's VNC display is reached (`vnc = "…"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VncTarget {
+    /// `tcp:host:port`, e.g. QEMU `-vnc 127.0.0.1:1` is `tcp:127.0.0.1:5901`.
+    Tcp(String, u16),
+    /// `unix:/path`, e.g. QEMU `-vnc unix:/run/vm.vnc`.
+    Unix(PathBuf),
+}
+
+impl FromStr for VncTarget {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            return Ok(VncTarget::Unix(parse_path(path, s)?));
+        }
+        if let Some(rest) = s.strip_prefix("tcp:") {
+            let (host, port) = parse_host_port(rest, s)?;
+            return Ok(VncTarget::Tcp(host, port));
+        }
+        Err(format!(
+            "VNC target `{s}` is not understood; expected `tcp:host:port` or `unix:/path`"
+        ))
+    }
+}
+
+impl fmt::Display for VncTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            VncTarget::Tcp(h, p) => write!(f, "tcp:{}", host_port(h, *p)),
+            VncTarget::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for VncTarget {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+fn parse_path(path: &str, whole: &str) -> Result<PathBuf, String> {
+    if path.is_empty() {
+        return Err(format!("`{whole}` has an empty path"));
+    }
+    Ok(PathBuf::from(path))
+}
+
+/// Parses `host:port` or `[v6addr]:port`.
+fn parse_host_port(rest: &str, whole: &str) -> Result<(String, u16), String> {
+    let Some((host, port)) = rest.rsplit_once(':') else {
+        return Err(format!(
+            "`{whole}` needs a port, as in `tcp:127.0.0.1:4555`"
+        ));
+    };
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if host.is_empty() || !is_valid_host(host) {
+        return Err(format!("`{whole}` has no valid host before the port"));
+    }
+    let port: u16 =
+        port.parse().ok().filter(|p| *p != 0).ok_or_else(|| {
+            format!("port `{port}` in `{whole}` must be a number from 1 to 65535")
+        })?;
+    Ok((host.to_owned(), port))
+}
+
+fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, Path::new("test.toml"), Path::new("/etc/cg"))
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.ssh.listen.to_string(), "127.0.0.1:2222");
+        assert_eq!(c.ssh.advertised_port(), 2222);
+        assert_eq!(c.data_dir, PathBuf::from("/etc/cg/data"));
+        assert!(c.instances.is_empty());
+    }
+
+    #[test]
+    fn every_serial_form_parses_and_round_trips() {
+        for s in [
+            "simulator",
+            "unix:/run/vm.sock",
+            "tcp:127.0.0.1:4555",
+            "tcp:[::1]:4555",
+            "telnet:console.example:7001",
+            "/dev/ttyS0@115200",
+            "pty:/dev/pts/7",
+        ] {
+            let t: SerialTarget = s.parse().unwrap();
+            assert_eq!(t.to_string(), s);
+        }
+    }
+
+    #[test]
+    fn bad_serial_values_say_what_is_allowed() {
+        let e = "ftp:host:1".parse::<SerialTarget>().unwrap_err();
+        assert!(e.contains("telnet:host:port"), "{e}");
+        let e = "/dev/ttyS0".parse::<SerialTarget>().unwrap_err();
+        assert!(e.contains("baud"), "{e}");
+        let e = "/dev/ttyS0@fast".parse::<SerialTarget>().unwrap_err();
+        assert!(e.contains("fast"), "{e}");
+        let e = "tcp:host:70000".parse::<SerialTarget>().unwrap_err();
+        assert!(e.contains("70000"), "{e}");
+        let e = "tcp:host".parse::<SerialTarget>().unwrap_err();
+        assert!(e.contains("port"), "{e}");
+        assert!("unix:".parse::<SerialTarget>().is_err());
+        assert!("vnc:x".parse::<VncTarget>().is_err());
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let e = parse("[ssh]\nlisten = \"127.0.0.1:1\"\nlisten_port = 3\n").unwrap_err();
+        let m = e.to_string();
+        assert!(m.contains("listen_port"), "{m}");
+        assert!(m.contains("line 3"), "{m}");
+        let e =
+            parse("[[instance]]\nid = \"a\"\nserial = \"simulator\"\ncolour = 1\n").unwrap_err();
+        assert!(e.to_string().contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn bad_instance_ids_and_duplicates_are_refused() {
+        let e = parse("[[instance]]\nid = \"a b\"\nserial = \"simulator\"\n").unwrap_err();
+        assert!(e.to_string().contains("allowed are"), "{e}");
+        let e = parse(
+            "[[instance]]\nid = \"a\"\nserial = \"simulator\"\n[[instance]]\nid = \"a\"\nserial = \"simulator\"\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("twice"), "{e}");
+        let e = parse("[[instance]]\nid = \"-o\"\nserial = \"simulator\"\n").unwrap_err();
+        assert!(e.to_string().contains("must not start"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        let e = parse("[log]\nformat = \"xml\"\n").unwrap_err();
+        assert!(e.to_string().contains("xml"), "{e}");
+        let e = parse("[ssh]\npublic_host = \"a b\"\n").unwrap_err();
+        assert!(e.to_string().contains("public_host"), "{e}");
+        let e = parse("[ssh]\nlisten = \"nowhere\"\n").unwrap_err();
+        assert!(e.to_string().contains("listen"), "{e}");
+    }
+}

@@ -1,0 +1,248 @@
+//! Console connections: the stored record and the resource users see.
+//!
+//! A [`ConnectionRecord`] is what the store keeps. [`ConnectionView`] is the
+//! `InstanceConsoleConnection` resource of the OCI API (the seed's shape, plus
+//! the inner hop's fingerprint and ready-made `known_hosts` lines), built from a
+//! record and the gateway's [`Endpoint`] facts. Connection strings are made
+//! here and nowhere else.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::Serialize;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// Free-form tags: string keys and values.
+pub type FreeformTags = BTreeMap<String, String>;
+/// Defined tags: namespace → key → value.
+pub type DefinedTags = BTreeMap<String, BTreeMap<String, serde_json::Value>>;
+
+/// The lifecycle of a console connection.
+///
+/// consolegate writes a record as ACTIVE in one step (it is usable the moment
+/// it is returned); deletion moves it to DELETED. CREATING, DELETING and FAILED
+/// exist because the OCI resource defines them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum LifecycleState {
+    /// Being set up.
+    Creating,
+    /// Usable.
+    Active,
+    /// Being torn down; no longer usable.
+    Deleting,
+    /// Gone; kept readable for a while.
+    Deleted,
+    /// Could not be set up.
+    Failed,
+}
+
+impl LifecycleState {
+    /// The OCI spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LifecycleState::Creating => "CREATING",
+            LifecycleState::Active => "ACTIVE",
+            LifecycleState::Deleting => "DELETING",
+            LifecycleState::Deleted => "DELETED",
+            LifecycleState::Failed => "FAILED",
+        }
+    }
+}
+
+impl fmt::Display for LifecycleState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for LifecycleState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "CREATING" => LifecycleState::Creating,
+            "ACTIVE" => LifecycleState::Active,
+            "DELETING" => LifecycleState::Deleting,
+            "DELETED" => LifecycleState::Deleted,
+            "FAILED" => LifecycleState::Failed,
+            other => return Err(format!("unknown lifecycle state `{other}`")),
+        })
+    }
+}
+
+/// A console connection as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnectionRecord {
+    /// Unguessable id; the outer hop's SSH user name.
+    pub id: String,
+    /// The instance's compartment.
+    pub compartment_id: String,
+    /// The instance.
+    pub instance_id: String,
+    /// Lifecycle state.
+    pub lifecycle_state: LifecycleState,
+    /// The registered client key, `<type> <base64>`.
+    pub public_key: String,
+    /// Its `SHA256:` fingerprint.
+    pub fingerprint: String,
+    /// Free-form tags.
+    pub freeform_tags: FreeformTags,
+    /// Defined tags.
+    pub defined_tags: DefinedTags,
+    /// When it was created.
+    pub time_created: OffsetDateTime,
+}
+
+/// What the gateway tells users about where and how to connect.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// Host name in connection strings.
+    pub public_host: String,
+    /// Port in connection strings.
+    pub public_port: u16,
+    /// The outer hop's host keys (public halves).
+    pub service_host_keys: Vec<russh::keys::PublicKey>,
+}
+
+impl Endpoint {
+    /// `ProxyCommand` value reaching the gateway as this connection.
+    fn proxy_command(&self, connection_id: &str) -> String {
+        format!(
+            "ssh -W %h:%p -p {} {connection_id}@{}",
+            self.public_port, self.public_host
+        )
+    }
+
+    /// The serial console command line.
+    pub fn connection_string(&self, connection_id: &str, instance_id: &str) -> String {
+        format!(
+            "ssh -o ProxyCommand='{}' {instance_id}",
+            self.proxy_command(connection_id)
+        )
+    }
+
+    /// The VNC tunnel command line.
+    pub fn vnc_connection_string(&self, connection_id: &str, instance_id: &str) -> String {
+        format!(
+            "ssh -o ProxyCommand='{}' -N -L localhost:5900:{instance_id}:5900 {instance_id}",
+            self.proxy_command(connection_id)
+        )
+    }
+}
+
+/// The `InstanceConsoleConnection` resource.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionView {
+    /// Connection id.
+    pub id: String,
+    /// Compartment.
+    pub compartment_id: String,
+    /// Instance.
+    pub instance_id: String,
+    /// Lifecycle state.
+    pub lifecycle_state: LifecycleState,
+    /// Fingerprint of the registered client key.
+    pub fingerprint: String,
+    /// Fingerprint of the gateway's (outer hop's) host key.
+    pub service_host_key_fingerprint: String,
+    /// Fingerprint of the instance's (inner hop's) host key.
+    pub instance_host_key_fingerprint: String,
+    /// Serial console command line.
+    pub connection_string: String,
+    /// VNC tunnel command line.
+    pub vnc_connection_string: String,
+    /// Lines to append to `~/.ssh/known_hosts` so both hops verify.
+    pub known_hosts: Vec<String>,
+    /// Free-form tags.
+    pub freeform_tags: FreeformTags,
+    /// Defined tags.
+    pub defined_tags: DefinedTags,
+    /// RFC 3339 creation time.
+    pub time_created: String,
+}
+
+impl ConnectionView {
+    /// Builds the resource for `record`, whose instance presents `instance_key`.
+    pub fn new(
+        record: &ConnectionRecord,
+        endpoint: &Endpoint,
+        instance_key: &russh::keys::PublicKey,
+    ) -> ConnectionView {
+        let mut known_hosts: Vec<String> = endpoint
+            .service_host_keys
+            .iter()
+            .map(|k| crate::keys::known_hosts_line(&endpoint.public_host, endpoint.public_port, k))
+            .collect();
+        known_hosts.push(crate::keys::known_hosts_line(
+            &record.instance_id,
+            22,
+            instance_key,
+        ));
+        ConnectionView {
+            id: record.id.clone(),
+            compartment_id: record.compartment_id.clone(),
+            instance_id: record.instance_id.clone(),
+            lifecycle_state: record.lifecycle_state,
+            fingerprint: record.fingerprint.clone(),
+            service_host_key_fingerprint: endpoint
+                .service_host_keys
+                .first()
+                .map(crate::keys::fingerprint)
+                .unwrap_or_default(),
+            instance_host_key_fingerprint: crate::keys::fingerprint(instance_key),
+            connection_string: endpoint.connection_string(&record.id, &record.instance_id),
+            vnc_connection_string: endpoint.vnc_connection_string(&record.id, &record.instance_id),
+            known_hosts,
+            freeform_tags: record.freeform_tags.clone(),
+            defined_tags: record.defined_tags.clone(),
+            time_created: format_time(record.time_created),
+        }
+    }
+}
+
+/// RFC 3339 with millisecond precision, as OCI prints times.
+pub fn format_time(t: OffsetDateTime) -> String {
+    let t = t
+        .replace_nanosecond(t.millisecond() as u32 * 1_000_000)
+        .unwrap_or(t);
+    t.format(&Rfc3339).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_strings_have_the_seed_shape() {
+        let e = Endpoint {
+            public_host: "gw.example".into(),
+            public_port: 2222,
+            service_host_keys: vec![],
+        };
+        assert_eq!(
+            e.connection_string("ocid1.x..abc", "vm1"),
+            "ssh -o ProxyCommand='ssh -W %h:%p -p 2222 ocid1.x..abc@gw.example' vm1"
+        );
+        assert_eq!(
+            e.vnc_connection_string("ocid1.x..abc", "vm1"),
+            "ssh -o ProxyCommand='ssh -W %h:%p -p 2222 ocid1.x..abc@gw.example' -N -L localhost:5900:vm1:5900 vm1"
+        );
+    }
+
+    #[test]
+    fn lifecycle_states_round_trip() {
+        for s in ["CREATING", "ACTIVE", "DELETING", "DELETED", "FAILED"] {
+            assert_eq!(s.parse::<LifecycleState>().unwrap().as_str(), s);
+        }
+        assert!("active".parse::<LifecycleState>().is_err());
+    }
+
+    #[test]
+    fn times_are_rfc3339_with_milliseconds() {
+        let t = OffsetDateTime::from_unix_timestamp_nanos(1_700_000_000_123_456_789).unwrap();
+        assert_eq!(format_time(t), "2023-11-14T22:13:20.123Z");
+    }
+}

@@ -1,0 +1,18 @@
+//! Consoles: what sits between an SSH session and a machine's serial line.
+//!
+//! - [`backend`]: connecting to a serial target (unix, tcp, telnet, serial
+//!   device, pty, the simulator) and sending a break over it.
+//! - [`hub`]: one [`hub::ConsoleHub`] per instance owns the backend connection
+//!   and fans its output out to every attached session.
+//! - [`escape`]: the in-band escape commands typed at the start of a line.
+//! - [`telnet`]: the telnet protocol state machine used by `telnet:` targets.
+//! - [`simulator`]: the built-in demo machine (`serial = "simulator"`).
+//!
+//! Nothing here knows about SSH: sessions see a hub as a stream of
+//! [`hub::ConsoleEvent`]s and a sender for input.
+
+pub mod backend;
+pub mod escape;
+pub mod hub;
+pub mod simulator;
+pub mod telnet;

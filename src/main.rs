@@ -1,0 +1,200 @@
+//! The `consolegate` command: parses arguments and calls into the library.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use consolegate::cli::Context;
+use consolegate::config::{Config, LogFormat};
+use consolegate::connection::LifecycleState;
+use consolegate::store::ConnectionFilter;
+use tokio_util::sync::CancellationToken;
+
+/// SSH serial-console gateway for virtual machines.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// The gateway config file.
+    #[arg(long, short, global = true, default_value = "gateway.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// Log format, overriding the config's [log] format.
+        #[arg(long, value_parser = ["text", "json"])]
+        log_format: Option<String>,
+    },
+    /// Validate a config file; exits non-zero on any problem.
+    Check,
+    /// Manage console connections.
+    #[command(subcommand)]
+    Connection(ConnectionCommand),
+}
+
+#[derive(Subcommand)]
+enum ConnectionCommand {
+    /// Register a public key for an instance's console; prints the connection.
+    Create {
+        /// Instance id (as in gateway.toml).
+        #[arg(long)]
+        instance: String,
+        /// OpenSSH public key file (e.g. ~/.ssh/id_ed25519.pub).
+        #[arg(long)]
+        public_key_file: PathBuf,
+        /// Free-form tag, key=value (repeatable).
+        #[arg(long = "freeform-tag")]
+        freeform_tags: Vec<String>,
+    },
+    /// List console connections.
+    List {
+        /// Only this instance.
+        #[arg(long)]
+        instance: Option<String>,
+        /// Only this compartment.
+        #[arg(long)]
+        compartment: Option<String>,
+        /// Only this lifecycle state (ACTIVE, DELETED, ...).
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// Show one console connection.
+    Get {
+        /// Connection id.
+        id: String,
+    },
+    /// Delete a console connection; its live sessions end.
+    Delete {
+        /// Connection id.
+        id: String,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = Config::load(&cli.config)?;
+    match cli.command {
+        Command::Check => {
+            print!("{}", consolegate::cli::summarize(&config));
+            Ok(())
+        }
+        Command::Serve { log_format } => serve(config, log_format).await,
+        Command::Connection(command) => connection(config, command).await,
+    }
+}
+
+async fn serve(config: Config, log_format: Option<String>) -> anyhow::Result<()> {
+    let format = match log_format.as_deref() {
+        Some("json") => LogFormat::Json,
+        Some(_) => LogFormat::Text,
+        None => config.log.format,
+    };
+    init_logging(format, &config.log.level)?;
+    let listener = consolegate::gateway::bind(&config).await?;
+    let shutdown = CancellationToken::new();
+    let trigger = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        trigger.cancel();
+    });
+    consolegate::gateway::run(config, listener, shutdown).await?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn init_logging(format: LogFormat, level: &str) -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .with_context(|| format!("[log] level `{level}` is not a valid filter"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+    Ok(())
+}
+
+async fn connection(config: Config, command: ConnectionCommand) -> anyhow::Result<()> {
+    let ctx = Context::open(config).await?;
+    let json = match command {
+        ConnectionCommand::Create {
+            instance,
+            public_key_file,
+            freeform_tags,
+        } => {
+            let key = read_key_file(&public_key_file)?;
+            serde_json::to_string_pretty(&ctx.create(&instance, &key, &freeform_tags).await?)?
+        }
+        ConnectionCommand::List {
+            instance,
+            compartment,
+            state,
+        } => {
+            let lifecycle_state = state
+                .map(|s| s.to_ascii_uppercase().parse::<LifecycleState>())
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
+            let filter = ConnectionFilter {
+                compartment_id: compartment,
+                instance_id: instance,
+                lifecycle_state,
+            };
+            serde_json::to_string_pretty(&ctx.list(&filter).await?)?
+        }
+        ConnectionCommand::Get { id } => serde_json::to_string_pretty(&ctx.get(&id).await?)?,
+        ConnectionCommand::Delete { id } => serde_json::to_string_pretty(&ctx.delete(&id).await?)?,
+    };
+    println!("{json}");
+    Ok(())
+}
+
+fn read_key_file(path: &std::path::Path) -> anyhow::Result<String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("cannot read public key file {}", path.display()))?;
+    let mut text = String::new();
+    // A public key is a few KiB at most; do not read a huge file whole.
+    file.take(consolegate::keys::MAX_PUBLIC_KEY_LEN as u64 + 1)
+        .read_to_string(&mut text)
+        .with_context(|| format!("public key file {} is not text", path.display()))?;
+    Ok(text)
+}

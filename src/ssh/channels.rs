@@ -1,0 +1,157 @@
+//! What the outer and inner hops share: checking a key against a connection
+//! record, and opening console sessions and VNC tunnels for an authorised
+//! connection.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use russh::Channel;
+use russh::keys::PublicKey;
+use russh::server::{ChannelOpenHandle, Msg, Session};
+use russh::{ChannelId, ChannelOpenFailure};
+use tokio::task::JoinSet;
+
+use super::SshContext;
+use crate::config::InstanceConfig;
+use crate::connection::LifecycleState;
+
+/// Most channels one SSH connection may have open at once.
+pub(super) const MAX_CHANNELS: usize = 16;
+
+/// A connection that passed public-key authentication.
+#[derive(Debug, Clone)]
+pub(super) struct Authorized {
+    pub connection_id: String,
+    pub fingerprint: String,
+    pub instance: InstanceConfig,
+    pub peer: SocketAddr,
+}
+
+/// Why a key was refused (for the log; the client only hears "no").
+pub(super) async fn authorize(
+    ctx: &SshContext,
+    connection_id: &str,
+    key: &PublicKey,
+    peer: SocketAddr,
+) -> Result<Authorized, String> {
+    if !crate::ids::looks_like_connection_id(connection_id) {
+        return Err("user name is not a connection id".into());
+    }
+    let record = match ctx.store.get_connection(connection_id).await {
+        Ok(Some(r)) => r,
+        Ok(None) => return Err("no such console connection".into()),
+        Err(e) => return Err(format!("store error: {e}")),
+    };
+    if record.lifecycle_state != LifecycleState::Active {
+        return Err(format!("console connection is {}", record.lifecycle_state));
+    }
+    let fingerprint = crate::keys::fingerprint(key);
+    if fingerprint != record.fingerprint {
+        return Err(format!("key {fingerprint} is not the connection's key"));
+    }
+    let Some(instance) = ctx.config.instance(&record.instance_id) else {
+        return Err(format!(
+            "instance {} is not configured on this gateway",
+            record.instance_id
+        ));
+    };
+    Ok(Authorized {
+        connection_id: record.id,
+        fingerprint,
+        instance: instance.clone(),
+        peer,
+    })
+}
+
+/// Channel tasks of one SSH connection; dropping it stops them all.
+#[derive(Debug, Default)]
+pub(super) struct ChannelTasks {
+    tasks: JoinSet<()>,
+}
+
+impl ChannelTasks {
+    /// Whether another channel may be opened.
+    pub fn has_room(&mut self) -> bool {
+        while self.tasks.try_join_next().is_some() {}
+        self.tasks.len() < MAX_CHANNELS
+    }
+
+    pub fn spawn(&mut self, task: impl Future<Output = ()> + Send + 'static) {
+        self.tasks.spawn(task);
+    }
+}
+
+impl Authorized {
+    /// Accepts a session channel and attaches it to the console once the
+    /// client asks for a shell.
+    pub async fn open_console(
+        &self,
+        ctx: &Arc<SshContext>,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        tasks: &mut ChannelTasks,
+        hop: &'static str,
+    ) {
+        let Some(hub) = ctx.hubs.get(&self.instance.id).cloned() else {
+            reply.reject(ChannelOpenFailure::ConnectFailed).await;
+            return;
+        };
+        if !tasks.has_room() {
+            reply.reject(ChannelOpenFailure::ResourceShortage).await;
+            return;
+        }
+        reply.accept().await;
+        let me = self.clone();
+        tasks.spawn(super::console_session::serve(channel, hub, me, hop));
+    }
+
+    /// Opens the instance's VNC target for a `direct-tcpip` channel.
+    pub async fn open_vnc(
+        &self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        tasks: &mut ChannelTasks,
+    ) {
+        let Some(target) = self.instance.vnc.clone() else {
+            tracing::info!(connection = %self.connection_id, instance = %self.instance.id,
+                "VNC requested but the instance has no VNC target");
+            reply.reject(ChannelOpenFailure::ConnectFailed).await;
+            return;
+        };
+        if !tasks.has_room() {
+            reply.reject(ChannelOpenFailure::ResourceShortage).await;
+            return;
+        }
+        let connection = self.connection_id.clone();
+        tasks.spawn(super::tunnel::forward_vnc(
+            channel, reply, target, connection,
+        ));
+    }
+
+    /// Refuses a channel to anywhere else, and logs the attempt.
+    pub async fn refuse(&self, reply: ChannelOpenHandle, what: &str, hop: &str) {
+        tracing::warn!(
+            connection = %self.connection_id,
+            peer = %self.peer,
+            hop,
+            target = what,
+            "refused channel: only the instance's console and VNC display are reachable"
+        );
+        reply
+            .reject(ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
+    }
+}
+
+/// Answers a channel request that needs an explicit reply.
+pub(super) fn answer(
+    session: &mut Session,
+    channel: ChannelId,
+    ok: bool,
+) -> Result<(), russh::Error> {
+    if ok {
+        session.channel_success(channel)
+    } else {
+        session.channel_failure(channel)
+    }
+}

@@ -1,0 +1,198 @@
+//! The inner hop: a nested SSH server per instance, run over the outer hop's
+//! `direct-tcpip` channel to `<instance-id>:22`.
+//!
+//! It presents the instance's own host key (persisted in the store), so
+//! `known_hosts` pins each instance, and requires the same client key as the
+//! outer hop. The user name is not used. Its session channel is the console;
+//! `direct-tcpip` to `<instance-id>:5900` or `localhost:5900` is the VNC
+//! target; nothing else is reachable.
+
+use std::sync::Arc;
+
+use russh::server::{
+    Auth, ChannelOpenHandle, Config, Handler, Msg, PublicKeyOffer, Session, VerifiedPublicKey,
+};
+use russh::{Channel, ChannelId};
+
+use super::SshContext;
+use super::channels::{Authorized, ChannelTasks, answer};
+use super::outer::{VNC_PORT, publickey_only, truncate};
+
+/// Runs the inner server over `channel` until the client leaves.
+pub(super) async fn serve(
+    ctx: Arc<SshContext>,
+    config: Arc<Config>,
+    channel: Channel<Msg>,
+    outer: Authorized,
+) {
+    let connection = outer.connection_id.clone();
+    let handler = InnerHandler {
+        ctx: ctx.clone(),
+        outer,
+        authenticated: false,
+        tasks: ChannelTasks::default(),
+    };
+    let handshake = ctx.config.ssh.handshake_timeout();
+    let session = match tokio::time::timeout(
+        handshake,
+        russh::server::run_stream(config, channel.into_stream(), handler),
+    )
+    .await
+    {
+        Ok(Ok(session)) => session,
+        Ok(Err(e)) => {
+            tracing::debug!(%connection, error = %e, "inner SSH handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%connection, "inner SSH handshake timed out");
+            return;
+        }
+    };
+    if let Err(e) = session.await {
+        tracing::debug!(%connection, error = %e, "inner SSH session ended");
+    }
+}
+
+struct InnerHandler {
+    ctx: Arc<SshContext>,
+    outer: Authorized,
+    authenticated: bool,
+    tasks: ChannelTasks,
+}
+
+impl InnerHandler {
+    fn same_key(&self, key: &russh::keys::PublicKey) -> bool {
+        crate::keys::fingerprint(key) == self.outer.fingerprint
+    }
+}
+
+impl Handler for InnerHandler {
+    type Error = russh::Error;
+
+    async fn auth_none(&mut self, _user: &str) -> Result<Auth, Self::Error> {
+        Ok(publickey_only())
+    }
+
+    async fn auth_publickey_offered(
+        &mut self,
+        _user: &str,
+        offer: PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        Ok(if self.same_key(offer.public_key) {
+            Auth::Accept
+        } else {
+            publickey_only()
+        })
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        _user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        if self.same_key(key.public_key) {
+            self.authenticated = true;
+            Ok(Auth::Accept)
+        } else {
+            tracing::warn!(
+                connection = %self.outer.connection_id,
+                peer = %self.outer.peer,
+                fingerprint = %crate::keys::fingerprint(key.public_key),
+                "inner hop refused a key that is not the connection's key"
+            );
+            Ok(publickey_only())
+        }
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if self.authenticated {
+            self.outer
+                .open_console(&self.ctx, channel, reply, &mut self.tasks, "inner")
+                .await;
+        }
+        Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host: &str,
+        port: u32,
+        _originator: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if !self.authenticated {
+            return Ok(());
+        }
+        let to_instance = host == self.outer.instance.id || host == "localhost";
+        if to_instance && port == VNC_PORT {
+            self.outer.open_vnc(channel, reply, &mut self.tasks).await;
+        } else {
+            self.outer
+                .refuse(reply, &format!("{}:{port}", truncate(host)), "inner")
+                .await;
+        }
+        Ok(())
+    }
+
+    async fn channel_open_direct_streamlocal(
+        &mut self,
+        _channel: Channel<Msg>,
+        socket_path: &str,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.outer
+            .refuse(reply, &truncate(socket_path), "inner")
+            .await;
+        Ok(())
+    }
+
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        _term: &str,
+        _cols: u32,
+        _rows: u32,
+        _pix_w: u32,
+        _pix_h: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        answer(session, channel, true)
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        answer(session, channel, true)
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        _data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        answer(session, channel, false)
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        _name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        answer(session, channel, false)
+    }
+}

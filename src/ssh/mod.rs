@@ -1,0 +1,277 @@
+//! The SSH data plane.
+//!
+//! - this file: the accept loop, per-connection supervision (handshake
+//!   deadline, periodic re-validation of the connection record, shutdown) and
+//!   the russh configurations;
+//! - [`outer`]: the gateway's own SSH server (user = connection id);
+//! - [`inner`]: the nested per-instance SSH server reached through
+//!   `direct-tcpip` to `<instance-id>:22`;
+//! - [`channels`]: what both hops share: authorising a key against a record
+//!   and routing session and `direct-tcpip` channels;
+//! - [`console_session`]: a session channel attached to a console hub;
+//! - [`tunnel`]: `direct-tcpip` to the instance's VNC target.
+//!
+//! The gateway is never an open proxy: the only places a channel can lead are
+//! the record's instance console and its configured VNC target.
+
+mod channels;
+mod console_session;
+mod inner;
+mod outer;
+mod tunnel;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use russh::keys::{Algorithm, HashAlg, PrivateKey};
+use russh::server::Config as RusshConfig;
+use russh::{MethodKind, MethodSet, Preferred, SshId};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, oneshot};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::connection::LifecycleState;
+use crate::console::hub::ConsoleHubs;
+use crate::keys::HostKeys;
+use crate::store::Store;
+
+/// How long a closing connection gets to say goodbye at shutdown.
+const GOODBYE_TIME: Duration = Duration::from_secs(3);
+
+/// Everything SSH connections share.
+pub struct SshContext {
+    store: Store,
+    config: Arc<Config>,
+    hubs: ConsoleHubs,
+    outer: Arc<RusshConfig>,
+    inner: HashMap<String, Arc<RusshConfig>>,
+}
+
+impl SshContext {
+    /// Builds the context; `instance_keys` holds each configured instance's inner host key.
+    pub fn new(
+        config: Arc<Config>,
+        store: Store,
+        hubs: ConsoleHubs,
+        host_keys: &HostKeys,
+        instance_keys: HashMap<String, PrivateKey>,
+    ) -> SshContext {
+        let keepalive = match config.ssh.keepalive_interval_secs {
+            0 => None,
+            s => Some(Duration::from_secs(s)),
+        };
+        let outer = Arc::new(russh_config(
+            vec![host_keys.ed25519.clone(), host_keys.rsa.clone()],
+            keepalive,
+        ));
+        let inner = instance_keys
+            .into_iter()
+            .map(|(id, key)| (id, Arc::new(russh_config(vec![key], None))))
+            .collect();
+        SshContext {
+            store,
+            config,
+            hubs,
+            outer,
+            inner,
+        }
+    }
+}
+
+impl std::fmt::Debug for SshContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SshContext").finish_non_exhaustive()
+    }
+}
+
+fn russh_config(keys: Vec<PrivateKey>, keepalive: Option<Duration>) -> RusshConfig {
+    RusshConfig {
+        server_id: SshId::Standard(
+            concat!("SSH-2.0-consolegate_", env!("CARGO_PKG_VERSION")).into(),
+        ),
+        methods: MethodSet::from(&[MethodKind::PublicKey][..]),
+        // OpenSSH opens with a `none` probe: answer it at once, delay real failures.
+        auth_rejection_time: Duration::from_secs(1),
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        max_auth_attempts: 6,
+        keys,
+        // An idle console is normal: never cut it for inactivity; keepalives
+        // (outer hop only) find dead peers instead.
+        inactivity_timeout: None,
+        keepalive_interval: keepalive,
+        keepalive_max: 3,
+        nodelay: true,
+        event_buffer_size: 64,
+        preferred: Preferred {
+            // RSA host keys only with SHA-2 signatures.
+            key: std::borrow::Cow::Owned(vec![
+                Algorithm::Ed25519,
+                Algorithm::Ecdsa {
+                    curve: russh::keys::EcdsaCurve::NistP256,
+                },
+                Algorithm::Ecdsa {
+                    curve: russh::keys::EcdsaCurve::NistP384,
+                },
+                Algorithm::Ecdsa {
+                    curve: russh::keys::EcdsaCurve::NistP521,
+                },
+                Algorithm::Rsa {
+                    hash: Some(HashAlg::Sha512),
+                },
+                Algorithm::Rsa {
+                    hash: Some(HashAlg::Sha256),
+                },
+            ]),
+            ..Preferred::default()
+        },
+        ..RusshConfig::default()
+    }
+}
+
+/// Serves SSH on `listener` until `shutdown` is cancelled, then closes every
+/// connection (each is told why) and returns.
+pub async fn serve(listener: TcpListener, ctx: Arc<SshContext>, shutdown: CancellationToken) {
+    let limit = Arc::new(Semaphore::new(ctx.config.ssh.max_connections));
+    let mut connections = JoinSet::new();
+    loop {
+        // Take the permit before accepting: excess clients wait in the backlog.
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let (socket, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Typically EMFILE: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        while connections.try_join_next().is_some() {}
+        let ctx = ctx.clone();
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            handle_connection(ctx, socket, peer, shutdown).await;
+            drop(permit);
+        });
+    }
+    let drained = tokio::time::timeout(GOODBYE_TIME * 2, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        connections.abort_all();
+    }
+}
+
+async fn handle_connection(
+    ctx: Arc<SshContext>,
+    socket: TcpStream,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) {
+    let _ = socket.set_nodelay(true);
+    let (auth_tx, auth_rx) = oneshot::channel();
+    let handler = outer::OuterHandler::new(ctx.clone(), peer, auth_tx);
+    let deadline = tokio::time::Instant::now() + ctx.config.ssh.handshake_timeout();
+    let session = match tokio::time::timeout_at(
+        deadline,
+        russh::server::run_stream(ctx.outer.clone(), socket, handler),
+    )
+    .await
+    {
+        Ok(Ok(session)) => session,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "SSH handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%peer, "client sent no SSH identification in time");
+            return;
+        }
+    };
+    let handle = session.handle();
+    tokio::pin!(session);
+    let goodbye = |reason: String| {
+        let handle = handle.clone();
+        async move {
+            let _ = handle
+                .disconnect(russh::Disconnect::ByApplication, reason, String::new())
+                .await;
+        }
+    };
+
+    let connection_id = tokio::select! {
+        result = &mut session => {
+            log_end(peer, None, result);
+            return;
+        }
+        id = auth_rx => match id {
+            Ok(id) => id,
+            Err(_) => {
+                // The handler is gone: the session is over.
+                let _ = tokio::time::timeout(GOODBYE_TIME, &mut session).await;
+                return;
+            }
+        },
+        () = tokio::time::sleep_until(deadline) => {
+            tracing::info!(%peer, "authentication timed out");
+            goodbye("authentication timed out".into()).await;
+            let _ = tokio::time::timeout(GOODBYE_TIME, &mut session).await;
+            return;
+        }
+        () = shutdown.cancelled() => {
+            goodbye("the gateway is shutting down".into()).await;
+            let _ = tokio::time::timeout(GOODBYE_TIME, &mut session).await;
+            return;
+        }
+    };
+
+    let mut recheck = tokio::time::interval(ctx.config.ssh.revalidate_interval());
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            result = &mut session => {
+                log_end(peer, Some(&connection_id), result);
+                return;
+            }
+            _ = recheck.tick() => {
+                match ctx.store.connection_state(&connection_id).await {
+                    Ok(Some(LifecycleState::Active)) => {}
+                    Ok(state) => {
+                        tracing::info!(%peer, connection = %connection_id, state = ?state,
+                            "console connection no longer active; closing its session");
+                        goodbye(format!("console connection {connection_id} has been deleted")).await;
+                        let _ = tokio::time::timeout(GOODBYE_TIME, &mut session).await;
+                        return;
+                    }
+                    Err(e) => tracing::warn!(connection = %connection_id, error = %e,
+                        "could not re-check console connection"),
+                }
+            }
+            () = shutdown.cancelled() => {
+                goodbye("the gateway is shutting down".into()).await;
+                let _ = tokio::time::timeout(GOODBYE_TIME, &mut session).await;
+                return;
+            }
+        }
+    }
+}
+
+fn log_end(peer: SocketAddr, connection: Option<&str>, result: Result<(), russh::Error>) {
+    match result {
+        Ok(()) => tracing::debug!(%peer, connection, "SSH connection closed"),
+        Err(e) => tracing::debug!(%peer, connection, error = %e, "SSH connection ended"),
+    }
+}

@@ -1,0 +1,230 @@
+//! The outer hop: the gateway's own SSH server.
+//!
+//! The user name is a console connection id; the only accepted method is
+//! `publickey`, with the key registered on that (ACTIVE) record. An
+//! authorised connection may open exactly three kinds of channel:
+//! `direct-tcpip` to `<instance-id>:22` (or `:5905`, where OCI's PuTTY
+//! strings point), which runs the nested [`super::inner`] server over the
+//! channel; `direct-tcpip` to `<instance-id>:5900`, the VNC target; and a
+//! `session` whose shell is the console itself. Everything else is refused as
+//! administratively prohibited.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use russh::server::{
+    Auth, ChannelOpenHandle, Handler, Msg, PublicKeyOffer, Session, VerifiedPublicKey,
+};
+use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet};
+use tokio::sync::oneshot;
+
+use super::SshContext;
+use super::channels::{Authorized, ChannelTasks, answer, authorize};
+
+/// Inner-hop ports on the instance (22 for OpenSSH, 5905 for OCI's PuTTY strings).
+const INNER_PORTS: [u32; 2] = [22, 5905];
+/// The VNC port on the instance.
+pub(super) const VNC_PORT: u32 = 5900;
+
+pub(super) struct OuterHandler {
+    ctx: Arc<SshContext>,
+    peer: SocketAddr,
+    authorized: Option<Authorized>,
+    on_auth: Option<oneshot::Sender<String>>,
+    tasks: ChannelTasks,
+}
+
+impl OuterHandler {
+    pub fn new(ctx: Arc<SshContext>, peer: SocketAddr, on_auth: oneshot::Sender<String>) -> Self {
+        OuterHandler {
+            ctx,
+            peer,
+            authorized: None,
+            on_auth: Some(on_auth),
+            tasks: ChannelTasks::default(),
+        }
+    }
+}
+
+pub(super) fn publickey_only() -> Auth {
+    Auth::Reject {
+        proceed_with_methods: Some(MethodSet::from(&[MethodKind::PublicKey][..])),
+        partial_success: false,
+    }
+}
+
+impl Handler for OuterHandler {
+    type Error = russh::Error;
+
+    async fn auth_none(&mut self, _user: &str) -> Result<Auth, Self::Error> {
+        Ok(publickey_only())
+    }
+
+    async fn auth_publickey_offered(
+        &mut self,
+        user: &str,
+        offer: PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        match authorize(&self.ctx, user, offer.public_key, self.peer).await {
+            Ok(_) => Ok(Auth::Accept),
+            Err(_) => Ok(publickey_only()),
+        }
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        match authorize(&self.ctx, user, key.public_key, self.peer).await {
+            Ok(authorized) => {
+                tracing::info!(
+                    connection = %authorized.connection_id,
+                    instance = %authorized.instance.id,
+                    fingerprint = %authorized.fingerprint,
+                    peer = %self.peer,
+                    "authenticated"
+                );
+                if let Some(tx) = self.on_auth.take() {
+                    let _ = tx.send(authorized.connection_id.clone());
+                }
+                self.authorized = Some(authorized);
+                Ok(Auth::Accept)
+            }
+            Err(reason) => {
+                tracing::warn!(peer = %self.peer, user = %truncate(user), %reason, "authentication refused");
+                Ok(publickey_only())
+            }
+        }
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        match &self.authorized {
+            Some(a) => {
+                a.open_console(&self.ctx, channel, reply, &mut self.tasks, "outer")
+                    .await
+            }
+            None => {
+                reply
+                    .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                    .await
+            }
+        }
+        Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host: &str,
+        port: u32,
+        _originator: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(a) = &self.authorized else {
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        };
+        let to_instance = host == a.instance.id;
+        if to_instance && INNER_PORTS.contains(&port) {
+            let Some(config) = self.ctx.inner.get(&a.instance.id).cloned() else {
+                reply.reject(ChannelOpenFailure::ConnectFailed).await;
+                return Ok(());
+            };
+            if !self.tasks.has_room() {
+                reply.reject(ChannelOpenFailure::ResourceShortage).await;
+                return Ok(());
+            }
+            reply.accept().await;
+            let task = super::inner::serve(self.ctx.clone(), config, channel, a.clone());
+            self.tasks.spawn(task);
+        } else if to_instance && port == VNC_PORT {
+            a.open_vnc(channel, reply, &mut self.tasks).await;
+        } else {
+            a.refuse(reply, &format!("{}:{port}", truncate(host)), "outer")
+                .await;
+        }
+        Ok(())
+    }
+
+    async fn channel_open_direct_streamlocal(
+        &mut self,
+        _channel: Channel<Msg>,
+        socket_path: &str,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        match &self.authorized {
+            Some(a) => a.refuse(reply, &truncate(socket_path), "outer").await,
+            None => {
+                reply
+                    .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                    .await
+            }
+        }
+        Ok(())
+    }
+
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        _term: &str,
+        _cols: u32,
+        _rows: u32,
+        _pix_w: u32,
+        _pix_h: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        answer(session, channel, true)
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        answer(session, channel, true)
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        _data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        answer(session, channel, false)
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        _name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        answer(session, channel, false)
+    }
+
+    async fn tcpip_forward(
+        &mut self,
+        _address: &str,
+        _port: &mut u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        Ok(false)
+    }
+}
+
+/// Bounds what a client-chosen string can put in the log.
+pub(super) fn truncate(s: &str) -> String {
+    s.chars().take(100).flat_map(char::escape_default).collect()
+}
