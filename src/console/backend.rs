@@ -22,7 +22,6 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
-use tokio::sync::mpsc;
 use tokio_serial::{SerialPort, SerialPortBuilderExt, SerialStream};
 
 use super::telnet::TelnetCodec;
@@ -98,6 +97,9 @@ pub enum BreakError {
 
 enum Protocol {
     Raw,
+    /// Raw output; input with 0xFF doubled so that `IAC BRK` can mark a break
+    /// in order with the data (the simulator's line).
+    InBandBreak,
     Telnet(Box<TelnetCodec>),
 }
 
@@ -105,7 +107,7 @@ enum BreakMethod {
     None,
     Telnet,
     LineBreak,
-    Simulator(mpsc::Sender<()>),
+    InBandBreak,
 }
 
 /// An open connection to a serial console.
@@ -158,8 +160,8 @@ impl BackendConnection {
                 let sim = super::simulator::spawn(hostname);
                 (
                     BackendStream::Simulator(sim.io),
-                    Protocol::Raw,
-                    BreakMethod::Simulator(sim.breaks),
+                    Protocol::InBandBreak,
+                    BreakMethod::InBandBreak,
                 )
             }
         };
@@ -191,7 +193,7 @@ impl BackendConnection {
         out.clear();
         let raw = &self.read_buf[..n.min(self.read_buf.len())];
         match &mut self.protocol {
-            Protocol::Raw => out.extend_from_slice(raw),
+            Protocol::Raw | Protocol::InBandBreak => out.extend_from_slice(raw),
             Protocol::Telnet(codec) => {
                 let mut reply = Vec::new();
                 codec.decode(raw, out, &mut reply);
@@ -222,6 +224,16 @@ impl BackendConnection {
     pub async fn write(&mut self, data: &[u8]) -> io::Result<()> {
         match &self.protocol {
             Protocol::Raw => self.stream.write_all(data).await,
+            Protocol::InBandBreak => {
+                let mut escaped = Vec::with_capacity(data.len() + 4);
+                for &b in data {
+                    escaped.push(b);
+                    if b == super::telnet::IAC {
+                        escaped.push(b);
+                    }
+                }
+                self.stream.write_all(&escaped).await
+            }
             Protocol::Telnet(codec) => {
                 let mut encoded = Vec::with_capacity(data.len() + 8);
                 codec.encode(data, &mut encoded);
@@ -234,7 +246,7 @@ impl BackendConnection {
     /// Sends a serial break, if the transport can carry one.
     pub async fn send_break(&mut self) -> Result<(), BreakError> {
         match &self.breaks {
-            BreakMethod::Telnet => {
+            BreakMethod::Telnet | BreakMethod::InBandBreak => {
                 self.stream
                     .write_all(&TelnetCodec::break_sequence())
                     .await?;
@@ -246,11 +258,6 @@ impl BackendConnection {
                     tokio::time::sleep(BREAK_DURATION).await;
                     port.clear_break().map_err(io::Error::from)?;
                 }
-            }
-            BreakMethod::Simulator(tx) => {
-                tx.send(())
-                    .await
-                    .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "simulator stopped"))?;
             }
             BreakMethod::None => return Err(BreakError::Unsupported(self.target.to_string())),
         }

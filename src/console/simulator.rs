@@ -7,10 +7,18 @@
 //! handled like a serial getty in cooked mode (echo, backspace, Ctrl-C, Ctrl-D)
 //! and a serial break arms a Magic SysRq key, as on a real Linux console.
 //! Everything it prints uses CRLF line endings.
+//!
+//! A break travels in band, in order with the typed bytes (as it does on a
+//! real line): the input side of the simulated line uses telnet framing, where
+//! `IAC BRK` (255 243) is a break and `IAC IAC` a literal 0xFF byte.
 
 use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
-use tokio::sync::mpsc;
+
+/// Telnet's Interpret As Command byte, which frames a break on the input side.
+pub const IAC: u8 = 255;
+/// Telnet's BREAK command: `IAC BRK` is a serial break.
+pub const BRK: u8 = 243;
 
 const RELEASE: &str = "6.1.0-consolegate-demo";
 /// Longest input line kept; further bytes are ignored until CR/LF.
@@ -46,11 +54,12 @@ const BOOT_LOG: &[&str] = &[
 /// A running simulated machine: `io` is the console end of its serial line.
 pub struct SimulatedConsole {
     /// The console end of the serial line: read what the machine prints, write
-    /// what is typed. Dropping it ends the machine.
+    /// what is typed (0xFF doubled; `IAC BRK` sends a break, after which the
+    /// next byte typed is a Magic SysRq key: `h` help, `b` reboot, `s` sync).
+    /// Dropping it ends the machine.
     pub io: DuplexStream,
-    /// Sends a serial break: the next byte typed is taken as a Magic SysRq key
-    /// (`h` help, `b` reboot, `s` emergency sync).
-    pub breaks: mpsc::Sender<()>,
+    /// The machine's task; it ends by itself once `io` is dropped.
+    pub task: tokio::task::JoinHandle<()>,
 }
 
 /// Starts a simulated machine whose hostname is `hostname`. The machine task
@@ -60,17 +69,13 @@ pub struct SimulatedConsole {
 /// Must be called from within a Tokio runtime.
 pub fn spawn(hostname: &str) -> SimulatedConsole {
     let (console, machine) = tokio::io::duplex(64 * 1024);
-    let (tx, rx) = mpsc::channel(8);
-    tokio::spawn(run(machine, rx, Machine::new(hostname)));
-    SimulatedConsole {
-        io: console,
-        breaks: tx,
-    }
+    let task = tokio::spawn(run(machine, Machine::new(hostname)));
+    SimulatedConsole { io: console, task }
 }
 
-async fn run(mut io: DuplexStream, rx: mpsc::Receiver<()>, mut m: Machine) {
-    let mut breaks = Some(rx);
+async fn run(mut io: DuplexStream, mut m: Machine) {
     let mut buf = [0u8; 1024];
+    let mut after_iac = false;
     m.boot();
     loop {
         if !m.out.is_empty() {
@@ -79,27 +84,24 @@ async fn run(mut io: DuplexStream, rx: mpsc::Receiver<()>, mut m: Machine) {
             }
             m.out.clear();
         }
-        // Biased towards breaks so that a break sent before a key is typed
-        // always arms SysRq before that key is read.
-        tokio::select! {
-            biased;
-            brk = next_break(&mut breaks) => match brk {
-                Some(()) => m.sysrq_armed = true,
-                None => breaks = None,
-            },
-            read = io.read(&mut buf) => match read {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf[..n].iter().for_each(|&b| m.feed(b)),
-            },
+        let n = match io.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        for &b in &buf[..n] {
+            if after_iac {
+                after_iac = false;
+                match b {
+                    IAC => m.feed(IAC),
+                    BRK => m.sysrq_armed = true,
+                    _ => {}
+                }
+            } else if b == IAC {
+                after_iac = true;
+            } else {
+                m.feed(b);
+            }
         }
-    }
-}
-
-/// Next break, or never once the channel is gone (so the machine keeps going).
-async fn next_break(breaks: &mut Option<mpsc::Receiver<()>>) -> Option<()> {
-    match breaks {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
     }
 }
 
@@ -345,11 +347,9 @@ mod tests {
         }
     }
 
-    type Console = (
-        Reader<ReadHalf<DuplexStream>>,
-        WriteHalf<DuplexStream>,
-        mpsc::Sender<()>,
-    );
+    type Console = (Reader<ReadHalf<DuplexStream>>, WriteHalf<DuplexStream>);
+
+    const BREAK: [u8; 2] = [IAC, BRK];
 
     /// Boots a machine called `demo` and logs in as `root`.
     async fn logged_in() -> Console {
@@ -359,7 +359,7 @@ mod tests {
         r.until("demo login: ").await;
         w.write_all(b"root\r").await.unwrap();
         r.until(PROMPT).await;
-        (r, w, c.breaks)
+        (r, w)
     }
 
     #[tokio::test]
@@ -385,7 +385,7 @@ mod tests {
 
     #[tokio::test]
     async fn runs_commands_and_treats_crlf_as_one_line_end() {
-        let (mut r, mut w, _b) = logged_in().await;
+        let (mut r, mut w) = logged_in().await;
         w.write_all(b"uname -r\r\nwhoami\nhostname\r")
             .await
             .unwrap();
@@ -398,7 +398,7 @@ mod tests {
 
     #[tokio::test]
     async fn backspace_and_escape_sequences_edit_the_line() {
-        let (mut r, mut w, _b) = logged_in().await;
+        let (mut r, mut w) = logged_in().await;
         w.write_all(b"unamx\x7fe\x1b[A\x1bOB -r\r").await.unwrap();
         let out = r.until(PROMPT).await;
         assert_eq!(
@@ -409,7 +409,7 @@ mod tests {
 
     #[tokio::test]
     async fn unknown_command_and_ctrl_c() {
-        let (mut r, mut w, _b) = logged_in().await;
+        let (mut r, mut w) = logged_in().await;
         w.write_all(b"frobnicate now\r").await.unwrap();
         assert!(
             r.until(PROMPT)
@@ -422,7 +422,7 @@ mod tests {
 
     #[tokio::test]
     async fn logout_returns_to_login_prompt() {
-        let (mut r, mut w, _b) = logged_in().await;
+        let (mut r, mut w) = logged_in().await;
         let login = "\r\n\r\nDebian GNU/Linux 12 demo ttyS0\r\n\r\ndemo login: ";
         w.write_all(b"exit\r").await.unwrap();
         assert_eq!(r.until("login: ").await, format!("exit{login}"));
@@ -433,11 +433,11 @@ mod tests {
 
     #[tokio::test]
     async fn break_then_h_prints_sysrq_help_without_echo() {
-        let (mut r, mut w, breaks) = logged_in().await;
+        let (mut r, mut w) = logged_in().await;
         w.write_all(b"ec").await.unwrap();
         r.until("ec").await;
-        breaks.send(()).await.unwrap();
-        w.write_all(b"h").await.unwrap();
+        // The break and the key arrive in one write: order is kept in band.
+        w.write_all(&[IAC, BRK, b'h']).await.unwrap();
         let out = r.until("dump-ftrace-buffer(z)\r\n").await;
         assert!(
             out.starts_with("\r\n[") && out.contains("] sysrq: HELP : loglevel(0-9) reboot(b)")
@@ -450,20 +450,21 @@ mod tests {
 
     #[tokio::test]
     async fn break_then_s_syncs_and_b_reboots() {
-        let (mut r, mut w, breaks) = logged_in().await;
-        breaks.send(()).await.unwrap();
+        let (mut r, mut w) = logged_in().await;
+        w.write_all(&BREAK).await.unwrap();
         w.write_all(b"s").await.unwrap();
         let out = r.until(PROMPT).await;
         assert!(
             out.contains("] sysrq: Emergency Sync\r\n[")
                 && out.contains("] Emergency Sync complete\r\n")
         );
-        breaks.send(()).await.unwrap();
+        w.write_all(&BREAK).await.unwrap();
         w.write_all(b"b").await.unwrap();
         r.until("] sysrq: Resetting\r\n").await;
         r.until("Linux version 6.1.0-consolegate-demo").await;
         r.until("demo login: ").await;
-        drop(breaks);
+        // IAC IAC is a literal 0xFF (not printable: ignored by the line editor).
+        w.write_all(&[IAC, IAC]).await.unwrap();
         w.write_all(b"root\r").await.unwrap();
         r.until(PROMPT).await;
     }
@@ -472,14 +473,15 @@ mod tests {
     async fn dropping_io_ends_the_task() {
         let c = spawn("demo");
         drop(c.io);
-        timeout(GUARD, c.breaks.closed())
+        timeout(GUARD, c.task)
             .await
-            .expect("machine task still running");
+            .expect("machine task still running")
+            .unwrap();
     }
 
     #[tokio::test]
     async fn survives_junk_input() {
-        let (mut r, mut w, _b) = logged_in().await;
+        let (mut r, mut w) = logged_in().await;
         let mut x: u32 = 0x2545_f491;
         let junk: Vec<u8> = (0..100 * 1024)
             .map(|_| {

@@ -1,0 +1,395 @@
+//! Test harness: a real gateway on an ephemeral port, the real `consolegate`
+//! binary for the CLI, real `ssh-keygen` keys, and the real `/usr/bin/ssh`
+//! running in a real pseudo-terminal (as a user's terminal would run it).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Output, Stdio};
+use std::time::Duration;
+
+use consolegate::config::Config;
+use serde_json::Value;
+use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+
+/// How long any single wait in a test may take before the test fails. A
+/// guard against hangs, never a measurement.
+pub const GUARD: Duration = Duration::from_secs(30);
+
+/// The `consolegate` binary built for these tests.
+pub const BIN: &str = env!("CARGO_BIN_EXE_consolegate");
+
+/// A gateway running in this process.
+pub struct Gateway {
+    pub dir: TempDir,
+    pub config_path: PathBuf,
+    pub port: u16,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Gateway {
+    /// Starts a gateway whose `[[instance]]` entries are `instances` (TOML).
+    pub async fn start(instances: &str) -> Gateway {
+        Gateway::start_in(tempfile::tempdir().unwrap(), 0, instances).await
+    }
+
+    /// Starts a gateway in `dir` (reusing its data) on `port` (0: any free port).
+    pub async fn start_in(dir: TempDir, port: u16, instances: &str) -> Gateway {
+        let listener = bind_retrying(port).await;
+        let port = listener.local_addr().unwrap().port();
+        let config_path = dir.path().join("gateway.toml");
+        let text = format!(
+            "data_dir = \"data\"\n\
+             [ssh]\nlisten = \"127.0.0.1:{port}\"\npublic_host = \"127.0.0.1\"\npublic_port = {port}\n\
+             revalidate_interval_secs = 1\nhandshake_timeout_secs = 10\n\
+             [log]\nlevel = \"consolegate=debug,russh=warn\"\n\n{instances}"
+        );
+        std::fs::write(&config_path, text).unwrap();
+        let config = Config::load(&config_path).unwrap();
+        // Create host keys and the database before the CLI can race for them.
+        let (store, _) = consolegate::gateway::open_state(&config).await.unwrap();
+        store.close().await;
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        let task = tokio::spawn(async move {
+            consolegate::gateway::run(config, listener, token)
+                .await
+                .expect("gateway failed");
+        });
+        Gateway {
+            dir,
+            config_path,
+            port,
+            shutdown,
+            task,
+        }
+    }
+
+    /// Stops the gateway gracefully and hands back its directory.
+    pub async fn stop(self) -> TempDir {
+        self.shutdown.cancel();
+        tokio::time::timeout(GUARD, self.task)
+            .await
+            .expect("gateway did not stop")
+            .expect("gateway task panicked");
+        self.dir
+    }
+
+    /// Runs `consolegate <args> --config <this gateway's config>`.
+    pub async fn cli(&self, args: &[&str]) -> Output {
+        run_cli(&self.config_path, args).await
+    }
+
+    /// Creates a console connection with the CLI; panics if that fails.
+    pub async fn create(&self, instance: &str, key: &Key) -> Connection {
+        let out = self
+            .cli(&[
+                "connection",
+                "create",
+                "--instance",
+                instance,
+                "--public-key-file",
+                key.public.to_str().unwrap(),
+            ])
+            .await;
+        assert!(
+            out.status.success(),
+            "connection create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Connection::from_json(
+            serde_json::from_slice(&out.stdout).expect("create printed no JSON"),
+            self.dir.path(),
+        )
+    }
+
+    /// A path inside the gateway's directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+async fn bind_retrying(port: u16) -> TcpListener {
+    for _ in 0..50 {
+        match TcpListener::bind(("127.0.0.1", port)).await {
+            Ok(l) => return l,
+            Err(_) if port != 0 => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(e) => panic!("bind: {e}"),
+        }
+    }
+    panic!("port {port} stayed busy");
+}
+
+/// Runs the CLI binary against a config file.
+pub async fn run_cli(config: &Path, args: &[&str]) -> Output {
+    tokio::time::timeout(
+        GUARD,
+        Command::new(BIN)
+            .args(args)
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .output(),
+    )
+    .await
+    .expect("CLI hung")
+    .expect("cannot run consolegate")
+}
+
+/// A key pair made by `ssh-keygen`.
+pub struct Key {
+    pub private: PathBuf,
+    pub public: PathBuf,
+}
+
+impl Key {
+    /// `ssh-keygen -t <kind> [-b bits]` into `dir/name`.
+    pub fn generate(dir: &Path, name: &str, kind: &str, bits: Option<u32>) -> Key {
+        let private = dir.join(name);
+        let mut cmd = std::process::Command::new("ssh-keygen");
+        cmd.args(["-q", "-N", "", "-C", name, "-t", kind, "-f"])
+            .arg(&private);
+        if let Some(bits) = bits {
+            cmd.arg("-b").arg(bits.to_string());
+        }
+        let status = cmd.status().expect("ssh-keygen");
+        assert!(status.success(), "ssh-keygen -t {kind} failed");
+        Key {
+            public: private.with_extension("pub"),
+            private,
+        }
+    }
+
+    pub fn ed25519(dir: &Path, name: &str) -> Key {
+        Key::generate(dir, name, "ed25519", None)
+    }
+
+    /// The fingerprint `ssh-keygen -l` prints.
+    pub fn ssh_keygen_fingerprint(&self) -> String {
+        let out = std::process::Command::new("ssh-keygen")
+            .arg("-lf")
+            .arg(&self.public)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .to_owned()
+    }
+}
+
+/// A console connection as `connection create` printed it.
+pub struct Connection {
+    pub json: Value,
+    pub id: String,
+    pub connection_string: String,
+    pub vnc_connection_string: String,
+    /// The printed `knownHosts` lines, written to a file.
+    pub known_hosts: PathBuf,
+}
+
+impl Connection {
+    pub fn from_json(json: Value, dir: &Path) -> Connection {
+        let id = json["id"].as_str().unwrap().to_owned();
+        let known_hosts = dir.join(format!("known_hosts-{}", &id[id.len() - 8..]));
+        let lines: Vec<&str> = json["knownHosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l.as_str().unwrap())
+            .collect();
+        std::fs::write(&known_hosts, lines.join("\n") + "\n").unwrap();
+        Connection {
+            connection_string: json["connectionString"].as_str().unwrap().to_owned(),
+            vnc_connection_string: json["vncConnectionString"].as_str().unwrap().to_owned(),
+            id,
+            json,
+            known_hosts,
+        }
+    }
+
+    /// The connection string as argv, with only key and known-hosts options
+    /// added to both hops.
+    pub fn ssh_argv(&self, key: &Key) -> Vec<String> {
+        argv_with_options(&self.connection_string, key, key, &self.known_hosts)
+    }
+}
+
+/// Client options added to each hop: which key, which known_hosts, no prompts.
+pub fn client_options(key: &Key, known_hosts: &Path) -> Vec<String> {
+    [
+        "-F",
+        "/dev/null",
+        "-i",
+        key.private.to_str().unwrap(),
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        &format!("UserKnownHostsFile={}", known_hosts.display()),
+        "-o",
+        "GlobalKnownHostsFile=/dev/null",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "BatchMode=yes",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// Splits an OpenSSH command line and adds client options: `outer_key` to
+/// the ProxyCommand's ssh, `inner_key` to the main ssh.
+pub fn argv_with_options(
+    command_line: &str,
+    outer_key: &Key,
+    inner_key: &Key,
+    known_hosts: &Path,
+) -> Vec<String> {
+    let mut argv = shlex::split(command_line).expect("connection string is not shell syntax");
+    assert_eq!(argv[0], "ssh");
+    for arg in argv.iter_mut() {
+        if let Some(proxy) = arg.strip_prefix("ProxyCommand=") {
+            let rest = proxy.strip_prefix("ssh ").expect("ProxyCommand runs ssh");
+            let opts = client_options(outer_key, known_hosts).join(" ");
+            *arg = format!("ProxyCommand=ssh {opts} {rest}");
+        }
+    }
+    let mut out = vec!["ssh".to_owned()];
+    out.extend(client_options(inner_key, known_hosts));
+    out.extend(argv.into_iter().skip(1));
+    out
+}
+
+/// Runs ssh without a terminal; returns its output.
+pub async fn ssh_batch(argv: &[String]) -> Output {
+    tokio::time::timeout(
+        GUARD,
+        Command::new("/usr/bin/ssh")
+            .args(&argv[1..])
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("ssh hung")
+    .expect("cannot run ssh")
+}
+
+/// A real `ssh` process attached to a pseudo-terminal we hold the master of.
+pub struct Terminal {
+    master: tokio_serial::SerialStream,
+    child: Child,
+    seen: Vec<u8>,
+}
+
+impl Terminal {
+    /// Starts `argv` (argv[0] = "ssh") on a new pty.
+    pub async fn spawn(argv: &[String]) -> Terminal {
+        let (master, slave) = tokio_serial::SerialStream::pair().expect("pty pair");
+        let slave_path = tokio_serial::SerialPort::name(&slave).expect("pty name");
+        let tty = || {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&slave_path)
+                .expect("open pty slave")
+        };
+        let child = Command::new("/usr/bin/ssh")
+            .args(&argv[1..])
+            .stdin(Stdio::from(tty()))
+            .stdout(Stdio::from(tty()))
+            .stderr(Stdio::from(tty()))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn ssh");
+        drop(slave);
+        Terminal {
+            master,
+            child,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Reads until `needle` has appeared after everything consumed so far;
+    /// consumes through it.
+    pub async fn expect(&mut self, needle: &str) {
+        let found = tokio::time::timeout(GUARD, async {
+            loop {
+                if let Some(pos) = find(&self.seen, needle.as_bytes()) {
+                    self.seen.drain(..pos + needle.len());
+                    return true;
+                }
+                let mut buf = [0u8; 4096];
+                match self.master.read(&mut buf).await {
+                    Ok(0) | Err(_) => return false,
+                    Ok(n) => self.seen.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await;
+        match found {
+            Ok(true) => {}
+            _ => panic!(
+                "never saw {needle:?}; terminal showed:\n{}",
+                String::from_utf8_lossy(&self.seen)
+            ),
+        }
+    }
+
+    /// Everything shown and not yet consumed (after the process ended).
+    pub async fn rest(&mut self) -> String {
+        let mut buf = [0u8; 4096];
+        while let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(200), self.master.read(&mut buf)).await
+        {
+            if n == 0 {
+                break;
+            }
+            self.seen.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&self.seen).into_owned()
+    }
+
+    /// Types bytes.
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.master.write_all(bytes).await.unwrap();
+        self.master.flush().await.unwrap();
+    }
+
+    /// Waits for ssh to exit (failing the test after the guard time).
+    pub async fn wait(&mut self) -> ExitStatus {
+        tokio::time::timeout(GUARD, self.child.wait())
+            .await
+            .expect("ssh did not exit")
+            .unwrap()
+    }
+
+    /// Whether ssh is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() {
+        return Some(0);
+    }
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A `[[instance]]` entry.
+pub fn instance(id: &str, serial: &str, vnc: Option<&str>) -> String {
+    let mut s =
+        format!("[[instance]]\nid = \"{id}\"\ncompartment = \"test\"\nserial = \"{serial}\"\n");
+    if let Some(v) = vnc {
+        s.push_str(&format!("vnc = \"{v}\"\n"));
+    }
+    s.push('\n');
+    s
+}
