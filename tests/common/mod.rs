@@ -393,3 +393,24 @@ pub fn instance(id: &str, serial: &str, vnc: Option<&str>) -> String {
     s.push('\n');
     s
 }
+
+/// A port nothing listens on right now.
+pub async fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// Connects to a local port, retrying until something listens there (an
+/// `ssh -L` forward appears once ssh has authenticated).
+pub async fn connect_eventually(port: u16) -> tokio::net::TcpStream {
+    tokio::time::timeout(GUARD, async {
+        loop {
+            if let Ok(s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("local forward never listened")
+}

@@ -1,0 +1,310 @@
+//! DESIGN.md's security invariants against the real OpenSSH client: only the
+//! record's key, only the record's instance console and VNC display, deleted
+//! connections stop working, hostile clients do not hurt anyone else.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+fn two_instances() -> String {
+    instance("vm1", "simulator", None) + &instance("vm2", "simulator", None)
+}
+
+/// `ssh -W host:port` straight to the outer hop as `user`.
+fn outer_w(
+    gw: &Gateway,
+    key: &Key,
+    known_hosts: &std::path::Path,
+    user: &str,
+    target: &str,
+) -> Vec<String> {
+    let mut argv = vec!["ssh".to_owned()];
+    argv.extend(client_options(key, known_hosts));
+    argv.extend([
+        "-W".to_owned(),
+        target.to_owned(),
+        "-p".to_owned(),
+        gw.port.to_string(),
+        format!("{user}@127.0.0.1"),
+    ]);
+    argv
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A good session that must keep working while others misbehave.
+async fn attach_good_session(gw: &Gateway, name: &str) -> Terminal {
+    let key = Key::ed25519(gw.dir.path(), name);
+    let conn = gw.create("vm1", &key).await;
+    let mut term = Terminal::spawn(&conn.ssh_argv(&key)).await;
+    term.expect("serial console of vm1").await;
+    term
+}
+
+async fn still_works(term: &mut Terminal, marker: &str) {
+    // The simulator echoes what is typed at its login prompt.
+    term.send(format!("{marker}\x03").as_bytes()).await;
+    term.expect(marker).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_registered_key_gets_in_on_either_hop() {
+    let gw = Gateway::start(&two_instances()).await;
+    let mut good = attach_good_session(&gw, "good").await;
+    let alice = Key::ed25519(gw.dir.path(), "alice");
+    let mallory = Key::ed25519(gw.dir.path(), "mallory");
+    let conn = gw.create("vm1", &alice).await;
+
+    // Wrong key on the outer hop.
+    let argv = argv_with_options(&conn.connection_string, &mallory, &alice, &conn.known_hosts);
+    let out = ssh_batch(&argv).await;
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("Permission denied (publickey)"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Right key outside, wrong key on the inner hop.
+    let argv = argv_with_options(&conn.connection_string, &alice, &mallory, &conn.known_hosts);
+    let out = ssh_batch(&argv).await;
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("Permission denied (publickey)"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Unknown connection id, and junk user names.
+    for user in [
+        "ocid1.instanceconsoleconnection.oc1..aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        "root",
+        "a%20b",
+    ] {
+        let out = ssh_batch(&outer_w(&gw, &alice, &conn.known_hosts, user, "vm1:22")).await;
+        assert!(
+            stderr(&out).contains("Permission denied (publickey)"),
+            "{user}: {}",
+            stderr(&out)
+        );
+    }
+
+    // Another instance's connection id with this instance's key does not
+    // open this instance: a key is bound to its record only.
+    let bob = Key::ed25519(gw.dir.path(), "bob");
+    let vm2 = gw.create("vm2", &bob).await;
+    let out = ssh_batch(&outer_w(&gw, &alice, &conn.known_hosts, &vm2.id, "vm2:22")).await;
+    assert!(
+        stderr(&out).contains("Permission denied (publickey)"),
+        "{}",
+        stderr(&out)
+    );
+
+    still_works(&mut good, "still-here-1").await;
+    good.send(b"\r&.").await;
+    good.wait().await;
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_channel_leads_anywhere_but_the_record_instance() {
+    // A real service the gateway could be abused to reach.
+    let bystander = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let bystander_port = bystander.local_addr().unwrap().port();
+    let gw = Gateway::start(&two_instances()).await;
+    let mut good = attach_good_session(&gw, "good").await;
+    let alice = Key::ed25519(gw.dir.path(), "alice");
+    let conn = gw.create("vm1", &alice).await;
+
+    let gateway_port = gw.port.to_string();
+    let forbidden = [
+        "vm2:22".to_owned(),   // another instance
+        "vm2:5900".to_owned(), // another instance's VNC
+        "vm1:23".to_owned(),   // another port
+        "vm1:80".to_owned(),
+        format!("127.0.0.1:{bystander_port}"), // another host
+        format!("localhost:{bystander_port}"),
+        "localhost:5900".to_owned(), // localhost is the instance only on the inner hop
+        format!("127.0.0.1:{gateway_port}"), // the gateway itself
+    ];
+    for target in &forbidden {
+        let out = ssh_batch(&outer_w(&gw, &alice, &conn.known_hosts, &conn.id, target)).await;
+        assert!(!out.status.success(), "{target} was allowed");
+        assert!(
+            stderr(&out).contains("administratively prohibited"),
+            "{target}: {}",
+            stderr(&out)
+        );
+    }
+
+    // On the inner hop: a local forward to anything but the VNC display.
+    let local = free_port().await;
+    let mut argv = conn.ssh_argv(&alice);
+    let dest = argv.pop().unwrap();
+    argv.extend([
+        "-N".to_owned(),
+        "-L".to_owned(),
+        format!("127.0.0.1:{local}:127.0.0.1:{bystander_port}"),
+        dest,
+    ]);
+    let mut tunnel = tokio::process::Command::new("/usr/bin/ssh")
+        .args(&argv[1..])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut probe = connect_eventually(local).await;
+    let mut buf = [0u8; 1];
+    let n = tokio::time::timeout(GUARD, probe.read(&mut buf))
+        .await
+        .expect("forward neither refused nor closed");
+    assert!(matches!(n, Ok(0) | Err(_)), "forwarded data arrived");
+    tunnel.kill().await.unwrap();
+    let out = tunnel.wait_with_output().await.unwrap();
+    assert!(
+        stderr(&out).contains("administratively prohibited"),
+        "{}",
+        stderr(&out)
+    );
+    // Nothing ever reached the bystander.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), bystander.accept())
+            .await
+            .is_err(),
+        "the gateway connected to a bystander"
+    );
+
+    // Remote forwarding is refused too.
+    let mut argv = outer_w(&gw, &alice, &conn.known_hosts, &conn.id, "vm1:22");
+    argv.retain(|a| a != "-W" && a != "vm1:22");
+    argv.splice(
+        1..1,
+        [
+            "-o".to_owned(),
+            "ExitOnForwardFailure=yes".to_owned(),
+            "-N".to_owned(),
+            "-R".to_owned(),
+            "0:127.0.0.1:1".to_owned(),
+        ],
+    );
+    let out = ssh_batch(&argv).await;
+    assert!(
+        stderr(&out).contains("remote port forwarding failed"),
+        "{}",
+        stderr(&out)
+    );
+
+    still_works(&mut good, "still-here-2").await;
+    good.send(b"\r&.").await;
+    good.wait().await;
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_connection_ends_its_sessions_and_its_id() {
+    let gw = Gateway::start(&two_instances()).await;
+    let mut good = attach_good_session(&gw, "good").await;
+    let alice = Key::ed25519(gw.dir.path(), "alice");
+    let conn = gw.create("vm1", &alice).await;
+    let mut term = Terminal::spawn(&conn.ssh_argv(&alice)).await;
+    term.expect("serial console of vm1").await;
+
+    // Deleted by another process (the CLI), not by the gateway itself.
+    let out = gw.cli(&["connection", "delete", &conn.id]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deleted: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(deleted["lifecycleState"], "DELETED");
+
+    // The live session is closed (the gateway re-checks every second here;
+    // GUARD only stops a hung test).
+    term.expect("has been deleted").await;
+    let status = term.wait().await;
+    assert!(!status.success());
+
+    // And the id no longer authenticates.
+    let out = ssh_batch(&conn.ssh_argv(&alice)).await;
+    assert!(
+        stderr(&out).contains("Permission denied (publickey)"),
+        "{}",
+        stderr(&out)
+    );
+
+    still_works(&mut good, "still-here-3").await;
+    good.send(b"\r&.").await;
+    good.wait().await;
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_clients_do_not_disturb_others() {
+    let gw = Gateway::start(&two_instances()).await;
+    let mut good = attach_good_session(&gw, "good").await;
+
+    // Pure junk instead of an SSH identification.
+    let mut junk = TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
+    let mut x: u32 = 0x9e37_79b9;
+    let bytes: Vec<u8> = (0..256 * 1024)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect();
+    let _ = junk.write_all(&bytes).await;
+    let mut sink = Vec::new();
+    let _ = tokio::time::timeout(GUARD, junk.read_to_end(&mut sink)).await;
+
+    // A valid identification followed by garbage packets.
+    let mut liar = TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
+    liar.write_all(b"SSH-2.0-OpenSSH_9.2\r\n").await.unwrap();
+    let _ = liar.write_all(&[0xff, 0xff, 0xff, 0xf0, 0, 0, 0, 0]).await;
+    let _ = liar.write_all(&bytes[..4096]).await;
+    let _ = tokio::time::timeout(GUARD, liar.read_to_end(&mut sink)).await;
+
+    // A packet claiming to be enormous.
+    let mut giant = TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
+    giant
+        .write_all(b"SSH-2.0-x\r\n\x7f\xff\xff\xff\x04")
+        .await
+        .unwrap();
+    let _ = tokio::time::timeout(GUARD, giant.read_to_end(&mut sink)).await;
+
+    // Clients that connect and say nothing, holding sockets open.
+    let mut idle = Vec::new();
+    for _ in 0..20 {
+        idle.push(TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap());
+    }
+
+    // Meanwhile a new, well-behaved user gets in.
+    let key = Key::ed25519(gw.dir.path(), "late");
+    let conn = gw.create("vm2", &key).await;
+    let mut term = Terminal::spawn(&conn.ssh_argv(&key)).await;
+    term.expect("serial console of vm2").await;
+    term.send(b"\r&.").await;
+    assert!(term.wait().await.success());
+
+    // The silent clients are dropped at the handshake deadline.
+    let mut buf = Vec::new();
+    let dropped = tokio::time::timeout(GUARD, idle[0].read_to_end(&mut buf)).await;
+    assert!(
+        dropped.is_ok(),
+        "a silent client was kept past the handshake timeout"
+    );
+
+    still_works(&mut good, "still-here-4").await;
+    good.send(b"\r&.").await;
+    good.wait().await;
+    gw.stop().await;
+}
