@@ -22,7 +22,7 @@ pub enum CliError {
     Config(#[from] ConfigError),
     /// The public key was refused.
     #[error("invalid public key: {0}")]
-    Key(#[from] KeyError),
+    Key(KeyError),
     /// The instance is not in the config.
     #[error("unknown instance `{instance}`; configured instances: {known}")]
     UnknownInstance {
@@ -43,6 +43,12 @@ pub enum CliError {
     /// Host keys or state could not be opened.
     #[error(transparent)]
     Gateway(#[from] crate::gateway::GatewayError),
+}
+
+impl From<KeyError> for CliError {
+    fn from(e: KeyError) -> Self {
+        CliError::Key(e)
+    }
 }
 
 /// The store and what connection views need.

@@ -26,12 +26,12 @@ pub enum GatewayError {
     #[error(transparent)]
     HostKey(#[from] HostKeyError),
     /// The SSH listener could not be bound.
-    #[error("cannot listen for SSH on {addr}: {source}")]
+    #[error("cannot listen for SSH on {addr}: {error}")]
     Bind {
         /// The address.
         addr: SocketAddr,
         /// The error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -51,9 +51,9 @@ pub async fn open_state(config: &Config) -> Result<(Store, HostKeys), GatewayErr
 pub async fn bind(config: &Config) -> Result<TcpListener, GatewayError> {
     TcpListener::bind(config.ssh.listen)
         .await
-        .map_err(|source| GatewayError::Bind {
+        .map_err(|error| GatewayError::Bind {
             addr: config.ssh.listen,
-            source,
+            error,
         })
 }
 

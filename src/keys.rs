@@ -36,6 +36,11 @@ pub enum KeyError {
         "the public key is {0} bytes, more than the {MAX_PUBLIC_KEY_LEN} bytes any supported key needs"
     )]
     TooLong(usize),
+    /// A private key was given where the public key belongs.
+    #[error(
+        "this is a private key; give the public key (the .pub file) and keep the private key to yourself"
+    )]
+    PrivateKey,
     /// More than one line.
     #[error("the public key must be a single line (one key), but it has {0} lines")]
     MultipleLines(usize),
@@ -72,6 +77,9 @@ impl ClientKey {
         let line = text.trim();
         if line.is_empty() {
             return Err(KeyError::Empty);
+        }
+        if line.contains("PRIVATE KEY") {
+            return Err(KeyError::PrivateKey);
         }
         let lines = line.lines().filter(|l| !l.trim().is_empty()).count();
         if lines > 1 {
@@ -152,12 +160,12 @@ pub fn known_hosts_line(host: &str, port: u16, key: &PublicKey) -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum HostKeyError {
     /// A file could not be read or written.
-    #[error("host key file {path}: {source}")]
+    #[error("host key file {path}: {error}")]
     Io {
         /// The file.
         path: PathBuf,
         /// The error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A file exists but is not a usable OpenSSH private key.
     #[error("host key file {path} is not a valid OpenSSH private key: {message}")]
@@ -240,9 +248,9 @@ pub fn create_private_dir(dir: &Path) -> Result<(), HostKeyError> {
         .create(dir)
     {
         Ok(()) => Ok(()),
-        Err(source) => Err(HostKeyError::Io {
+        Err(error) => Err(HostKeyError::Io {
             path: dir.to_owned(),
-            source,
+            error,
         }),
     }
 }
@@ -251,9 +259,9 @@ fn load_or_generate_file(
     path: &Path,
     generate: impl FnOnce() -> Result<PrivateKey, HostKeyError>,
 ) -> Result<PrivateKey, HostKeyError> {
-    let io = |source| HostKeyError::Io {
+    let io = |error| HostKeyError::Io {
         path: path.to_owned(),
-        source,
+        error,
     };
     if !path.exists() {
         let key = generate()?;

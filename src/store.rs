@@ -27,19 +27,19 @@ use crate::connection::{ConnectionRecord, LifecycleState};
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database could not be opened or migrated.
-    #[error("cannot open the database {path}: {source}")]
+    #[error("cannot open the database {path}: {error}")]
     Open {
         /// The database file.
         path: String,
         /// The cause.
-        source: sqlx::Error,
+        error: sqlx::Error,
     },
     /// A schema migration failed.
     #[error("cannot migrate the database: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(sqlx::migrate::MigrateError),
     /// A query failed.
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
     /// The instance already has a live connection for this key.
     #[error(
         "instance {instance_id} already has an active console connection for this key ({existing_id}); \
@@ -62,6 +62,20 @@ pub enum StoreError {
     /// A host key could not be generated.
     #[error(transparent)]
     HostKey(#[from] crate::keys::HostKeyError),
+}
+
+// Not `#[from]`: the messages above already show the cause, and a `source`
+// would make error chains print it twice.
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Database(e)
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        StoreError::Migrate(e)
+    }
 }
 
 /// Which connections to list.
@@ -108,9 +122,9 @@ impl Store {
             .max_connections(4)
             .connect_with(options)
             .await
-            .map_err(|source| StoreError::Open {
+            .map_err(|error| StoreError::Open {
                 path: path.display().to_string(),
-                source,
+                error,
             })?;
         restrict_permissions(path);
         SQLITE_MIGRATIONS.run(&pool).await?;
