@@ -176,3 +176,22 @@ async fn unreachable_backend_says_so_instead_of_hanging() {
     assert!(term.wait().await.success());
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_5905_is_the_inner_hop_too() {
+    // OCI's PuTTY/plink strings for Windows reach the inner hop on 5905.
+    let gw = Gateway::start(&instance("demo", "simulator", None)).await;
+    let key = Key::ed25519(gw.dir.path(), "user");
+    let conn = gw.create("demo", &key).await;
+    let argv: Vec<String> = conn
+        .ssh_argv(&key)
+        .into_iter()
+        .map(|a| a.replace("-W %h:%p", "-W %h:5905"))
+        .collect();
+    assert!(argv.iter().any(|a| a.contains("-W %h:5905")));
+    let mut term = Terminal::spawn(&argv).await;
+    term.expect("serial console of demo").await;
+    term.send(b"\r&.").await;
+    assert!(term.wait().await.success());
+    gw.stop().await;
+}

@@ -34,8 +34,9 @@ async fn serve(config: &Path, log: PathBuf, port: u16) -> Served {
 impl Served {
     async fn terminate(mut self) -> String {
         let pid = self.child.id().unwrap().to_string();
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
+        // The shell's builtin kill: no procps needed.
+        let status = std::process::Command::new("sh")
+            .args(["-c", &format!("kill -TERM {pid}")])
             .status()
             .unwrap();
         assert!(status.success());
