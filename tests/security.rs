@@ -47,6 +47,19 @@ async fn attach_good_session(gw: &Gateway, name: &str) -> Terminal {
     term
 }
 
+fn assert_stderr(out: &std::process::Output, expected: &str) {
+    assert!(
+        stderr(out).contains(expected),
+        "expected {expected:?} in: {}",
+        stderr(out)
+    );
+}
+
+async fn leave(mut term: Terminal) {
+    term.send(b"\r&.").await;
+    term.wait().await;
+}
+
 async fn still_works(term: &mut Terminal, marker: &str) {
     // The simulator echoes what is typed at its login prompt.
     term.send(format!("{marker}\x03").as_bytes()).await;
@@ -65,21 +78,13 @@ async fn only_the_registered_key_gets_in_on_either_hop() {
     let argv = argv_with_options(&conn.connection_string, &mallory, &alice, &conn.known_hosts);
     let out = ssh_batch(&argv).await;
     assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("Permission denied (publickey)"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr(&out, "Permission denied (publickey)");
 
     // Right key outside, wrong key on the inner hop.
     let argv = argv_with_options(&conn.connection_string, &alice, &mallory, &conn.known_hosts);
     let out = ssh_batch(&argv).await;
     assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("Permission denied (publickey)"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr(&out, "Permission denied (publickey)");
 
     // Unknown connection id, and junk user names.
     for user in [
@@ -100,15 +105,10 @@ async fn only_the_registered_key_gets_in_on_either_hop() {
     let bob = Key::ed25519(gw.dir.path(), "bob");
     let vm2 = gw.create("vm2", &bob).await;
     let out = ssh_batch(&outer_w(&gw, &alice, &conn.known_hosts, &vm2.id, "vm2:22")).await;
-    assert!(
-        stderr(&out).contains("Permission denied (publickey)"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr(&out, "Permission denied (publickey)");
 
     still_works(&mut good, "still-here-1").await;
-    good.send(b"\r&.").await;
-    good.wait().await;
+    leave(good).await;
     gw.stop().await;
 }
 
@@ -168,11 +168,7 @@ async fn no_channel_leads_anywhere_but_the_record_instance() {
     assert!(matches!(n, Ok(0) | Err(_)), "forwarded data arrived");
     tunnel.kill().await.unwrap();
     let out = tunnel.wait_with_output().await.unwrap();
-    assert!(
-        stderr(&out).contains("administratively prohibited"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr(&out, "administratively prohibited");
     // Nothing ever reached the bystander.
     assert!(
         tokio::time::timeout(Duration::from_millis(200), bystander.accept())
@@ -195,15 +191,10 @@ async fn no_channel_leads_anywhere_but_the_record_instance() {
         ],
     );
     let out = ssh_batch(&argv).await;
-    assert!(
-        stderr(&out).contains("remote port forwarding failed"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr(&out, "remote port forwarding failed");
 
     still_works(&mut good, "still-here-2").await;
-    good.send(b"\r&.").await;
-    good.wait().await;
+    leave(good).await;
     gw.stop().await;
 }
 
@@ -234,15 +225,10 @@ async fn deleting_a_connection_ends_its_sessions_and_its_id() {
 
     // And the id no longer authenticates.
     let out = ssh_batch(&conn.ssh_argv(&alice)).await;
-    assert!(
-        stderr(&out).contains("Permission denied (publickey)"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr(&out, "Permission denied (publickey)");
 
     still_works(&mut good, "still-here-3").await;
-    good.send(b"\r&.").await;
-    good.wait().await;
+    leave(good).await;
     gw.stop().await;
 }
 
@@ -253,15 +239,7 @@ async fn hostile_clients_do_not_disturb_others() {
 
     // Pure junk instead of an SSH identification.
     let mut junk = TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
-    let mut x: u32 = 0x9e37_79b9;
-    let bytes: Vec<u8> = (0..256 * 1024)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect();
+    let bytes = pseudo_random_bytes(256 * 1024, 0x9e37_79b9);
     let _ = junk.write_all(&bytes).await;
     let mut sink = Vec::new();
     let _ = tokio::time::timeout(GUARD, junk.read_to_end(&mut sink)).await;
@@ -304,7 +282,6 @@ async fn hostile_clients_do_not_disturb_others() {
     );
 
     still_works(&mut good, "still-here-4").await;
-    good.send(b"\r&.").await;
-    good.wait().await;
+    leave(good).await;
     gw.stop().await;
 }

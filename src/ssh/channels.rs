@@ -155,3 +155,65 @@ pub(super) fn answer(
         session.channel_failure(channel)
     }
 }
+
+/// The session-channel requests both hops answer alike: a pty and a shell
+/// are granted (the console task takes it from there); `exec` and
+/// subsystems are refused, as the console is the only thing to run; `none`
+/// authentication is pointed at `publickey`. Expands to `Handler` methods.
+macro_rules! console_session_requests {
+    () => {
+        async fn auth_none(&mut self, _user: &str) -> Result<russh::server::Auth, Self::Error> {
+            Ok(super::channels::publickey_only())
+        }
+
+        #[allow(clippy::too_many_arguments)]
+        async fn pty_request(
+            &mut self,
+            channel: russh::ChannelId,
+            _term: &str,
+            _cols: u32,
+            _rows: u32,
+            _pix_w: u32,
+            _pix_h: u32,
+            _modes: &[(russh::Pty, u32)],
+            session: &mut russh::server::Session,
+        ) -> Result<(), Self::Error> {
+            super::channels::answer(session, channel, true)
+        }
+
+        async fn shell_request(
+            &mut self,
+            channel: russh::ChannelId,
+            session: &mut russh::server::Session,
+        ) -> Result<(), Self::Error> {
+            super::channels::answer(session, channel, true)
+        }
+
+        async fn exec_request(
+            &mut self,
+            channel: russh::ChannelId,
+            _data: &[u8],
+            session: &mut russh::server::Session,
+        ) -> Result<(), Self::Error> {
+            super::channels::answer(session, channel, false)
+        }
+
+        async fn subsystem_request(
+            &mut self,
+            channel: russh::ChannelId,
+            _name: &str,
+            session: &mut russh::server::Session,
+        ) -> Result<(), Self::Error> {
+            super::channels::answer(session, channel, false)
+        }
+    };
+}
+pub(super) use console_session_requests;
+
+/// The answer to anything but `publickey`: try `publickey`.
+pub(super) fn publickey_only() -> russh::server::Auth {
+    russh::server::Auth::Reject {
+        proceed_with_methods: Some(russh::MethodSet::from(&[russh::MethodKind::PublicKey][..])),
+        partial_success: false,
+    }
+}

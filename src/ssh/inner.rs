@@ -9,14 +9,14 @@
 
 use std::sync::Arc;
 
+use russh::Channel;
 use russh::server::{
     Auth, ChannelOpenHandle, Config, Handler, Msg, PublicKeyOffer, Session, VerifiedPublicKey,
 };
-use russh::{Channel, ChannelId};
 
 use super::SshContext;
-use super::channels::{Authorized, ChannelTasks, answer};
-use super::outer::{VNC_PORT, publickey_only, truncate};
+use super::channels::{Authorized, ChannelTasks, console_session_requests, publickey_only};
+use super::outer::{VNC_PORT, truncate};
 
 /// Runs the inner server over `channel` until the client leaves.
 pub(super) async fn serve(
@@ -69,10 +69,6 @@ impl InnerHandler {
 
 impl Handler for InnerHandler {
     type Error = russh::Error;
-
-    async fn auth_none(&mut self, _user: &str) -> Result<Auth, Self::Error> {
-        Ok(publickey_only())
-    }
 
     async fn auth_publickey_offered(
         &mut self,
@@ -156,43 +152,5 @@ impl Handler for InnerHandler {
         Ok(())
     }
 
-    async fn pty_request(
-        &mut self,
-        channel: ChannelId,
-        _term: &str,
-        _cols: u32,
-        _rows: u32,
-        _pix_w: u32,
-        _pix_h: u32,
-        _modes: &[(russh::Pty, u32)],
-        session: &mut Session,
-    ) -> Result<(), Self::Error> {
-        answer(session, channel, true)
-    }
-
-    async fn shell_request(
-        &mut self,
-        channel: ChannelId,
-        session: &mut Session,
-    ) -> Result<(), Self::Error> {
-        answer(session, channel, true)
-    }
-
-    async fn exec_request(
-        &mut self,
-        channel: ChannelId,
-        _data: &[u8],
-        session: &mut Session,
-    ) -> Result<(), Self::Error> {
-        answer(session, channel, false)
-    }
-
-    async fn subsystem_request(
-        &mut self,
-        channel: ChannelId,
-        _name: &str,
-        session: &mut Session,
-    ) -> Result<(), Self::Error> {
-        answer(session, channel, false)
-    }
+    console_session_requests!();
 }

@@ -15,11 +15,13 @@ use std::sync::Arc;
 use russh::server::{
     Auth, ChannelOpenHandle, Handler, Msg, PublicKeyOffer, Session, VerifiedPublicKey,
 };
-use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet};
+use russh::{Channel, ChannelOpenFailure};
 use tokio::sync::oneshot;
 
 use super::SshContext;
-use super::channels::{Authorized, ChannelTasks, answer, authorize};
+use super::channels::{
+    Authorized, ChannelTasks, authorize, console_session_requests, publickey_only,
+};
 
 /// Inner-hop ports on the instance (22 for OpenSSH, 5905 for OCI's PuTTY strings).
 const INNER_PORTS: [u32; 2] = [22, 5905];
@@ -46,19 +48,8 @@ impl OuterHandler {
     }
 }
 
-pub(super) fn publickey_only() -> Auth {
-    Auth::Reject {
-        proceed_with_methods: Some(MethodSet::from(&[MethodKind::PublicKey][..])),
-        partial_success: false,
-    }
-}
-
 impl Handler for OuterHandler {
     type Error = russh::Error;
-
-    async fn auth_none(&mut self, _user: &str) -> Result<Auth, Self::Error> {
-        Ok(publickey_only())
-    }
 
     async fn auth_publickey_offered(
         &mut self,
@@ -174,45 +165,7 @@ impl Handler for OuterHandler {
         Ok(())
     }
 
-    async fn pty_request(
-        &mut self,
-        channel: ChannelId,
-        _term: &str,
-        _cols: u32,
-        _rows: u32,
-        _pix_w: u32,
-        _pix_h: u32,
-        _modes: &[(russh::Pty, u32)],
-        session: &mut Session,
-    ) -> Result<(), Self::Error> {
-        answer(session, channel, true)
-    }
-
-    async fn shell_request(
-        &mut self,
-        channel: ChannelId,
-        session: &mut Session,
-    ) -> Result<(), Self::Error> {
-        answer(session, channel, true)
-    }
-
-    async fn exec_request(
-        &mut self,
-        channel: ChannelId,
-        _data: &[u8],
-        session: &mut Session,
-    ) -> Result<(), Self::Error> {
-        answer(session, channel, false)
-    }
-
-    async fn subsystem_request(
-        &mut self,
-        channel: ChannelId,
-        _name: &str,
-        session: &mut Session,
-    ) -> Result<(), Self::Error> {
-        answer(session, channel, false)
-    }
+    console_session_requests!();
 
     async fn tcpip_forward(
         &mut self,

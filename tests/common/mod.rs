@@ -414,3 +414,16 @@ pub async fn connect_eventually(port: u16) -> tokio::net::TcpStream {
     .await
     .expect("local forward never listened")
 }
+
+/// Deterministic junk: `len` xorshift bytes from `seed` (non-zero).
+pub fn pseudo_random_bytes(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
