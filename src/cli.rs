@@ -7,12 +7,12 @@
 
 use std::collections::BTreeMap;
 
-use time::OffsetDateTime;
+use std::sync::Arc;
 
 use crate::config::{Config, ConfigError};
-use crate::connection::{ConnectionRecord, ConnectionView, Endpoint, LifecycleState};
-use crate::keys::{ClientKey, HostKeys, KeyError};
-use crate::store::{ConnectionFilter, Store, StoreError};
+use crate::connection::{ConnectionRecord, ConnectionView};
+use crate::connections::{ConnectionError, ConsoleConnections, NewConnection};
+use crate::store::ConnectionFilter;
 
 /// Why a command failed; the message says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -20,63 +20,33 @@ pub enum CliError {
     /// The config is unusable.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// The public key was refused.
-    #[error("invalid public key: {0}")]
-    Key(KeyError),
-    /// The instance is not in the config.
-    #[error("unknown instance `{instance}`; configured instances: {known}")]
-    UnknownInstance {
-        /// What was asked for.
-        instance: String,
-        /// What exists.
-        known: String,
-    },
-    /// No such connection.
-    #[error("no console connection with id `{0}`")]
-    NotFound(String),
+    /// The operation was refused.
+    #[error(transparent)]
+    Connection(#[from] ConnectionError),
     /// A tag was not `key=value`.
     #[error("freeform tag `{0}` must look like key=value")]
     BadTag(String),
-    /// The store failed (or refused: conflict).
-    #[error(transparent)]
-    Store(#[from] StoreError),
     /// Host keys or state could not be opened.
     #[error(transparent)]
     Gateway(#[from] crate::gateway::GatewayError),
 }
 
-impl From<KeyError> for CliError {
-    fn from(e: KeyError) -> Self {
-        CliError::Key(e)
-    }
-}
-
-/// The store and what connection views need.
+/// The console-connection operations, as the CLI runs them.
 pub struct Context {
-    config: Config,
-    store: Store,
-    endpoint: Endpoint,
+    connections: ConsoleConnections,
 }
 
 impl Context {
     /// Opens the store and host keys named by `config`.
     pub async fn open(config: Config) -> Result<Context, CliError> {
         let (store, host_keys) = crate::gateway::open_state(&config).await?;
-        let endpoint = endpoint(&config, &host_keys);
         Ok(Context {
-            config,
-            store,
-            endpoint,
+            connections: ConsoleConnections::new(store, Arc::new(config), &host_keys),
         })
     }
 
     async fn view(&self, record: &ConnectionRecord) -> Result<ConnectionView, CliError> {
-        let key = self.store.instance_host_key(&record.instance_id).await?;
-        Ok(ConnectionView::new(
-            record,
-            &self.endpoint,
-            key.public_key(),
-        ))
+        Ok(self.connections.view(record).await?)
     }
 
     /// `connection create`: registers `public_key` for `instance_id`.
@@ -86,13 +56,6 @@ impl Context {
         public_key: &str,
         freeform_tags: &[String],
     ) -> Result<ConnectionView, CliError> {
-        let Some(instance) = self.config.instance(instance_id) else {
-            return Err(CliError::UnknownInstance {
-                instance: instance_id.to_owned(),
-                known: known_instances(&self.config),
-            });
-        };
-        let key = ClientKey::parse(public_key)?;
         let mut tags = BTreeMap::new();
         for tag in freeform_tags {
             let (k, v) = tag
@@ -101,35 +64,26 @@ impl Context {
                 .ok_or_else(|| CliError::BadTag(tag.clone()))?;
             tags.insert(k.to_owned(), v.to_owned());
         }
-        let record = ConnectionRecord {
-            id: crate::ids::new_connection_id(),
-            compartment_id: instance.compartment.clone(),
-            instance_id: instance.id.clone(),
-            lifecycle_state: LifecycleState::Active,
-            public_key: key.to_openssh(),
-            fingerprint: key.fingerprint().to_owned(),
+        let new = NewConnection {
+            instance_id: instance_id.to_owned(),
+            public_key: public_key.to_owned(),
             freeform_tags: tags,
             defined_tags: BTreeMap::new(),
-            time_created: OffsetDateTime::now_utc(),
         };
-        self.store.create_connection(&record).await?;
+        let record = self.connections.create(new, None).await?;
         self.view(&record).await
     }
 
     /// `connection get`.
     pub async fn get(&self, id: &str) -> Result<ConnectionView, CliError> {
-        let record = self
-            .store
-            .get_connection(id)
-            .await?
-            .ok_or_else(|| CliError::NotFound(id.to_owned()))?;
+        let record = self.connections.get(id).await?;
         self.view(&record).await
     }
 
     /// `connection list`.
     pub async fn list(&self, filter: &ConnectionFilter) -> Result<Vec<ConnectionView>, CliError> {
         let mut views = Vec::new();
-        for record in self.store.list_connections(filter).await? {
+        for record in self.connections.list(filter, None, None).await? {
             views.push(self.view(&record).await?);
         }
         Ok(views)
@@ -137,37 +91,9 @@ impl Context {
 
     /// `connection delete`: the record becomes DELETED; live sessions end.
     pub async fn delete(&self, id: &str) -> Result<ConnectionView, CliError> {
-        let record = self
-            .store
-            .delete_connection(id)
-            .await?
-            .ok_or_else(|| CliError::NotFound(id.to_owned()))?;
+        let record = self.connections.delete_now(id).await?;
         self.view(&record).await
     }
-}
-
-/// What connection strings advertise, from the config and host keys.
-pub fn endpoint(config: &Config, host_keys: &HostKeys) -> Endpoint {
-    Endpoint {
-        public_host: config.ssh.public_host.clone(),
-        public_port: config.ssh.advertised_port(),
-        service_host_keys: vec![
-            host_keys.ed25519.public_key().clone(),
-            host_keys.rsa.public_key().clone(),
-        ],
-    }
-}
-
-fn known_instances(config: &Config) -> String {
-    if config.instances.is_empty() {
-        return "none (add an [[instance]] to the config)".into();
-    }
-    config
-        .instances
-        .iter()
-        .map(|i| i.id.as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// `check`: a one-paragraph summary of a valid config.

@@ -10,6 +10,7 @@
 //! - [`keys`]: client key validation and fingerprints; host keys.
 //! - [`ids`]: unguessable identifiers.
 //! - [`connection`]: the connection record and the resource users see.
+//! - [`connections`]: the console-connection operations and their rules.
 //! - [`store`]: persistent state (SQLite), the one place SQL runs.
 //! - [`console`]: console hubs, serial backends, escapes, the demo simulator.
 //! - [`ssh`]: the SSH data plane (outer hop, nested inner hop, VNC tunnels).
@@ -21,6 +22,7 @@
 pub mod cli;
 pub mod config;
 pub mod connection;
+pub mod connections;
 pub mod console;
 pub mod gateway;
 pub mod ids;

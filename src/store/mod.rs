@@ -13,7 +13,6 @@
 //! private `Backend` enum with the same methods; callers do not change.
 
 use std::path::Path;
-use std::str::FromStr;
 use std::time::Duration;
 
 use russh::keys::PrivateKey;
@@ -21,7 +20,10 @@ use sqlx::Row;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use time::OffsetDateTime;
 
-use crate::connection::{ConnectionRecord, LifecycleState};
+use crate::connection::LifecycleState;
+
+mod connections;
+pub use connections::{PageKey, RetryKey};
 
 /// Store failures.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +52,14 @@ pub enum StoreError {
         instance_id: String,
         /// The connection that holds the slot.
         existing_id: String,
+    },
+    /// The retry token was already used by this caller.
+    #[error("the opc-retry-token was already used for connection {connection_id}")]
+    RetryTokenUsed {
+        /// The connection the token created.
+        connection_id: String,
+        /// Whether the earlier request was the same as this one.
+        same_request: bool,
     },
     /// A stored row could not be decoded.
     #[error("corrupt row in {table}: {message}")]
@@ -102,13 +112,6 @@ enum Backend {
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
-macro_rules! columns {
-    () => {
-        "id, compartment_id, instance_id, lifecycle_state, public_key, fingerprint, \
-         freeform_tags, defined_tags, time_created"
-    };
-}
-
 impl Store {
     /// Opens (creating if needed) the SQLite database at `path` and migrates it.
     pub async fn open_sqlite(path: &Path) -> Result<Store, StoreError> {
@@ -133,113 +136,10 @@ impl Store {
         })
     }
 
-    fn pool(&self) -> &SqlitePool {
+    pub(crate) fn pool(&self) -> &SqlitePool {
         match &self.backend {
             Backend::Sqlite(pool) => pool,
         }
-    }
-
-    /// Stores a new connection, enforcing one live connection per instance and key.
-    pub async fn create_connection(&self, record: &ConnectionRecord) -> Result<(), StoreError> {
-        let now = now_ms();
-        let result = sqlx::query(
-            "INSERT INTO console_connections (id, compartment_id, instance_id, lifecycle_state, \
-             public_key, fingerprint, freeform_tags, defined_tags, time_created, time_updated) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(&record.id)
-        .bind(&record.compartment_id)
-        .bind(&record.instance_id)
-        .bind(record.lifecycle_state.as_str())
-        .bind(&record.public_key)
-        .bind(&record.fingerprint)
-        .bind(to_json(&record.freeform_tags))
-        .bind(to_json(&record.defined_tags))
-        .bind(to_ms(record.time_created))
-        .bind(now)
-        .execute(self.pool())
-        .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                let existing = sqlx::query(
-                    "SELECT id FROM console_connections WHERE instance_id = $1 AND fingerprint = $2 \
-                     AND lifecycle_state IN ('CREATING', 'ACTIVE')",
-                )
-                .bind(&record.instance_id)
-                .bind(&record.fingerprint)
-                .fetch_optional(self.pool())
-                .await?;
-                Err(StoreError::Conflict {
-                    instance_id: record.instance_id.clone(),
-                    existing_id: existing
-                        .map(|r| r.get::<String, _>(0))
-                        .unwrap_or_else(|| "unknown".into()),
-                })
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// The connection with this id, in any state.
-    pub async fn get_connection(&self, id: &str) -> Result<Option<ConnectionRecord>, StoreError> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            columns!(),
-            " FROM console_connections WHERE id = $1"
-        ))
-        .bind(id)
-        .fetch_optional(self.pool())
-        .await?;
-        row.map(|r| decode_record(&r)).transpose()
-    }
-
-    /// Just the state of a connection: what live sessions poll.
-    pub async fn connection_state(&self, id: &str) -> Result<Option<LifecycleState>, StoreError> {
-        let row = sqlx::query("SELECT lifecycle_state FROM console_connections WHERE id = $1")
-            .bind(id)
-            .fetch_optional(self.pool())
-            .await?;
-        row.map(|r| parse_state(&r.get::<String, _>(0))).transpose()
-    }
-
-    /// Connections matching `filter`, oldest first.
-    pub async fn list_connections(
-        &self,
-        filter: &ConnectionFilter,
-    ) -> Result<Vec<ConnectionRecord>, StoreError> {
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            columns!(),
-            " FROM console_connections \
-             WHERE ($1 IS NULL OR compartment_id = $1) AND ($2 IS NULL OR instance_id = $2) \
-             AND ($3 IS NULL OR lifecycle_state = $3) ORDER BY time_created, id"
-        ))
-        .bind(filter.compartment_id.as_deref())
-        .bind(filter.instance_id.as_deref())
-        .bind(filter.lifecycle_state.map(LifecycleState::as_str))
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter().map(decode_record).collect()
-    }
-
-    /// Moves a live connection to DELETED; returns the record as it now is,
-    /// or `None` if there is no such connection. Deleting a deleted
-    /// connection changes nothing.
-    pub async fn delete_connection(
-        &self,
-        id: &str,
-    ) -> Result<Option<ConnectionRecord>, StoreError> {
-        let now = now_ms();
-        sqlx::query(
-            "UPDATE console_connections SET lifecycle_state = 'DELETED', time_updated = $2, \
-             time_deleted = $2 WHERE id = $1 AND lifecycle_state NOT IN ('DELETED')",
-        )
-        .bind(id)
-        .bind(now)
-        .execute(self.pool())
-        .await?;
-        self.get_connection(id).await
     }
 
     /// The inner hop's host key for `instance_id`, generated and stored on
@@ -289,46 +189,19 @@ impl Store {
     }
 }
 
-fn decode_record(row: &sqlx::sqlite::SqliteRow) -> Result<ConnectionRecord, StoreError> {
-    let corrupt = |message: String| StoreError::Corrupt {
-        table: "console_connections",
-        message,
-    };
-    let freeform: String = row.try_get("freeform_tags")?;
-    let defined: String = row.try_get("defined_tags")?;
-    Ok(ConnectionRecord {
-        id: row.try_get("id")?,
-        compartment_id: row.try_get("compartment_id")?,
-        instance_id: row.try_get("instance_id")?,
-        lifecycle_state: parse_state(&row.try_get::<String, _>("lifecycle_state")?)?,
-        public_key: row.try_get("public_key")?,
-        fingerprint: row.try_get("fingerprint")?,
-        freeform_tags: serde_json::from_str(&freeform).map_err(|e| corrupt(e.to_string()))?,
-        defined_tags: serde_json::from_str(&defined).map_err(|e| corrupt(e.to_string()))?,
-        time_created: from_ms(row.try_get("time_created")?).map_err(corrupt)?,
-    })
-}
-
-fn parse_state(s: &str) -> Result<LifecycleState, StoreError> {
-    LifecycleState::from_str(s).map_err(|message| StoreError::Corrupt {
-        table: "console_connections",
-        message,
-    })
-}
-
-fn to_json<T: serde::Serialize>(value: &T) -> String {
+pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| "{}".into())
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     to_ms(OffsetDateTime::now_utc())
 }
 
-fn to_ms(t: OffsetDateTime) -> i64 {
+pub(crate) fn to_ms(t: OffsetDateTime) -> i64 {
     (t.unix_timestamp_nanos() / 1_000_000) as i64
 }
 
-fn from_ms(ms: i64) -> Result<OffsetDateTime, String> {
+pub(crate) fn from_ms(ms: i64) -> Result<OffsetDateTime, String> {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .map_err(|e| format!("bad timestamp {ms}: {e}"))
 }
@@ -342,6 +215,7 @@ fn restrict_permissions(path: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::connection::ConnectionRecord;
 
     fn record(id: &str, instance: &str, fingerprint: &str) -> ConnectionRecord {
         ConnectionRecord {
@@ -369,7 +243,7 @@ mod tests {
     async fn records_round_trip_and_survive_reopen() {
         let (dir, store) = open().await;
         let r = record("a", "vm1", "SHA256:x");
-        store.create_connection(&r).await.unwrap();
+        store.create_connection(&r, None).await.unwrap();
         assert_eq!(store.get_connection("a").await.unwrap(), Some(r.clone()));
         store.close().await;
         let store = Store::open_sqlite(&dir.path().join("db.sqlite"))
@@ -383,11 +257,11 @@ mod tests {
     async fn one_live_connection_per_instance_and_key() {
         let (_dir, store) = open().await;
         store
-            .create_connection(&record("a", "vm1", "SHA256:x"))
+            .create_connection(&record("a", "vm1", "SHA256:x"), None)
             .await
             .unwrap();
         let err = store
-            .create_connection(&record("b", "vm1", "SHA256:x"))
+            .create_connection(&record("b", "vm1", "SHA256:x"), None)
             .await
             .unwrap_err();
         assert!(
@@ -397,18 +271,18 @@ mod tests {
         assert!(store.get_connection("b").await.unwrap().is_none());
         // Another key, or another instance, is fine.
         store
-            .create_connection(&record("c", "vm1", "SHA256:y"))
+            .create_connection(&record("c", "vm1", "SHA256:y"), None)
             .await
             .unwrap();
         store
-            .create_connection(&record("d", "vm2", "SHA256:x"))
+            .create_connection(&record("d", "vm2", "SHA256:x"), None)
             .await
             .unwrap();
         // Once deleted, the slot is free again.
         let deleted = store.delete_connection("a").await.unwrap().unwrap();
         assert_eq!(deleted.lifecycle_state, LifecycleState::Deleted);
         store
-            .create_connection(&record("b", "vm1", "SHA256:x"))
+            .create_connection(&record("b", "vm1", "SHA256:x"), None)
             .await
             .unwrap();
         let filter = ConnectionFilter {
@@ -416,7 +290,7 @@ mod tests {
             ..Default::default()
         };
         let ids: Vec<_> = store
-            .list_connections(&filter)
+            .list_connections(&filter, None, None)
             .await
             .unwrap()
             .into_iter()
@@ -439,4 +313,126 @@ mod tests {
         assert_eq!(a.public_key().key_data(), b.public_key().key_data());
         assert_ne!(a.public_key().key_data(), c.public_key().key_data());
     }
+
+    #[tokio::test]
+    async fn pages_cover_everything_once() {
+        let (_dir, store) = open().await;
+        for i in 0..7 {
+            let mut r = record(&format!("id{i}"), "vm1", &format!("SHA256:{i}"));
+            // Two share a creation time: the id breaks the tie.
+            r.time_created = OffsetDateTime::from_unix_timestamp(1_700_000_000 + i / 2).unwrap();
+            store.create_connection(&r, None).await.unwrap();
+        }
+        let filter = ConnectionFilter::default();
+        let mut seen = Vec::new();
+        let mut page = None;
+        loop {
+            let rows = store
+                .list_connections(&filter, page.as_ref(), Some(3))
+                .await
+                .unwrap();
+            if rows.is_empty() {
+                break;
+            }
+            page = rows.last().map(PageKey::after);
+            seen.extend(rows.into_iter().map(|r| r.id));
+        }
+        assert_eq!(seen, ["id0", "id1", "id2", "id3", "id4", "id5", "id6"]);
+    }
+
+    #[tokio::test]
+    async fn retry_tokens_replay_or_conflict() {
+        let (_dir, store) = open().await;
+        let key = RetryKey {
+            caller: "t/u/f".into(),
+            token: "tok".into(),
+            request_hash: "h1".into(),
+        };
+        store
+            .create_connection(&record("a", "vm1", "SHA256:x"), Some(&key))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.find_retry_token("t/u/f", "tok").await.unwrap(),
+            Some(("h1".into(), "a".into()))
+        );
+        assert_eq!(store.find_retry_token("other", "tok").await.unwrap(), None);
+        // The same token again (say, a race of two retries) creates nothing.
+        let again = RetryKey {
+            request_hash: "h2".into(),
+            ..key.clone()
+        };
+        let err = store
+            .create_connection(&record("b", "vm1", "SHA256:y"), Some(&again))
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            StoreError::RetryTokenUsed { ref connection_id, same_request: false } if connection_id == "a"
+        ));
+        assert!(store.get_connection("b").await.unwrap().is_none());
+        // A conflict on the connection rolls the token back.
+        let fresh = RetryKey {
+            token: "tok2".into(),
+            ..key
+        };
+        assert!(matches!(
+            store
+                .create_connection(&record("c", "vm1", "SHA256:x"), Some(&fresh))
+                .await,
+            Err(StoreError::Conflict { .. })
+        ));
+        assert_eq!(store.find_retry_token("t/u/f", "tok2").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn deletion_goes_through_deleting_to_deleted_to_gone() {
+        let (_dir, store) = open().await;
+        store
+            .create_connection(&record("a", "vm1", "SHA256:x"), None)
+            .await
+            .unwrap();
+        let r = store.begin_delete("a").await.unwrap().unwrap();
+        assert_eq!(r.lifecycle_state, LifecycleState::Deleting);
+        // Not settled yet.
+        assert_eq!(
+            store.advance_lifecycle(60_000, 60_000).await.unwrap(),
+            (0, 0)
+        );
+        assert_eq!(store.advance_lifecycle(0, 60_000).await.unwrap(), (1, 0));
+        assert_eq!(
+            store.connection_state("a").await.unwrap(),
+            Some(LifecycleState::Deleted)
+        );
+        // A deleted connection is not deleted again, and is purged after retention.
+        let r = store.begin_delete("a").await.unwrap().unwrap();
+        assert_eq!(r.lifecycle_state, LifecycleState::Deleted);
+        assert_eq!(store.advance_lifecycle(0, 0).await.unwrap(), (0, 1));
+        assert!(store.get_connection("a").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn tags_update_in_place() {
+        let (_dir, store) = open().await;
+        store
+            .create_connection(&record("a", "vm1", "SHA256:x"), None)
+            .await
+            .unwrap();
+        let tags: FreeformTagsForTest = [("k".to_string(), "v".to_string())].into();
+        let r = store
+            .update_tags("a", Some(&tags), None)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.freeform_tags, tags);
+        assert!(
+            store
+                .update_tags("zzz", Some(&tags), None)
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    type FreeformTagsForTest = crate::connection::FreeformTags;
 }
