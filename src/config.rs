@@ -55,8 +55,77 @@ pub struct Config {
     pub ssh: SshConfig,
     /// Logging.
     pub log: LogConfig,
+    /// The HTTP control plane.
+    pub api: ApiConfig,
+    /// Who may use the HTTP API.
+    pub api_users: Vec<ApiUserConfig>,
     /// The instances whose consoles the gateway serves.
     pub instances: Vec<InstanceConfig>,
+}
+
+/// `[api]`: the HTTP control plane (OCI-compatible).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Address the HTTP API binds (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Seconds a request may take before it is answered with an error.
+    pub request_timeout_secs: u64,
+    /// Requests served at once; more are answered 429 TooManyRequests.
+    pub max_concurrent_requests: usize,
+    /// Seconds a signed request's `date` may differ from the gateway's clock.
+    pub max_clock_skew_secs: u64,
+    /// Page size of list calls without `limit`.
+    pub default_page_size: usize,
+    /// Largest `limit` a list call may ask for.
+    pub max_page_size: usize,
+    /// Seconds a deleted connection stays readable as DELETED.
+    pub deleted_retention_secs: u64,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: 64 * 1024,
+            request_timeout_secs: 30,
+            max_concurrent_requests: 64,
+            max_clock_skew_secs: 300,
+            default_page_size: 50,
+            max_page_size: 1000,
+            deleted_retention_secs: 3600,
+        }
+    }
+}
+
+/// One `[[api_user]]`: an API signing key and what it may reach.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiUserConfig {
+    /// The tenancy OCID, first part of the request signature's keyId.
+    pub tenancy: String,
+    /// The user OCID, second part of the keyId.
+    pub user: String,
+    /// PEM file of the user's API public key (the key's fingerprint is
+    /// computed from it: the third part of the keyId).
+    #[serde(default)]
+    pub public_key_file: Option<PathBuf>,
+    /// The PEM text itself, instead of a file.
+    #[serde(default)]
+    pub public_key: Option<String>,
+    /// Compartments this user may use (`"*"` for all).
+    pub compartments: Vec<String>,
+}
+
+impl ApiUserConfig {
+    /// Whether this user may use `compartment`.
+    pub fn may_use(&self, compartment: &str) -> bool {
+        self.compartments
+            .iter()
+            .any(|c| c == "*" || c == compartment)
+    }
 }
 
 /// `[ssh]`: the SSH listener and what connection strings advertise.
@@ -181,6 +250,10 @@ struct RawConfig {
     #[serde(default)]
     log: LogConfig,
     #[serde(default)]
+    api: ApiConfig,
+    #[serde(default)]
+    api_user: Vec<ApiUserConfig>,
+    #[serde(default)]
     instance: Vec<InstanceConfig>,
 }
 
@@ -248,6 +321,55 @@ impl Config {
                     .into(),
             ));
         }
+        let api = &raw.api;
+        if api.max_body_bytes == 0
+            || api.request_timeout_secs == 0
+            || api.max_concurrent_requests == 0
+            || api.default_page_size == 0
+            || api.max_page_size < api.default_page_size
+        {
+            return Err(invalid(
+                "[api] max_body_bytes, request_timeout_secs, max_concurrent_requests and \
+                 default_page_size must be at least 1, and max_page_size at least default_page_size"
+                    .into(),
+            ));
+        }
+        let mut api_users = raw.api_user;
+        for user in &mut api_users {
+            let who = format!("[[api_user]] {}", user.user);
+            if user.tenancy.is_empty() || user.user.is_empty() {
+                return Err(invalid(
+                    "[[api_user]] tenancy and user must not be empty".into(),
+                ));
+            }
+            match (&user.public_key, &user.public_key_file) {
+                (Some(_), None) => {}
+                (None, Some(file)) => {
+                    let path = if file.is_absolute() {
+                        file.clone()
+                    } else {
+                        base.join(file)
+                    };
+                    let pem = std::fs::read_to_string(&path).map_err(|e| {
+                        invalid(format!(
+                            "{who}: cannot read public_key_file {}: {e}",
+                            path.display()
+                        ))
+                    })?;
+                    user.public_key = Some(pem);
+                }
+                _ => {
+                    return Err(invalid(format!(
+                        "{who}: give exactly one of public_key_file or public_key"
+                    )));
+                }
+            }
+            if user.compartments.is_empty() {
+                return Err(invalid(format!(
+                    "{who}: compartments is empty; list the compartments this user may use, or \"*\""
+                )));
+            }
+        }
         let data_dir = if raw.data_dir.is_absolute() {
             raw.data_dir
         } else {
@@ -257,6 +379,8 @@ impl Config {
             data_dir,
             ssh: raw.ssh,
             log: raw.log,
+            api: raw.api,
+            api_users,
             instances: raw.instance,
         })
     }

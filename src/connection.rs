@@ -24,7 +24,7 @@ pub type DefinedTags = BTreeMap<String, BTreeMap<String, serde_json::Value>>;
 /// consolegate writes a record as ACTIVE in one step (it is usable the moment
 /// it is returned); deletion moves it to DELETED. CREATING, DELETING and FAILED
 /// exist because the OCI resource defines them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum LifecycleState {
     /// Being set up.
@@ -133,8 +133,9 @@ impl Endpoint {
 }
 
 /// The `InstanceConsoleConnection` resource.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = InstanceConsoleConnection)]
 pub struct ConnectionView {
     /// Connection id.
     pub id: String,
@@ -159,6 +160,7 @@ pub struct ConnectionView {
     /// Free-form tags.
     pub freeform_tags: FreeformTags,
     /// Defined tags.
+    #[schema(value_type = Object)]
     pub defined_tags: DefinedTags,
     /// RFC 3339 creation time.
     pub time_created: String,

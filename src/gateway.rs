@@ -1,6 +1,6 @@
 //! `consolegate serve`: opens the store, loads or creates host keys, starts a
-//! console hub per instance and the SSH listener, and stops them all in order
-//! on shutdown.
+//! console hub per instance, the SSH listener, the HTTP API and the
+//! connection lifecycle task, and stops them all in order on shutdown.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -10,7 +10,9 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::ApiState;
 use crate::config::Config;
+use crate::connections::ConsoleConnections;
 use crate::console::hub::ConsoleHubs;
 use crate::keys::{HostKeyError, HostKeys};
 use crate::ssh::SshContext;
@@ -25,14 +27,28 @@ pub enum GatewayError {
     /// Host keys could not be read or created.
     #[error(transparent)]
     HostKey(#[from] HostKeyError),
-    /// The SSH listener could not be bound.
-    #[error("cannot listen for SSH on {addr}: {error}")]
+    /// A listener could not be bound.
+    #[error("cannot listen for {what} on {addr}: {error}")]
     Bind {
+        /// SSH or HTTP.
+        what: &'static str,
         /// The address.
         addr: SocketAddr,
         /// The error.
         error: std::io::Error,
     },
+    /// An `[[api_user]]` key is unusable.
+    #[error("{0}")]
+    ApiUsers(String),
+}
+
+/// The gateway's bound sockets.
+#[derive(Debug)]
+pub struct Listeners {
+    /// The SSH data plane.
+    pub ssh: TcpListener,
+    /// The HTTP control plane.
+    pub api: TcpListener,
 }
 
 /// Opens the store and the host keys named by `config` (creating them on first use).
@@ -47,27 +63,33 @@ pub async fn open_state(config: &Config) -> Result<(Store, HostKeys), GatewayErr
     Ok((store, host_keys))
 }
 
-/// Binds the SSH listener named by `config`.
-pub async fn bind(config: &Config) -> Result<TcpListener, GatewayError> {
-    TcpListener::bind(config.ssh.listen)
-        .await
-        .map_err(|error| GatewayError::Bind {
-            addr: config.ssh.listen,
-            error,
-        })
+/// Binds the listeners named by `config`.
+pub async fn bind(config: &Config) -> Result<Listeners, GatewayError> {
+    let bind = |what, addr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|error| GatewayError::Bind { what, addr, error })
+    };
+    Ok(Listeners {
+        ssh: bind("SSH", config.ssh.listen).await?,
+        api: bind("the HTTP API", config.api.listen).await?,
+    })
 }
 
-/// Runs the gateway on an already-bound SSH listener until `shutdown` is
+/// Runs the gateway on already-bound listeners until `shutdown` is
 /// cancelled. If the config leaves `public_port` unset, connection strings
-/// use the listener's actual port.
+/// use the SSH listener's actual port.
 pub async fn run(
     mut config: Config,
-    ssh_listener: TcpListener,
+    listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), GatewayError> {
-    if let Ok(addr) = ssh_listener.local_addr() {
+    if let Ok(addr) = listeners.ssh.local_addr() {
         config.ssh.public_port.get_or_insert(addr.port());
         tracing::info!(%addr, "SSH listening");
+    }
+    if let Ok(addr) = listeners.api.local_addr() {
+        tracing::info!(%addr, "HTTP API listening");
     }
     let (store, host_keys) = open_state(&config).await?;
     tracing::info!(fingerprint = %host_keys.fingerprint(), "gateway host key");
@@ -80,6 +102,20 @@ pub async fn run(
     let hubs_shutdown = CancellationToken::new();
     let hubs = ConsoleHubs::start(&config.instances, &hubs_shutdown, &mut tasks);
     let config = Arc::new(config);
+    let connections = ConsoleConnections::new(store.clone(), config.clone(), &host_keys);
+    let api = ApiState::new(connections).map_err(GatewayError::ApiUsers)?;
+    tasks.spawn(lifecycle(
+        store.clone(),
+        config.clone(),
+        hubs_shutdown.clone(),
+    ));
+    let api_shutdown = shutdown.clone();
+    let api_listener = listeners.api;
+    let api_task = tokio::spawn(async move {
+        if let Err(e) = crate::api::serve(api_listener, api, api_shutdown).await {
+            tracing::error!(error = %e, "HTTP API stopped");
+        }
+    });
     let ctx = Arc::new(SshContext::new(
         config.clone(),
         store.clone(),
@@ -87,11 +123,34 @@ pub async fn run(
         &host_keys,
         instance_keys,
     ));
-    crate::ssh::serve(ssh_listener, ctx, shutdown).await;
+    crate::ssh::serve(listeners.ssh, ctx, shutdown).await;
+    let _ = api_task.await;
     // Sessions are gone; now the consoles.
     hubs_shutdown.cancel();
     while tasks.join_next().await.is_some() {}
     store.close().await;
     tracing::info!("gateway stopped");
     Ok(())
+}
+
+/// Finishes deletions (DELETING → DELETED once every session has had time to
+/// notice), purges DELETED connections after their retention and expired
+/// retry tokens.
+async fn lifecycle(store: Store, config: Arc<Config>, shutdown: CancellationToken) {
+    // Sessions re-check every revalidate interval: one more second and all have seen it.
+    let settle_ms = (config.ssh.revalidate_interval_secs as i64 + 1) * 1000;
+    let retention_ms = config.api.deleted_retention_secs as i64 * 1000;
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                match store.advance_lifecycle(settle_ms, retention_ms).await {
+                    Ok((0, 0)) => {}
+                    Ok((deleted, purged)) => tracing::info!(deleted, purged, "console connection lifecycle"),
+                    Err(e) => tracing::warn!(error = %e, "console connection lifecycle failed"),
+                }
+            }
+            () = shutdown.cancelled() => return,
+        }
+    }
 }

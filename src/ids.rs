@@ -16,6 +16,13 @@ pub fn random_token(bytes: usize) -> String {
     base32(&raw)
 }
 
+/// `bytes` random bytes as lower-case hex.
+pub fn random_hex(bytes: usize) -> String {
+    let mut raw = vec![0u8; bytes];
+    rand::rng().fill_bytes(&mut raw);
+    raw.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// A new console connection id carrying 160 random bits.
 pub fn new_connection_id() -> String {
     format!("ocid1.instanceconsoleconnection.oc1..{}", random_token(20))

@@ -14,11 +14,13 @@
 //! - [`store`]: persistent state (SQLite), the one place SQL runs.
 //! - [`console`]: console hubs, serial backends, escapes, the demo simulator.
 //! - [`ssh`]: the SSH data plane (outer hop, nested inner hop, VNC tunnels).
+//! - [`api`]: the HTTP control plane (OCI-compatible).
 //! - [`gateway`]: wiring it all together for `consolegate serve`.
 //! - [`cli`]: the `connection` and `check` subcommands.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod connection;

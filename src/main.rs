@@ -111,7 +111,7 @@ async fn serve(config: Config, log_format: Option<String>) -> anyhow::Result<()>
         None => config.log.format,
     };
     init_logging(format, &config.log.level)?;
-    let listener = consolegate::gateway::bind(&config).await?;
+    let listeners = consolegate::gateway::bind(&config).await?;
     let shutdown = CancellationToken::new();
     let trigger = shutdown.clone();
     tokio::spawn(async move {
@@ -119,7 +119,7 @@ async fn serve(config: Config, log_format: Option<String>) -> anyhow::Result<()>
         tracing::info!("shutting down");
         trigger.cancel();
     });
-    consolegate::gateway::run(config, listener, shutdown).await?;
+    consolegate::gateway::run(config, listeners, shutdown).await?;
     Ok(())
 }
 

@@ -58,6 +58,7 @@ async fn restart_keeps_records_and_host_keys_and_sigterm_is_graceful() {
         &config,
         format!(
             "data_dir = \"data\"\n[ssh]\nlisten = \"127.0.0.1:{port}\"\npublic_host = \"127.0.0.1\"\n\
+             [api]\nlisten = \"127.0.0.1:0\"\n\
              [log]\nformat = \"json\"\nlevel = \"debug\"\n\n{}",
             instance("demo", "simulator", None)
         ),
@@ -138,7 +139,11 @@ async fn serve_refuses_a_busy_port_with_a_clear_error() {
     let busy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = busy.local_addr().unwrap().port();
     let config = dir.path().join("gateway.toml");
-    std::fs::write(&config, format!("[ssh]\nlisten = \"127.0.0.1:{port}\"\n")).unwrap();
+    std::fs::write(
+        &config,
+        format!("[ssh]\nlisten = \"127.0.0.1:{port}\"\n[api]\nlisten = \"127.0.0.1:0\"\n"),
+    )
+    .unwrap();
     let out = tokio::time::timeout(
         GUARD,
         Command::new(BIN)

@@ -115,6 +115,28 @@ static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations
 impl Store {
     /// Opens (creating if needed) the SQLite database at `path` and migrates it.
     pub async fn open_sqlite(path: &Path) -> Result<Store, StoreError> {
+        // The gateway and the CLI may open a new database at the same moment;
+        // SQLite has no migration lock, so take a file lock around it.
+        let lock_path = path.with_extension("lock");
+        let open_error = |error: std::io::Error| StoreError::Open {
+            path: lock_path.display().to_string(),
+            error: sqlx::Error::Io(error),
+        };
+        let lock = {
+            let lock_path = lock_path.clone();
+            tokio::task::spawn_blocking(move || {
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&lock_path)?;
+                file.lock()?;
+                Ok::<_, std::io::Error>(file)
+            })
+            .await
+            .map_err(|e| open_error(std::io::Error::other(e)))?
+            .map_err(open_error)?
+        };
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -131,6 +153,7 @@ impl Store {
             })?;
         restrict_permissions(path);
         SQLITE_MIGRATIONS.run(&pool).await?;
+        drop(lock);
         Ok(Store {
             backend: Backend::Sqlite(pool),
         })

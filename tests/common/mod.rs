@@ -27,6 +27,7 @@ pub struct Gateway {
     pub dir: TempDir,
     pub config_path: PathBuf,
     pub port: u16,
+    pub api_port: u16,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
@@ -41,11 +42,14 @@ impl Gateway {
     pub async fn start_in(dir: TempDir, port: u16, instances: &str) -> Gateway {
         let listener = bind_retrying(port).await;
         let port = listener.local_addr().unwrap().port();
+        let api = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let api_port = api.local_addr().unwrap().port();
         let config_path = dir.path().join("gateway.toml");
         let text = format!(
             "data_dir = \"data\"\n\
              [ssh]\nlisten = \"127.0.0.1:{port}\"\npublic_host = \"127.0.0.1\"\npublic_port = {port}\n\
              revalidate_interval_secs = 1\nhandshake_timeout_secs = 10\n\
+             [api]\nlisten = \"127.0.0.1:{api_port}\"\n\
              [log]\nlevel = \"consolegate=debug,russh=warn\"\n\n{instances}"
         );
         std::fs::write(&config_path, text).unwrap();
@@ -56,7 +60,8 @@ impl Gateway {
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let task = tokio::spawn(async move {
-            consolegate::gateway::run(config, listener, token)
+            let listeners = consolegate::gateway::Listeners { ssh: listener, api };
+            consolegate::gateway::run(config, listeners, token)
                 .await
                 .expect("gateway failed");
         });
@@ -64,6 +69,7 @@ impl Gateway {
             dir,
             config_path,
             port,
+            api_port,
             shutdown,
             task,
         }

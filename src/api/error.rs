@@ -1,0 +1,122 @@
+//! OCI's error model: a status, a `code` for programs and a `message` for
+//! people, in the body `{"code": …, "message": …}`.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::connections::ConnectionError;
+use crate::store::StoreError;
+
+/// The message OCI gives for anything the caller may not see.
+pub const NOT_FOUND_MESSAGE: &str = "Authorization failed or requested resource not found.";
+
+/// An error answer.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+/// The error body.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// A short error code, for programs.
+    pub code: String,
+    /// What went wrong and what to do, for people.
+    pub message: String,
+}
+
+impl ApiError {
+    /// An error with this status, code and message.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// 400 InvalidParameter.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "InvalidParameter", message)
+    }
+
+    /// 400 MissingParameter.
+    pub fn missing(parameter: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "MissingParameter",
+            format!("{parameter} is required"),
+        )
+    }
+
+    /// 401 NotAuthenticated.
+    pub fn not_authenticated(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "NotAuthenticated", message)
+    }
+
+    /// 404 NotAuthorizedOrNotFound: never says which.
+    pub fn not_found() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "NotAuthorizedOrNotFound",
+            NOT_FOUND_MESSAGE,
+        )
+    }
+
+    /// 409 Conflict.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "Conflict", message)
+    }
+
+    /// 500 InternalError; the detail goes to the log, not to the client.
+    pub fn internal(detail: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %detail, "internal error answering an API request");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            "An internal error occurred; try again, and report the opc-request-id if it persists.",
+        )
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The OCI error code.
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            code: self.code.to_owned(),
+            message: self.message,
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<ConnectionError> for ApiError {
+    fn from(e: ConnectionError) -> Self {
+        match e {
+            // An instance the caller cannot see looks like one that does not exist.
+            ConnectionError::UnknownInstance { .. } | ConnectionError::NotFound(_) => {
+                ApiError::not_found()
+            }
+            ConnectionError::Key(k) => ApiError::invalid(format!("publicKey: {k}")),
+            ConnectionError::BadTags(m) => ApiError::invalid(m),
+            e @ ConnectionError::WrongState { .. } => ApiError::conflict(e.to_string()),
+            ConnectionError::Store(e @ StoreError::Conflict { .. }) => {
+                ApiError::conflict(e.to_string())
+            }
+            ConnectionError::Store(e) => ApiError::internal(&e),
+        }
+    }
+}

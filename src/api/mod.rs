@@ -1,0 +1,185 @@
+//! The HTTP control plane.
+//!
+//! - [`oci`]: the OCI-compatible `instanceConsoleConnections` endpoints;
+//! - [`auth`]: API users, request-signature verification, request ids;
+//! - [`signature`]: OCI HTTP request signatures (verify and sign);
+//! - [`error`]: OCI's error model.
+//!
+//! [`app`] builds the router (tested with `oneshot`, no socket needed);
+//! [`serve`] runs it on a bound listener until shutdown. Limits are tower
+//! layers: a concurrency limit that sheds load with 429 TooManyRequests, a
+//! request timeout, and the body limit enforced while authenticating.
+
+pub mod auth;
+pub mod error;
+pub mod oci;
+pub mod signature;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::error_handling::HandleErrorLayer;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceBuilder;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::config::ApiConfig;
+use crate::connections::ConsoleConnections;
+use auth::ApiUsers;
+use error::ApiError;
+
+/// What the handlers share; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct ApiState {
+    shared: Arc<ApiShared>,
+}
+
+#[derive(Debug)]
+struct ApiShared {
+    connections: ConsoleConnections,
+    users: ApiUsers,
+    config: ApiConfig,
+}
+
+impl ApiState {
+    /// State for the API of `connections`' config; fails if an API user's
+    /// key cannot be used.
+    pub fn new(connections: ConsoleConnections) -> Result<ApiState, String> {
+        let users = ApiUsers::from_config(&connections.config().api_users)?;
+        let config = connections.config().api.clone();
+        Ok(ApiState {
+            shared: Arc::new(ApiShared {
+                connections,
+                users,
+                config,
+            }),
+        })
+    }
+
+    /// The console-connection operations.
+    pub fn connections(&self) -> &ConsoleConnections {
+        &self.shared.connections
+    }
+
+    /// The `[api]` settings.
+    pub fn config(&self) -> &ApiConfig {
+        &self.shared.config
+    }
+
+    fn users(&self) -> &ApiUsers {
+        &self.shared.users
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "consolegate control plane",
+        description = "OCI-compatible console connections: create one with an SSH public key, \
+                       then use its connectionString with a stock OpenSSH client. Every request \
+                       is signed with an OCI API signing key (draft-cavage HTTP signatures, rsa-sha256)."
+    ),
+    tags((name = "InstanceConsoleConnection", description = "Console connections to instances"))
+)]
+struct ApiDoc;
+
+fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(oci::create_connection, oci::list_connections))
+        .routes(routes!(
+            oci::get_connection,
+            oci::update_connection,
+            oci::delete_connection
+        ))
+}
+
+/// The OpenAPI document of this API (also served at `/openapi.json`).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().split_for_parts().1
+}
+
+/// The whole HTTP API.
+pub fn app(state: ApiState) -> Router {
+    let config = state.config().clone();
+    let (api, doc) = routes().split_for_parts();
+    let doc_json = doc.to_pretty_json().unwrap_or_default();
+    let authenticated = api.route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        auth::authenticate,
+    ));
+    Router::new()
+        .merge(authenticated)
+        .route(
+            "/openapi.json",
+            axum::routing::get(move || async move {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    doc_json,
+                )
+            }),
+        )
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                "There is no operation at this path; see /openapi.json.",
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                "This path does not support that method; see /openapi.json.",
+            )
+        })
+        .with_state(state)
+        .layer(
+            ServiceBuilder::new()
+                .layer(axum::middleware::from_fn(auth::request_id))
+                .layer(HandleErrorLayer::new(overloaded))
+                .load_shed()
+                // Global: one semaphore for every route and method (the
+                // router applies layers route by route).
+                .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+                    config.max_concurrent_requests,
+                ))
+                .timeout(Duration::from_secs(config.request_timeout_secs)),
+        )
+}
+
+async fn overloaded(error: tower::BoxError) -> Response {
+    if error.is::<tower::load_shed::error::Overloaded>() {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "TooManyRequests",
+            "Too many requests are in progress; retry with backoff.",
+        )
+        .into_response()
+    } else if error.is::<tower::timeout::error::Elapsed>() {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "The request took too long; retry.",
+        )
+        .into_response()
+    } else {
+        ApiError::internal(&error).into_response()
+    }
+}
+
+/// Serves the API on `listener` until `shutdown` is cancelled.
+pub async fn serve(
+    listener: TcpListener,
+    state: ApiState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
