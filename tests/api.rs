@@ -731,21 +731,30 @@ async fn pagination_has_no_gaps_or_duplicates() {
 #[tokio::test]
 async fn too_many_requests_at_once_get_429() {
     let (api, alice, _) = setup("max_concurrent_requests = 1").await;
-    // The first request holds the only slot: its body never finishes.
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(1);
-    let stalled = Request::builder()
-        .method(Method::POST)
-        .uri(BASE)
-        .header("host", "127.0.0.1:8080")
-        .body(Body::from_stream(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        ))
-        .unwrap();
-    let app = api.app.clone();
-    let first = tokio::spawn(async move { app.oneshot(stalled).await });
-    // Wait until it is in flight.
+    // A request that holds the only slot: its body never finishes. It can
+    // itself be shed if it arrives while another request runs, so it is
+    // sent again until it is the one in flight.
+    let stall = || {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(1);
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(BASE)
+            .header("host", "127.0.0.1:8080")
+            .body(Body::from_stream(
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+            ))
+            .unwrap();
+        let app = api.app.clone();
+        (tx, tokio::spawn(async move { app.oneshot(request).await }))
+    };
+    let (mut tx, mut first) = stall();
     let mut answer = None;
     for _ in 0..200 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        if first.is_finished() {
+            (tx, first) = stall();
+            continue;
+        }
         let a = call(
             &api,
             signed(
@@ -760,7 +769,6 @@ async fn too_many_requests_at_once_get_429() {
             answer = Some(a);
             break;
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     answer
         .expect("never shed load")
