@@ -117,6 +117,11 @@ pub fn summarize(config: &Config) -> String {
                 .map_or("none".to_owned(), ToString::to_string)
         ));
     }
+    out.push_str(&format!(
+        "  HTTP API on {}, {} API user(s)\n",
+        config.api.listen,
+        config.api_users.len()
+    ));
     if config.instances.is_empty() {
         out.push_str("  warning: no [[instance]] is configured; nothing can be reached\n");
     }

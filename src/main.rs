@@ -96,7 +96,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(&cli.config)?;
     match cli.command {
         Command::Check => {
+            let users = consolegate::api::auth::ApiUsers::from_config(&config.api_users)
+                .map_err(anyhow::Error::msg)?;
             print!("{}", consolegate::cli::summarize(&config));
+            let mut key_ids: Vec<&str> = users.key_ids().collect();
+            key_ids.sort_unstable();
+            for key_id in key_ids {
+                println!("  API key {key_id}");
+            }
             Ok(())
         }
         Command::Serve { log_format } => serve(config, log_format).await,

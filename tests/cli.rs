@@ -279,6 +279,19 @@ async fn check_accepts_the_shipped_config_and_names_bad_keys() {
         ("[[instance]]\nid = \"a\"\n", "serial"),
         ("[log]\nformat = \"xml\"\n", "xml"),
         ("not toml at all", "TOML parse error"),
+        (
+            "[[api_user]]\ntenancy = \"t\"\nuser = \"u1\"\npublic_key = \"junk\"\ncompartments = [\"c\"]\n",
+            "[[api_user]] u1: public key",
+        ),
+        (
+            "[[api_user]]\ntenancy = \"t\"\nuser = \"u2\"\ncompartments = [\"c\"]\n",
+            "exactly one of public_key_file or public_key",
+        ),
+        (
+            "[[api_user]]\ntenancy = \"t\"\nuser = \"u3\"\npublic_key_file = \"/nonexistent.pem\"\ncompartments = [\"c\"]\n",
+            "cannot read public_key_file",
+        ),
+        ("[api]\nmax_body_bytes = 0\n", "max_body_bytes"),
     ] {
         let path = dir.path().join("bad.toml");
         std::fs::write(&path, text).unwrap();
