@@ -410,6 +410,18 @@ async fn signatures_are_checked() {
         .await
         .error(StatusCode::UNAUTHORIZED, "NotAuthenticated");
 
+    // The client's opc-request-id is echoed, even on errors.
+    let request = signed_at(
+        Method::GET,
+        &format!("{BASE}?compartmentId=zz"),
+        None,
+        &alice,
+        SystemTime::now(),
+        &[("opc-request-id", "ABCDEF0123456789")],
+    );
+    let answer = call(&api, request).await;
+    assert_eq!(answer.headers["opc-request-id"], "ABCDEF0123456789");
+
     // Nothing was created by any of it.
     let list = call(
         &api,
