@@ -17,6 +17,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::console::history::Replay;
+
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -59,6 +61,8 @@ pub struct Config {
     pub api: ApiConfig,
     /// Who may use the HTTP API.
     pub api_users: Vec<ApiUserConfig>,
+    /// Days audit events are kept.
+    pub audit_retention_days: u64,
     /// The instances whose consoles the gateway serves.
     pub instances: Vec<InstanceConfig>,
 }
@@ -226,6 +230,71 @@ pub struct InstanceConfig {
     /// The VNC display, if any.
     #[serde(default)]
     pub vnc: Option<VncTarget>,
+    /// Who may type: `shared` (every read-write session) or `exclusive`
+    /// (one writer at a time; others read-only until they force).
+    #[serde(default)]
+    pub input: InputPolicy,
+    /// Bytes of recent output kept for replay (default 1 MiB).
+    #[serde(default = "default_history_bytes")]
+    pub history_bytes: usize,
+    /// What a session sees again on attach unless it asks otherwise:
+    /// `none`, `all`, `N lines` or `N bytes` (default `1000 lines`).
+    #[serde(default)]
+    pub replay: Replay,
+    /// Append all console output to this file (rotated by size).
+    #[serde(default)]
+    pub log_file: Option<PathBuf>,
+    /// Rotate the console log when it reaches this size (default 10 MiB).
+    #[serde(default = "default_log_max_bytes")]
+    pub log_max_bytes: u64,
+    /// Rotated console logs kept (`.1` … `.N`, default 5).
+    #[serde(default = "default_log_keep")]
+    pub log_keep: usize,
+    /// Record each session as an asciicast v2 file: `off`, `output` or
+    /// `output+input` (default `off`).
+    #[serde(default)]
+    pub record: RecordMode,
+    /// Where recordings go (required when `record` is not `off`).
+    #[serde(default)]
+    pub record_dir: Option<PathBuf>,
+}
+
+fn default_history_bytes() -> usize {
+    1024 * 1024
+}
+
+fn default_log_max_bytes() -> u64 {
+    10 * 1024 * 1024
+}
+
+fn default_log_keep() -> usize {
+    5
+}
+
+/// Who may type on a console.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InputPolicy {
+    /// Every read-write session types.
+    #[default]
+    Shared,
+    /// One writer at a time.
+    Exclusive,
+}
+
+/// What session recordings hold.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum RecordMode {
+    /// No recordings.
+    #[default]
+    #[serde(rename = "off")]
+    Off,
+    /// What the session saw.
+    #[serde(rename = "output")]
+    Output,
+    /// What it saw and what it typed.
+    #[serde(rename = "output+input")]
+    OutputAndInput,
 }
 
 fn default_compartment() -> String {
@@ -245,6 +314,8 @@ impl InstanceConfig {
 struct RawConfig {
     #[serde(default = "default_data_dir")]
     data_dir: PathBuf,
+    #[serde(default = "default_audit_retention_days")]
+    audit_retention_days: u64,
     #[serde(default)]
     ssh: SshConfig,
     #[serde(default)]
@@ -255,6 +326,10 @@ struct RawConfig {
     api_user: Vec<ApiUserConfig>,
     #[serde(default)]
     instance: Vec<InstanceConfig>,
+}
+
+fn default_audit_retention_days() -> u64 {
+    90
 }
 
 fn default_data_dir() -> PathBuf {
@@ -290,6 +365,29 @@ impl Config {
             if !seen.insert(instance.id.as_str()) {
                 return Err(invalid(format!(
                     "[[instance]] id `{}` appears twice; instance ids must be unique",
+                    instance.id
+                )));
+            }
+            if instance.history_bytes == 0 || instance.history_bytes > 256 * 1024 * 1024 {
+                return Err(invalid(format!(
+                    "[[instance]] `{}`: history_bytes must be from 1 to 268435456",
+                    instance.id
+                )));
+            }
+            if instance.record != RecordMode::Off && instance.record_dir.is_none() {
+                return Err(invalid(format!(
+                    "[[instance]] `{}`: record = \"{}\" needs record_dir",
+                    instance.id,
+                    if instance.record == RecordMode::Output {
+                        "output"
+                    } else {
+                        "output+input"
+                    }
+                )));
+            }
+            if instance.log_max_bytes < 1024 {
+                return Err(invalid(format!(
+                    "[[instance]] `{}`: log_max_bytes must be at least 1024",
                     instance.id
                 )));
             }
@@ -370,6 +468,17 @@ impl Config {
                 )));
             }
         }
+        let mut instances = raw.instance;
+        for instance in &mut instances {
+            for path in [&mut instance.log_file, &mut instance.record_dir]
+                .into_iter()
+                .flatten()
+            {
+                if path.is_relative() {
+                    *path = base.join(&*path);
+                }
+            }
+        }
         let data_dir = if raw.data_dir.is_absolute() {
             raw.data_dir
         } else {
@@ -381,7 +490,8 @@ impl Config {
             log: raw.log,
             api: raw.api,
             api_users,
-            instances: raw.instance,
+            audit_retention_days: raw.audit_retention_days,
+            instances,
         })
     }
 

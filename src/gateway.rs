@@ -140,6 +140,7 @@ async fn lifecycle(store: Store, config: Arc<Config>, shutdown: CancellationToke
     // Sessions re-check every revalidate interval: one more second and all have seen it.
     let settle_ms = (config.ssh.revalidate_interval_secs as i64 + 1) * 1000;
     let retention_ms = config.api.deleted_retention_secs as i64 * 1000;
+    let audit_ms = config.audit_retention_days as i64 * 24 * 3600 * 1000;
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -148,6 +149,9 @@ async fn lifecycle(store: Store, config: Arc<Config>, shutdown: CancellationToke
                     Ok((0, 0)) => {}
                     Ok((deleted, purged)) => tracing::info!(deleted, purged, "console connection lifecycle"),
                     Err(e) => tracing::warn!(error = %e, "console connection lifecycle failed"),
+                }
+                if let Err(e) = store.purge_audit(audit_ms).await {
+                    tracing::warn!(error = %e, "audit purge failed");
                 }
             }
             () = shutdown.cancelled() => return,

@@ -12,6 +12,7 @@
 //! - [`connection`]: the connection record and the resource users see.
 //! - [`connections`]: the console-connection operations and their rules.
 //! - [`store`]: persistent state (SQLite), the one place SQL runs.
+//! - [`audit`]: the audit trail of console use.
 //! - [`console`]: console hubs, serial backends, escapes, the demo simulator.
 //! - [`ssh`]: the SSH data plane (outer hop, nested inner hop, VNC tunnels).
 //! - [`api`]: the HTTP control plane (OCI-compatible).
@@ -21,6 +22,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod connection;

@@ -34,6 +34,18 @@ enum Command {
     /// Manage console connections.
     #[command(subcommand)]
     Connection(ConnectionCommand),
+    /// Show the audit trail (attach, detach, force, break, refused attempts).
+    Audit {
+        /// Only this console connection.
+        #[arg(long)]
+        connection: Option<String>,
+        /// Only this instance.
+        #[arg(long)]
+        instance: Option<String>,
+        /// The newest this many events.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -108,6 +120,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Serve { log_format } => serve(config, log_format).await,
         Command::Connection(command) => connection(config, command).await,
+        Command::Audit {
+            connection,
+            instance,
+            limit,
+        } => {
+            let (store, _) = consolegate::gateway::open_state(&config).await?;
+            let events = store
+                .list_audit(connection.as_deref(), instance.as_deref(), limit)
+                .await?;
+            println!("{}", serde_json::to_string_pretty(&events)?);
+            Ok(())
+        }
     }
 }
 

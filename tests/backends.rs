@@ -251,7 +251,7 @@ async fn attach(gw: &Gateway, id: &str) -> Terminal {
     let key = Key::ed25519(gw.dir.path(), id);
     let conn = gw.create(id, &key).await;
     let mut term = Terminal::spawn(&conn.ssh_argv(&key)).await;
-    term.expect(&format!("serial console of {id}]")).await;
+    term.expect(&format!("serial console of {id};")).await;
     term.expect("&? for help]").await;
     term
 }

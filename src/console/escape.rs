@@ -9,6 +9,9 @@
 //! |------|--------|
 //! | `&.` | disconnect |
 //! | `&B` | send a serial break (SysRq on a Linux guest) |
+//! | `&F` | take write access (force) |
+//! | `&W` | who is attached (`&I` too) |
+//! | `&L` | replay the last lines of output |
 //! | `&?` | help |
 //! | `&&` | type a literal `&` |
 //!
@@ -23,8 +26,13 @@ pub const ESCAPE_CHAR: u8 = b'&';
 pub const HELP: &str = "\r\n[consolegate escape commands, typed at the start of a line:\r\n \
      &.  disconnect\r\n \
      &B  send a serial break (on Linux guests: Magic SysRq, then the command key)\r\n \
+     &F  take write access\r\n \
+     &W  who is attached\r\n \
+     &L  replay the last 50 lines of output\r\n \
      &?  this help\r\n \
-     &&  type a literal &]\r\n";
+     &&  type a literal &\r\n\
+     session options go in the inner hop's user name, e.g. replay-lines=50,ro@<instance>:\r\n \
+     replay-lines=N replay-bytes=N replay=none|all ro force lag=skip|disconnect]\r\n";
 
 /// What an escape command asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +43,12 @@ pub enum EscapeAction {
     Break,
     /// Show the help text.
     Help,
+    /// Take write access.
+    Force,
+    /// List who is attached.
+    Who,
+    /// Replay recent output.
+    Replay,
 }
 
 /// A piece of parsed input.
@@ -79,6 +93,9 @@ impl EscapeParser {
                     b'.' => Some(EscapeAction::Disconnect),
                     b'B' | b'b' => Some(EscapeAction::Break),
                     b'?' => Some(EscapeAction::Help),
+                    b'F' | b'f' => Some(EscapeAction::Force),
+                    b'W' | b'w' | b'I' | b'i' => Some(EscapeAction::Who),
+                    b'L' | b'l' => Some(EscapeAction::Replay),
                     _ => None,
                 };
                 match action {

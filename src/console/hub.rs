@@ -1,58 +1,118 @@
 //! The console hub: one per instance, owner of its serial backend.
 //!
 //! A serial console accepts one client (QEMU's chardev socket serves one at a
-//! time), while any number of SSH sessions may want it. The hub is a task that
-//! holds the one backend connection, opened at start-up and reopened with
-//! backoff when it drops, and:
+//! time), while any number of sessions may want it. The hub is one task that
+//! holds the backend connection, opened at start-up and reopened with
+//! backoff when it drops, and everything about who is attached:
 //!
-//! - publishes console output to every attached session through a bounded
-//!   broadcast channel: a session that cannot keep up loses output (and is
-//!   told), it never slows the machine or the other sessions;
-//! - keeps the last [`REPLAY_BYTES`] of output, replayed on attach, so a
-//!   session arriving after the boot still sees how it went;
-//! - takes input and break requests from sessions through a bounded queue
-//!   (a session typing faster than the console accepts waits, alone);
-//! - tells sessions in plain words when the backend is unreachable, lost or
-//!   back, so nobody stares at a silent terminal.
+//! - output goes into the [`History`] (replayed on attach, kept whether or
+//!   not anyone is attached), the optional on-disk [`ConsoleLog`], and each
+//!   session's bounded queue;
+//! - a session whose queue is full holds the console back for at most
+//!   [`SLOW_VIEWER_GRACE`] while it is still reading; one that has stopped
+//!   reading is skipped from then on (it is told how many bytes it missed
+//!   when it catches up), or disconnected if it asked for `lag=disconnect`.
+//!   Queues hold shared buffers, so memory is bounded by the queue length,
+//!   not by the number of sessions times the output;
+//! - input follows the instance's policy: `shared` (every read-write session
+//!   types) or `exclusive` (one writer; the others are read-only and told
+//!   who writes, until they force). A session that is gone holds nothing.
+//!
+//! Sessions talk to the hub through [`ConsoleHub`]; all state lives in the
+//! task, so there are no locks.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::backend::BackendConnection;
-use crate::config::InstanceConfig;
+use super::history::{History, Replay};
+use super::logfile::ConsoleLog;
+use crate::config::{InputPolicy, InstanceConfig};
 
-/// Output kept for replay on attach.
-pub const REPLAY_BYTES: usize = 64 * 1024;
-/// Events a session may fall behind by before it starts losing output.
-const EVENT_CAPACITY: usize = 256;
-/// Input and break requests queued towards the backend.
-const COMMAND_CAPACITY: usize = 64;
+/// Events a session may have queued before it counts as falling behind.
+const SESSION_QUEUE: usize = 64;
+/// How long a full queue of a session that is still reading may hold the
+/// console back before that session is skipped.
+pub const SLOW_VIEWER_GRACE: Duration = Duration::from_millis(500);
+/// Commands queued towards the hub.
+const COMMAND_CAPACITY: usize = 256;
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Identifies a session within its hub.
+pub type SessionId = u64;
 
 /// Something a session shows.
 #[derive(Debug, Clone)]
 pub enum ConsoleEvent {
     /// Bytes the machine printed.
     Output(Bytes),
-    /// A message from the gateway about the console's state.
+    /// The session fell behind and this many bytes of output were skipped.
+    Missed(u64),
+    /// A message from the gateway.
     Notice(String),
+}
+
+/// Who a session is, as others see it.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    /// Its console connection.
+    pub connection_id: String,
+    /// Its client key's fingerprint.
+    pub fingerprint: String,
+    /// Where it connects from.
+    pub peer: SocketAddr,
+    /// Attach read-only.
+    pub read_only: bool,
+    /// Take write access on attach.
+    pub force: bool,
+    /// Disconnect rather than skip output when falling behind.
+    pub disconnect_when_lagging: bool,
 }
 
 /// What a session receives when it attaches.
 #[derive(Debug)]
 pub struct Attachment {
-    /// Recent output, oldest first.
+    /// Its id within the hub.
+    pub id: SessionId,
+    /// Recent output, as asked for.
     pub replay: Vec<u8>,
     /// Why the console is not connected, if it is not.
     pub unavailable: Option<String>,
     /// Everything from now on.
-    pub events: broadcast::Receiver<ConsoleEvent>,
+    pub events: mpsc::Receiver<ConsoleEvent>,
+    /// Where it stands (told in words to the user).
+    pub role: String,
+    progress: Arc<AtomicU64>,
+}
+
+impl Attachment {
+    /// The next event; also tells the hub this session is still reading.
+    pub async fn recv(&mut self) -> Option<ConsoleEvent> {
+        let event = self.events.recv().await;
+        self.progress.store(clock_ms(), Ordering::Relaxed);
+        event
+    }
+}
+
+/// A line of `who`.
+#[derive(Debug, Clone)]
+pub struct WhoEntry {
+    /// The session.
+    pub id: SessionId,
+    /// Who.
+    pub info: SessionInfo,
+    /// `writer`, `read-write` or `read-only`.
+    pub role: &'static str,
+    /// How long it has been attached.
+    pub attached_for: Duration,
 }
 
 /// The hub has stopped (the gateway is shutting down).
@@ -61,63 +121,29 @@ pub struct Attachment {
 pub struct HubStopped;
 
 enum HubCommand {
-    Input(Bytes),
+    Attach {
+        info: SessionInfo,
+        replay: Replay,
+        reply: oneshot::Sender<Attachment>,
+    },
+    Input(SessionId, Bytes),
     Break(oneshot::Sender<Result<(), String>>),
-}
-
-struct HubState {
-    history: VecDeque<u8>,
-    unavailable: Option<String>,
-    events: broadcast::Sender<ConsoleEvent>,
-}
-
-struct HubShared {
-    instance: InstanceConfig,
-    state: Mutex<HubState>,
-}
-
-impl HubShared {
-    fn state(&self) -> MutexGuard<'_, HubState> {
-        // The lock is never held across an await or a panic-prone call.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn publish_output(&self, data: &[u8]) {
-        let mut state = self.state();
-        let overflow = (state.history.len() + data.len()).saturating_sub(REPLAY_BYTES);
-        let len = state.history.len();
-        state.history.drain(..overflow.min(len));
-        let keep = &data[data.len().saturating_sub(REPLAY_BYTES)..];
-        state.history.extend(keep);
-        let _ = state
-            .events
-            .send(ConsoleEvent::Output(Bytes::copy_from_slice(data)));
-    }
-
-    fn set_unavailable(&self, reason: Option<String>) {
-        let mut state = self.state();
-        if let Some(r) = &reason {
-            let _ = state.events.send(ConsoleEvent::Notice(r.clone()));
-        } else if state.unavailable.is_some() {
-            let _ = state
-                .events
-                .send(ConsoleEvent::Notice("console connected".into()));
-        }
-        state.unavailable = reason;
-    }
+    Force(SessionId, oneshot::Sender<String>),
+    Who(oneshot::Sender<Vec<WhoEntry>>),
+    Replay(Replay, oneshot::Sender<Vec<u8>>),
 }
 
 /// A handle on an instance's console hub; cheap to clone.
 #[derive(Clone)]
 pub struct ConsoleHub {
-    shared: Arc<HubShared>,
+    instance: Arc<InstanceConfig>,
     commands: mpsc::Sender<HubCommand>,
 }
 
 impl std::fmt::Debug for ConsoleHub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConsoleHub")
-            .field("instance", &self.shared.instance.id)
+            .field("instance", &self.instance.id)
             .finish_non_exhaustive()
     }
 }
@@ -128,20 +154,12 @@ impl ConsoleHub {
         instance: InstanceConfig,
         shutdown: CancellationToken,
     ) -> (ConsoleHub, tokio::task::JoinHandle<()>) {
-        let (events, _) = broadcast::channel(EVENT_CAPACITY);
-        let shared = Arc::new(HubShared {
-            instance,
-            state: Mutex::new(HubState {
-                history: VecDeque::with_capacity(REPLAY_BYTES),
-                unavailable: Some("connecting to the console".into()),
-                events,
-            }),
-        });
+        let instance = Arc::new(instance);
         let (tx, rx) = mpsc::channel(COMMAND_CAPACITY);
-        let task = tokio::spawn(run_hub(shared.clone(), rx, shutdown));
+        let task = tokio::spawn(run_hub(instance.clone(), rx, shutdown));
         (
             ConsoleHub {
-                shared,
+                instance,
                 commands: tx,
             },
             task,
@@ -150,76 +168,423 @@ impl ConsoleHub {
 
     /// The instance this hub serves.
     pub fn instance(&self) -> &InstanceConfig {
-        &self.shared.instance
+        &self.instance
     }
 
-    /// Attaches a new session: recent output plus everything that follows,
-    /// with nothing lost or repeated in between.
-    pub fn attach(&self) -> Attachment {
-        let state = self.shared.state();
-        Attachment {
-            replay: state.history.iter().copied().collect(),
-            unavailable: state.unavailable.clone(),
-            events: state.events.subscribe(),
-        }
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> HubCommand,
+    ) -> Result<T, HubStopped> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(make(tx)).await.map_err(|_| HubStopped)?;
+        rx.await.map_err(|_| HubStopped)
     }
 
-    /// Sends typed bytes to the console (dropped while it is disconnected).
-    pub async fn input(&self, data: Bytes) -> Result<(), HubStopped> {
+    /// Attaches a session: the replay it asked for plus everything that
+    /// follows, with nothing lost or repeated in between. `None` replays the
+    /// instance's default.
+    pub async fn attach(
+        &self,
+        info: SessionInfo,
+        replay: Option<Replay>,
+    ) -> Result<Attachment, HubStopped> {
+        let replay = replay.unwrap_or(self.instance.replay);
+        self.ask(|reply| HubCommand::Attach {
+            info,
+            replay,
+            reply,
+        })
+        .await
+    }
+
+    /// Sends typed bytes (dropped if the session may not write, which it is
+    /// told, or while the console is disconnected).
+    pub async fn input(&self, session: SessionId, data: Bytes) -> Result<(), HubStopped> {
         self.commands
-            .send(HubCommand::Input(data))
+            .send(HubCommand::Input(session, data))
             .await
             .map_err(|_| HubStopped)
     }
 
     /// Sends a serial break; the error says why it could not be sent.
     pub async fn send_break(&self) -> Result<(), String> {
-        let (tx, rx) = oneshot::channel();
-        self.commands
-            .send(HubCommand::Break(tx))
+        self.ask(HubCommand::Break)
             .await
-            .map_err(|_| HubStopped.to_string())?;
-        rx.await.map_err(|_| HubStopped.to_string())?
+            .map_err(|e| e.to_string())?
+    }
+
+    /// Takes write access for `session`; returns what happened, in words.
+    pub async fn force(&self, session: SessionId) -> Result<String, HubStopped> {
+        self.ask(|reply| HubCommand::Force(session, reply)).await
+    }
+
+    /// Everyone attached.
+    pub async fn who(&self) -> Result<Vec<WhoEntry>, HubStopped> {
+        self.ask(HubCommand::Who).await
+    }
+
+    /// Recent output, as `replay` selects it.
+    pub async fn history(&self, replay: Replay) -> Result<Vec<u8>, HubStopped> {
+        self.ask(|reply| HubCommand::Replay(replay, reply)).await
+    }
+}
+
+fn clock_ms() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    // Never 0, which means "has not read yet".
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+struct Session {
+    id: SessionId,
+    info: SessionInfo,
+    tx: mpsc::Sender<ConsoleEvent>,
+    progress: Arc<AtomicU64>,
+    /// Bytes skipped since the session fell behind.
+    lagging: Option<u64>,
+    wants_write: bool,
+    told_read_only: bool,
+    since: Instant,
+}
+
+impl Session {
+    fn label(&self) -> String {
+        let id = &self.info.connection_id;
+        let tail = &id[id.len().saturating_sub(8)..];
+        format!(
+            "session {} (…{tail}, {}, from {})",
+            self.id, self.info.fingerprint, self.info.peer
+        )
+    }
+
+    fn notify(&self, message: impl Into<String>) {
+        let _ = self.tx.try_send(ConsoleEvent::Notice(message.into()));
+    }
+
+    fn reading_recently(&self) -> bool {
+        let last = self.progress.load(Ordering::Relaxed);
+        last > 0 && clock_ms().saturating_sub(last) < SLOW_VIEWER_GRACE.as_millis() as u64
+    }
+}
+
+struct Hub {
+    instance: Arc<InstanceConfig>,
+    history: History,
+    log: Option<ConsoleLog>,
+    sessions: Vec<Session>,
+    writer: Option<SessionId>,
+    unavailable: Option<String>,
+    next_id: SessionId,
+}
+
+impl Hub {
+    fn live(&self, id: SessionId) -> Option<&Session> {
+        self.sessions
+            .iter()
+            .find(|s| s.id == id && !s.tx.is_closed())
+    }
+
+    fn prune(&mut self) {
+        self.sessions.retain(|s| !s.tx.is_closed());
+        if self.writer.is_some_and(|w| self.live(w).is_none()) {
+            self.writer = None;
+        }
+    }
+
+    fn notify_all(&self, message: &str) {
+        for s in &self.sessions {
+            s.notify(message);
+        }
+    }
+
+    fn set_unavailable(&mut self, reason: Option<String>) {
+        match &reason {
+            Some(r) => self.notify_all(r),
+            None if self.unavailable.is_some() => self.notify_all("console connected"),
+            None => {}
+        }
+        self.unavailable = reason;
+    }
+
+    fn attach(&mut self, info: SessionInfo, replay: Replay) -> Attachment {
+        self.prune();
+        let (tx, rx) = mpsc::channel(SESSION_QUEUE);
+        let id = self.next_id;
+        self.next_id += 1;
+        // Not reading until it has taken something from its queue.
+        let progress = Arc::new(AtomicU64::new(0));
+        let force = info.force;
+        let wants_write = !info.read_only;
+        self.sessions.push(Session {
+            id,
+            info,
+            tx,
+            progress: progress.clone(),
+            lagging: None,
+            wants_write,
+            told_read_only: false,
+            since: Instant::now(),
+        });
+        let role = if force {
+            self.force(id)
+        } else if !wants_write {
+            "read-only, as asked (&F takes write access)".to_owned()
+        } else {
+            match self.instance.input {
+                InputPolicy::Shared => "read-write (input shared by all sessions)".to_owned(),
+                InputPolicy::Exclusive => match self.writer.and_then(|w| self.live(w)) {
+                    Some(w) => format!("read-only: {} has write access (&F takes it)", w.label()),
+                    None => {
+                        self.writer = Some(id);
+                        "read-write (you hold write access)".to_owned()
+                    }
+                },
+            }
+        };
+        Attachment {
+            id,
+            replay: self.history.select(replay),
+            unavailable: self.unavailable.clone(),
+            events: rx,
+            role,
+            progress,
+        }
+    }
+
+    /// Whether `id` may type now (taking free write access in exclusive mode).
+    fn may_write(&mut self, id: SessionId) -> bool {
+        self.prune();
+        let Some(index) = self.sessions.iter().position(|s| s.id == id) else {
+            return false;
+        };
+        if !self.sessions[index].wants_write {
+            return false;
+        }
+        match self.instance.input {
+            InputPolicy::Shared => true,
+            InputPolicy::Exclusive => match self.writer {
+                Some(w) => w == id,
+                None => {
+                    self.writer = Some(id);
+                    let label = self.sessions[index].label();
+                    for s in self.sessions.iter().filter(|s| s.id != id) {
+                        s.notify(format!("{label} now has write access"));
+                    }
+                    self.sessions[index].notify("you have write access");
+                    true
+                }
+            },
+        }
+    }
+
+    fn force(&mut self, id: SessionId) -> String {
+        self.prune();
+        let Some(index) = self.sessions.iter().position(|s| s.id == id) else {
+            return "you are no longer attached".into();
+        };
+        self.sessions[index].wants_write = true;
+        self.sessions[index].told_read_only = false;
+        let label = self.sessions[index].label();
+        if self.instance.input == InputPolicy::Shared {
+            return "read-write (input shared by all sessions)".into();
+        }
+        let previous = self.writer.replace(id);
+        if let Some(old) = previous.filter(|&o| o != id)
+            && let Some(s) = self.sessions.iter_mut().find(|s| s.id == old)
+        {
+            s.wants_write = false;
+            s.notify(format!(
+                "{label} took write access; you are read-only now (&F takes it back)"
+            ));
+            tracing::info!(instance = %self.instance.id, from = old, to = id, "write access forced");
+        }
+        for s in self
+            .sessions
+            .iter()
+            .filter(|s| s.id != id && Some(s.id) != previous)
+        {
+            s.notify(format!("{label} now has write access"));
+        }
+        "you hold write access".into()
+    }
+
+    fn who(&mut self) -> Vec<WhoEntry> {
+        self.prune();
+        self.sessions
+            .iter()
+            .map(|s| WhoEntry {
+                id: s.id,
+                info: s.info.clone(),
+                role: if self.writer == Some(s.id) {
+                    "writer"
+                } else if s.wants_write && self.instance.input == InputPolicy::Shared {
+                    "read-write"
+                } else {
+                    "read-only"
+                },
+                attached_for: s.since.elapsed(),
+            })
+            .collect()
+    }
+
+    async fn publish(&mut self, data: &[u8]) {
+        self.history.push(data);
+        if let Some(log) = &mut self.log {
+            log.write(data).await;
+        }
+        let bytes = Bytes::copy_from_slice(data);
+        let mut gone = Vec::new();
+        for index in 0..self.sessions.len() {
+            if !deliver(&mut self.sessions[index], &bytes).await {
+                gone.push(self.sessions[index].id);
+            }
+        }
+        if !gone.is_empty() {
+            // Dropping the queue tells the session.
+            self.sessions.retain(|s| !gone.contains(&s.id));
+            self.prune();
+        }
+    }
+
+    async fn handle(
+        &mut self,
+        command: HubCommand,
+        conn: Option<&mut BackendConnection>,
+    ) -> Result<(), String> {
+        match command {
+            HubCommand::Attach {
+                info,
+                replay,
+                reply,
+            } => {
+                let _ = reply.send(self.attach(info, replay));
+            }
+            HubCommand::Input(id, data) => {
+                if self.may_write(id) {
+                    if let Some(conn) = conn {
+                        conn.write(&data).await.map_err(|e| e.to_string())?;
+                    }
+                } else if let Some(s) = self.sessions.iter_mut().find(|s| s.id == id)
+                    && !s.told_read_only
+                {
+                    s.told_read_only = true;
+                    s.notify(
+                        "you are read-only here: your typing is not sent (&F takes write access)",
+                    );
+                }
+            }
+            HubCommand::Break(reply) => {
+                let result = match conn {
+                    Some(conn) => conn.send_break().await.map_err(|e| e.to_string()),
+                    None => Err("the console is not connected".into()),
+                };
+                let _ = reply.send(result);
+            }
+            HubCommand::Force(id, reply) => {
+                let _ = reply.send(self.force(id));
+            }
+            HubCommand::Who(reply) => {
+                let _ = reply.send(self.who());
+            }
+            HubCommand::Replay(replay, reply) => {
+                let _ = reply.send(self.history.select(replay));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Queues output for one session. Returns `false` if it must be dropped.
+async fn deliver(s: &mut Session, bytes: &Bytes) -> bool {
+    let len = bytes.len() as u64;
+    if let Some(missed) = s.lagging {
+        match s.tx.try_send(ConsoleEvent::Missed(missed)) {
+            Ok(()) => s.lagging = None,
+            Err(TrySendError::Full(_)) => {
+                s.lagging = Some(missed + len);
+                return true;
+            }
+            Err(TrySendError::Closed(_)) => return false,
+        }
+    }
+    match s.tx.try_send(ConsoleEvent::Output(bytes.clone())) {
+        Ok(()) => true,
+        Err(TrySendError::Closed(_)) => false,
+        Err(TrySendError::Full(event)) => {
+            if s.reading_recently() {
+                match tokio::time::timeout(SLOW_VIEWER_GRACE, s.tx.send(event)).await {
+                    Ok(Ok(())) => return true,
+                    Ok(Err(_)) => return false,
+                    Err(_) => {}
+                }
+            }
+            if s.info.disconnect_when_lagging {
+                return false;
+            }
+            s.lagging = Some(len);
+            true
+        }
     }
 }
 
 async fn run_hub(
-    shared: Arc<HubShared>,
+    instance: Arc<InstanceConfig>,
     mut commands: mpsc::Receiver<HubCommand>,
     shutdown: CancellationToken,
 ) {
-    let target = shared.instance.serial.clone();
+    let log = match &instance.log_file {
+        Some(path) => {
+            match ConsoleLog::open(path.clone(), instance.log_max_bytes, instance.log_keep).await {
+                Ok(log) => Some(log),
+                Err(e) => {
+                    tracing::error!(instance = %instance.id, path = %path.display(), error = %e, "cannot open the console log; continuing without it");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    let mut hub = Hub {
+        history: History::new(instance.history_bytes),
+        instance,
+        log,
+        sessions: Vec::new(),
+        writer: None,
+        unavailable: Some("connecting to the console".into()),
+        next_id: 1,
+    };
+    let target = hub.instance.serial.clone();
     let mut backoff = MIN_BACKOFF;
     let mut last_error = String::new();
     loop {
         let connected = tokio::select! {
-            c = BackendConnection::connect(&target, &shared.instance.id) => c,
+            c = BackendConnection::connect(&target, &hub.instance.id) => c,
             () = shutdown.cancelled() => return,
         };
         match connected {
             Ok(mut conn) => {
-                tracing::info!(instance = %shared.instance.id, %target, "console connected");
-                shared.set_unavailable(None);
+                tracing::info!(instance = %hub.instance.id, %target, "console connected");
+                hub.set_unavailable(None);
                 backoff = MIN_BACKOFF;
                 last_error.clear();
-                let Some(reason) = pump(&shared, &mut conn, &mut commands, &shutdown).await else {
+                let Some(reason) = pump(&mut hub, &mut conn, &mut commands, &shutdown).await else {
                     return;
                 };
-                tracing::warn!(instance = %shared.instance.id, %target, %reason, "console connection lost");
-                shared.set_unavailable(Some(format!(
+                tracing::warn!(instance = %hub.instance.id, %target, %reason, "console connection lost");
+                hub.set_unavailable(Some(format!(
                     "console connection lost ({reason}); reconnecting"
                 )));
             }
             Err(e) => {
                 let message = format!("console {target} is unavailable ({e}); retrying");
                 if message != last_error {
-                    tracing::warn!(instance = %shared.instance.id, %target, error = %e, "console unavailable");
-                    shared.set_unavailable(Some(message.clone()));
+                    tracing::warn!(instance = %hub.instance.id, %target, error = %e, "console unavailable");
+                    hub.set_unavailable(Some(message.clone()));
                     last_error = message;
                 }
             }
         }
-        if !wait_disconnected(&mut commands, &shutdown, backoff).await {
+        if !wait_disconnected(&mut hub, &mut commands, &shutdown, backoff).await {
             return;
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -229,7 +594,7 @@ async fn run_hub(
 /// Moves bytes while connected. Returns why the connection ended, or `None`
 /// when the hub must stop.
 async fn pump(
-    shared: &HubShared,
+    hub: &mut Hub,
     conn: &mut BackendConnection,
     commands: &mut mpsc::Receiver<HubCommand>,
     shutdown: &CancellationToken,
@@ -244,20 +609,16 @@ async fn pump(
                         return Some(e.to_string());
                     }
                     if !out.is_empty() {
-                        shared.publish_output(&out);
+                        hub.publish(&out).await;
                     }
                 }
                 Err(e) => return Some(e.to_string()),
             },
             command = commands.recv() => match command {
-                Some(HubCommand::Input(data)) => {
-                    if let Err(e) = conn.write(&data).await {
-                        return Some(e.to_string());
+                Some(command) => {
+                    if let Err(e) = hub.handle(command, Some(conn)).await {
+                        return Some(e);
                     }
-                }
-                Some(HubCommand::Break(reply)) => {
-                    let result = conn.send_break().await.map_err(|e| e.to_string());
-                    let _ = reply.send(result);
                 }
                 None => return None,
             },
@@ -266,9 +627,10 @@ async fn pump(
     }
 }
 
-/// Waits out a backoff while disconnected, refusing breaks and dropping
-/// input. Returns `false` when the hub must stop.
+/// Waits out a backoff while disconnected, still serving sessions (input
+/// is dropped, breaks refused). Returns `false` when the hub must stop.
 async fn wait_disconnected(
+    hub: &mut Hub,
     commands: &mut mpsc::Receiver<HubCommand>,
     shutdown: &CancellationToken,
     backoff: Duration,
@@ -279,10 +641,9 @@ async fn wait_disconnected(
         tokio::select! {
             () = &mut sleep => return true,
             command = commands.recv() => match command {
-                Some(HubCommand::Break(reply)) => {
-                    let _ = reply.send(Err("the console is not connected".into()));
+                Some(command) => {
+                    let _ = hub.handle(command, None).await;
                 }
-                Some(HubCommand::Input(_)) => {}
                 None => return false,
             },
             () = shutdown.cancelled() => return false,
@@ -321,122 +682,4 @@ impl ConsoleHubs {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::SerialTarget;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
-
-    fn instance(serial: SerialTarget) -> InstanceConfig {
-        InstanceConfig {
-            id: "vm1".into(),
-            display_name: None,
-            compartment: "c".into(),
-            serial,
-            vnc: None,
-        }
-    }
-
-    async fn next_output(a: &mut Attachment) -> Vec<u8> {
-        loop {
-            match tokio::time::timeout(Duration::from_secs(10), a.events.recv())
-                .await
-                .expect("no event within 10 s")
-                .unwrap()
-            {
-                ConsoleEvent::Output(b) => return b.to_vec(),
-                ConsoleEvent::Notice(_) => continue,
-            }
-        }
-    }
-
-    #[tokio::test]
-    async fn fans_out_replays_and_reconnects() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let shutdown = CancellationToken::new();
-        let (hub, task) = ConsoleHub::start(
-            instance(SerialTarget::Tcp("127.0.0.1".into(), port)),
-            shutdown.clone(),
-        );
-        let mut a = hub.attach();
-        let (mut console, _) = listener.accept().await.unwrap();
-        console.write_all(b"boot log\r\n").await.unwrap();
-        assert_eq!(next_output(&mut a).await, b"boot log\r\n");
-
-        // A late session gets the replay; both see new output.
-        let mut b = hub.attach();
-        assert_eq!(b.replay, b"boot log\r\n");
-        console.write_all(b"login: ").await.unwrap();
-        assert_eq!(next_output(&mut a).await, b"login: ");
-        assert_eq!(next_output(&mut b).await, b"login: ");
-
-        // Input from any session reaches the console.
-        hub.input(Bytes::from_static(b"root\r")).await.unwrap();
-        let mut buf = [0u8; 5];
-        console.read_exact(&mut buf).await.unwrap();
-        assert_eq!(&buf, b"root\r");
-        assert!(hub.send_break().await.unwrap_err().contains("cannot carry"));
-
-        // The machine goes away and comes back: sessions are told, and resume.
-        drop(console);
-        loop {
-            match a.events.recv().await.unwrap() {
-                ConsoleEvent::Notice(n) if n.contains("lost") => break,
-                _ => {}
-            }
-        }
-        let (mut console, _) = listener.accept().await.unwrap();
-        console.write_all(b"rebooted").await.unwrap();
-        assert_eq!(next_output(&mut a).await, b"rebooted");
-
-        shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(5), task)
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(hub.input(Bytes::from_static(b"x")).await.is_err());
-    }
-
-    #[tokio::test]
-    async fn unreachable_backend_is_reported_not_hung() {
-        let shutdown = CancellationToken::new();
-        let (hub, _task) = ConsoleHub::start(
-            instance(SerialTarget::Unix("/nonexistent/console.sock".into())),
-            shutdown.clone(),
-        );
-        let mut a = hub.attach();
-        let notice = loop {
-            match tokio::time::timeout(Duration::from_secs(10), a.events.recv())
-                .await
-                .unwrap()
-                .unwrap()
-            {
-                ConsoleEvent::Notice(n) => break n,
-                ConsoleEvent::Output(_) => {}
-            }
-        };
-        assert!(notice.contains("unavailable"), "{notice}");
-        assert!(notice.contains("/nonexistent/console.sock"), "{notice}");
-        assert!(
-            hub.send_break()
-                .await
-                .unwrap_err()
-                .contains("not connected")
-        );
-        shutdown.cancel();
-    }
-
-    #[tokio::test]
-    async fn replay_is_bounded() {
-        let shutdown = CancellationToken::new();
-        let (hub, _task) = ConsoleHub::start(instance(SerialTarget::Simulator), shutdown.clone());
-        let big = vec![b'x'; REPLAY_BYTES * 3 + 7];
-        hub.shared.publish_output(&big);
-        hub.shared.publish_output(b"tail");
-        let a = hub.attach();
-        assert_eq!(a.replay.len(), REPLAY_BYTES);
-        assert!(a.replay.ends_with(b"xtail"));
-        shutdown.cancel();
-    }
-}
+mod tests;

@@ -4,6 +4,10 @@
 //!   device, pty, the simulator) and sending a break over it.
 //! - [`hub`]: one [`hub::ConsoleHub`] per instance owns the backend connection
 //!   and fans its output out to every attached session.
+//! - [`history`]: recent output and what a session replays.
+//! - [`logfile`]: the optional on-disk console log, rotated by size.
+//! - [`options`]: session options chosen in the inner hop's user name.
+//! - [`recording`]: asciicast v2 recordings of sessions.
 //! - [`escape`]: the in-band escape commands typed at the start of a line.
 //! - [`telnet`]: the telnet protocol state machine used by `telnet:` targets.
 //! - [`simulator`]: the built-in demo machine (`serial = "simulator"`).
@@ -13,6 +17,10 @@
 
 pub mod backend;
 pub mod escape;
+pub mod history;
 pub mod hub;
+pub mod logfile;
+pub mod options;
+pub mod recording;
 pub mod simulator;
 pub mod telnet;

@@ -12,6 +12,7 @@ use russh::{ChannelId, ChannelOpenFailure};
 use tokio::task::JoinSet;
 
 use super::SshContext;
+use crate::audit::{AuditEvent, AuditKind};
 use crate::config::InstanceConfig;
 use crate::connection::LifecycleState;
 
@@ -91,6 +92,7 @@ impl Authorized {
         reply: ChannelOpenHandle,
         tasks: &mut ChannelTasks,
         hop: &'static str,
+        user_name: &str,
     ) {
         let Some(hub) = ctx.hubs.get(&self.instance.id).cloned() else {
             reply.reject(ChannelOpenFailure::ConnectFailed).await;
@@ -102,12 +104,20 @@ impl Authorized {
         }
         reply.accept().await;
         let me = self.clone();
-        tasks.spawn(super::console_session::serve(channel, hub, me, hop));
+        tasks.spawn(super::console_session::serve(
+            channel,
+            ctx.clone(),
+            hub,
+            me,
+            hop,
+            user_name.to_owned(),
+        ));
     }
 
     /// Opens the instance's VNC target for a `direct-tcpip` channel.
     pub async fn open_vnc(
         &self,
+        ctx: &Arc<SshContext>,
         channel: Channel<Msg>,
         reply: ChannelOpenHandle,
         tasks: &mut ChannelTasks,
@@ -122,24 +132,35 @@ impl Authorized {
             reply.reject(ChannelOpenFailure::ResourceShortage).await;
             return;
         }
-        let connection = self.connection_id.clone();
         tasks.spawn(super::tunnel::forward_vnc(
-            channel, reply, target, connection,
+            ctx.clone(),
+            channel,
+            reply,
+            target,
+            self.clone(),
         ));
     }
 
-    /// Refuses a channel to anywhere else, and logs the attempt.
-    pub async fn refuse(&self, reply: ChannelOpenHandle, what: &str, hop: &str) {
-        tracing::warn!(
-            connection = %self.connection_id,
-            peer = %self.peer,
-            hop,
-            target = what,
-            "refused channel: only the instance's console and VNC display are reachable"
-        );
+    /// Refuses a channel to anywhere else, and audits the attempt.
+    pub async fn refuse(&self, ctx: &SshContext, reply: ChannelOpenHandle, what: &str, hop: &str) {
         reply
             .reject(ChannelOpenFailure::AdministrativelyProhibited)
             .await;
+        let mut e = self.audit(AuditKind::Refused);
+        e.detail = Some(format!(
+            "{hop} hop: channel to {what} refused (only the instance's console and VNC display are reachable)"
+        ));
+        crate::audit::record(&ctx.store, e).await;
+    }
+
+    /// An audit event about this connection.
+    pub fn audit(&self, kind: AuditKind) -> AuditEvent {
+        let mut e = AuditEvent::new(kind);
+        e.connection_id = Some(self.connection_id.clone());
+        e.instance_id = Some(self.instance.id.clone());
+        e.fingerprint = Some(self.fingerprint.clone());
+        e.peer = Some(self.peer.to_string());
+        e
     }
 }
 

@@ -17,6 +17,7 @@ use russh::server::{
 use super::SshContext;
 use super::channels::{Authorized, ChannelTasks, console_session_requests, publickey_only};
 use super::outer::{VNC_PORT, truncate};
+use crate::audit::AuditKind;
 
 /// Runs the inner server over `channel` until the client leaves.
 pub(super) async fn serve(
@@ -30,6 +31,7 @@ pub(super) async fn serve(
         ctx: ctx.clone(),
         outer,
         authenticated: false,
+        user_name: String::new(),
         tasks: ChannelTasks::default(),
     };
     let handshake = ctx.config.ssh.handshake_timeout();
@@ -58,6 +60,8 @@ struct InnerHandler {
     ctx: Arc<SshContext>,
     outer: Authorized,
     authenticated: bool,
+    /// The user name the client authenticated as: session options.
+    user_name: String,
     tasks: ChannelTasks,
 }
 
@@ -84,19 +88,25 @@ impl Handler for InnerHandler {
 
     async fn auth_publickey(
         &mut self,
-        _user: &str,
+        user: &str,
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
         if self.same_key(key.public_key) {
             self.authenticated = true;
+            self.user_name = user.chars().take(256).collect();
             Ok(Auth::Accept)
         } else {
+            let fingerprint = crate::keys::fingerprint(key.public_key);
             tracing::warn!(
                 connection = %self.outer.connection_id,
                 peer = %self.outer.peer,
-                fingerprint = %crate::keys::fingerprint(key.public_key),
+                %fingerprint,
                 "inner hop refused a key that is not the connection's key"
             );
+            let mut e = self.outer.audit(AuditKind::Refused);
+            e.fingerprint = Some(fingerprint);
+            e.detail = Some("inner hop authentication: not the connection's key".into());
+            crate::audit::record(&self.ctx.store, e).await;
             Ok(publickey_only())
         }
     }
@@ -109,7 +119,14 @@ impl Handler for InnerHandler {
     ) -> Result<(), Self::Error> {
         if self.authenticated {
             self.outer
-                .open_console(&self.ctx, channel, reply, &mut self.tasks, "inner")
+                .open_console(
+                    &self.ctx,
+                    channel,
+                    reply,
+                    &mut self.tasks,
+                    "inner",
+                    &self.user_name,
+                )
                 .await;
         }
         Ok(())
@@ -130,10 +147,17 @@ impl Handler for InnerHandler {
         }
         let to_instance = host == self.outer.instance.id || host == "localhost";
         if to_instance && port == VNC_PORT {
-            self.outer.open_vnc(channel, reply, &mut self.tasks).await;
+            self.outer
+                .open_vnc(&self.ctx, channel, reply, &mut self.tasks)
+                .await;
         } else {
             self.outer
-                .refuse(reply, &format!("{}:{port}", truncate(host)), "inner")
+                .refuse(
+                    &self.ctx,
+                    reply,
+                    &format!("{}:{port}", truncate(host)),
+                    "inner",
+                )
                 .await;
         }
         Ok(())
@@ -147,7 +171,7 @@ impl Handler for InnerHandler {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         self.outer
-            .refuse(reply, &truncate(socket_path), "inner")
+            .refuse(&self.ctx, reply, &truncate(socket_path), "inner")
             .await;
         Ok(())
     }

@@ -22,6 +22,7 @@ use super::SshContext;
 use super::channels::{
     Authorized, ChannelTasks, authorize, console_session_requests, publickey_only,
 };
+use crate::audit::{AuditEvent, AuditKind};
 
 /// Inner-hop ports on the instance (22 for OpenSSH, 5905 for OCI's PuTTY strings).
 const INNER_PORTS: [u32; 2] = [22, 5905];
@@ -48,6 +49,25 @@ impl OuterHandler {
     }
 }
 
+impl OuterHandler {
+    /// Logs a refused key; audits it if it named a real connection.
+    async fn refused(&self, user: &str, key: &russh::keys::PublicKey, reason: &str) {
+        tracing::warn!(peer = %self.peer, user = %truncate(user), %reason, "authentication refused");
+        if !crate::ids::looks_like_connection_id(user) {
+            return;
+        }
+        if let Ok(Some(record)) = self.ctx.store.get_connection(user).await {
+            let mut e = AuditEvent::new(AuditKind::Refused);
+            e.connection_id = Some(record.id);
+            e.instance_id = Some(record.instance_id);
+            e.fingerprint = Some(crate::keys::fingerprint(key));
+            e.peer = Some(self.peer.to_string());
+            e.detail = Some(format!("outer hop authentication: {reason}"));
+            crate::audit::record(&self.ctx.store, e).await;
+        }
+    }
+}
+
 impl Handler for OuterHandler {
     type Error = russh::Error;
 
@@ -58,7 +78,10 @@ impl Handler for OuterHandler {
     ) -> Result<Auth, Self::Error> {
         match authorize(&self.ctx, user, offer.public_key, self.peer).await {
             Ok(_) => Ok(Auth::Accept),
-            Err(_) => Ok(publickey_only()),
+            Err(reason) => {
+                self.refused(user, offer.public_key, &reason).await;
+                Ok(publickey_only())
+            }
         }
     }
 
@@ -83,7 +106,7 @@ impl Handler for OuterHandler {
                 Ok(Auth::Accept)
             }
             Err(reason) => {
-                tracing::warn!(peer = %self.peer, user = %truncate(user), %reason, "authentication refused");
+                self.refused(user, key.public_key, &reason).await;
                 Ok(publickey_only())
             }
         }
@@ -97,7 +120,7 @@ impl Handler for OuterHandler {
     ) -> Result<(), Self::Error> {
         match &self.authorized {
             Some(a) => {
-                a.open_console(&self.ctx, channel, reply, &mut self.tasks, "outer")
+                a.open_console(&self.ctx, channel, reply, &mut self.tasks, "outer", "")
                     .await
             }
             None => {
@@ -139,10 +162,15 @@ impl Handler for OuterHandler {
             let task = super::inner::serve(self.ctx.clone(), config, channel, a.clone());
             self.tasks.spawn(task);
         } else if to_instance && port == VNC_PORT {
-            a.open_vnc(channel, reply, &mut self.tasks).await;
+            a.open_vnc(&self.ctx, channel, reply, &mut self.tasks).await;
         } else {
-            a.refuse(reply, &format!("{}:{port}", truncate(host)), "outer")
-                .await;
+            a.refuse(
+                &self.ctx,
+                reply,
+                &format!("{}:{port}", truncate(host)),
+                "outer",
+            )
+            .await;
         }
         Ok(())
     }
@@ -155,7 +183,10 @@ impl Handler for OuterHandler {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         match &self.authorized {
-            Some(a) => a.refuse(reply, &truncate(socket_path), "outer").await,
+            Some(a) => {
+                a.refuse(&self.ctx, reply, &truncate(socket_path), "outer")
+                    .await
+            }
             None => {
                 reply
                     .reject(ChannelOpenFailure::AdministrativelyProhibited)

@@ -8,6 +8,7 @@
 use russh::server::{ChannelOpenHandle, Msg};
 use russh::{Channel, ChannelOpenFailure};
 
+use crate::audit::AuditKind;
 use crate::config::VncTarget;
 use crate::console::backend::connect_vnc;
 
@@ -15,11 +16,13 @@ use crate::console::backend::connect_vnc;
 const BUFFER: usize = 64 * 1024;
 
 pub(super) async fn forward_vnc(
+    ctx: std::sync::Arc<super::SshContext>,
     channel: Channel<Msg>,
     reply: ChannelOpenHandle,
     target: VncTarget,
-    connection: String,
+    who: super::channels::Authorized,
 ) {
+    let connection = who.connection_id.clone();
     let mut display = match connect_vnc(&target).await {
         Ok(s) => s,
         Err(e) => {
@@ -29,12 +32,22 @@ pub(super) async fn forward_vnc(
         }
     };
     reply.accept().await;
+    crate::audit::record(&ctx.store, who.audit(AuditKind::VncOpen)).await;
+    let started = std::time::Instant::now();
     let mut stream = channel.into_stream();
-    match tokio::io::copy_bidirectional_with_sizes(&mut stream, &mut display, BUFFER, BUFFER).await
-    {
+    let copied =
+        tokio::io::copy_bidirectional_with_sizes(&mut stream, &mut display, BUFFER, BUFFER).await;
+    let mut closed = who.audit(AuditKind::VncClose);
+    closed.duration_ms = Some(started.elapsed().as_millis() as u64);
+    match copied {
         Ok((up, down)) => {
-            tracing::info!(%connection, %target, bytes_to_vnc = up, bytes_from_vnc = down, "VNC tunnel closed")
+            closed.bytes_in = Some(up);
+            closed.bytes_out = Some(down);
         }
-        Err(e) => tracing::debug!(%connection, %target, error = %e, "VNC tunnel ended"),
+        Err(e) => {
+            tracing::debug!(%connection, %target, error = %e, "VNC tunnel ended");
+            closed.detail = Some(e.to_string());
+        }
     }
+    crate::audit::record(&ctx.store, closed).await;
 }

@@ -22,6 +22,7 @@ use time::OffsetDateTime;
 
 use crate::connection::LifecycleState;
 
+mod audit;
 mod connections;
 pub use connections::{PageKey, RetryKey};
 

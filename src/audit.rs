@@ -1,0 +1,118 @@
+//! The audit trail: every attach, detach, write-access force, break and
+//! refused attempt, as a structured log line (target `consolegate::audit`)
+//! and a row in the store.
+//!
+//! Refused attempts are stored only when they name an existing console
+//! connection (a wrong key for a real id, a channel its holder may not
+//! open); anonymous noise, such as unknown user names, goes to the log only,
+//! so strangers cannot grow the database.
+
+use serde::Serialize;
+
+use crate::store::Store;
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuditKind {
+    /// A session attached to a console.
+    Attach,
+    /// A session left a console.
+    Detach,
+    /// A session took write access.
+    Force,
+    /// A serial break was sent.
+    Break,
+    /// Authentication or a channel was refused.
+    Refused,
+    /// A VNC tunnel opened.
+    VncOpen,
+    /// A VNC tunnel closed.
+    VncClose,
+}
+
+impl AuditKind {
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditKind::Attach => "attach",
+            AuditKind::Detach => "detach",
+            AuditKind::Force => "force",
+            AuditKind::Break => "break",
+            AuditKind::Refused => "refused",
+            AuditKind::VncOpen => "vnc-open",
+            AuditKind::VncClose => "vnc-close",
+        }
+    }
+}
+
+/// One audit event.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditEvent {
+    /// Row id (0 before it is stored).
+    pub id: i64,
+    /// RFC 3339 time.
+    pub time: String,
+    /// What happened.
+    pub event: AuditKind,
+    /// The console connection.
+    pub connection_id: Option<String>,
+    /// The instance.
+    pub instance_id: Option<String>,
+    /// The client key's fingerprint.
+    pub fingerprint: Option<String>,
+    /// The client's address.
+    pub peer: Option<String>,
+    /// Whether the session was read-only.
+    pub read_only: Option<bool>,
+    /// Bytes the client typed (detach).
+    pub bytes_in: Option<u64>,
+    /// Bytes the client was sent (detach).
+    pub bytes_out: Option<u64>,
+    /// How long the session lasted, in milliseconds (detach).
+    pub duration_ms: Option<u64>,
+    /// Anything else worth saying.
+    pub detail: Option<String>,
+}
+
+impl AuditEvent {
+    /// An event of `kind`, now, with nothing else filled in.
+    pub fn new(kind: AuditKind) -> AuditEvent {
+        AuditEvent {
+            id: 0,
+            time: crate::connection::format_time(time::OffsetDateTime::now_utc()),
+            event: kind,
+            connection_id: None,
+            instance_id: None,
+            fingerprint: None,
+            peer: None,
+            read_only: None,
+            bytes_in: None,
+            bytes_out: None,
+            duration_ms: None,
+            detail: None,
+        }
+    }
+}
+
+/// Writes audit events to the log and the store.
+pub async fn record(store: &Store, event: AuditEvent) {
+    tracing::info!(
+        target: "consolegate::audit",
+        event = event.event.as_str(),
+        connection = event.connection_id.as_deref(),
+        instance = event.instance_id.as_deref(),
+        fingerprint = event.fingerprint.as_deref(),
+        peer = event.peer.as_deref(),
+        read_only = event.read_only,
+        bytes_in = event.bytes_in,
+        bytes_out = event.bytes_out,
+        duration_ms = event.duration_ms,
+        detail = event.detail.as_deref(),
+        "audit"
+    );
+    if let Err(e) = store.insert_audit(&event).await {
+        tracing::error!(error = %e, "could not store an audit event");
+    }
+}

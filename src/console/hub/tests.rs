@@ -1,0 +1,277 @@
+use super::*;
+use crate::config::SerialTarget;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+fn instance(serial: SerialTarget, input: InputPolicy) -> InstanceConfig {
+    let text = format!("id = \"vm1\"\nserial = \"{serial}\"\n");
+    let mut i: InstanceConfig = toml::from_str(&text).unwrap();
+    i.input = input;
+    i
+}
+
+fn who(n: u8, read_only: bool) -> SessionInfo {
+    SessionInfo {
+        connection_id: format!("ocid1.instanceconsoleconnection.oc1..session{n}"),
+        fingerprint: format!("SHA256:key{n}"),
+        peer: "127.0.0.1:1".parse().unwrap(),
+        read_only,
+        force: false,
+        disconnect_when_lagging: false,
+    }
+}
+
+async fn next(a: &mut Attachment) -> ConsoleEvent {
+    tokio::time::timeout(Duration::from_secs(10), a.recv())
+        .await
+        .expect("no event within 10 s")
+        .expect("queue closed")
+}
+
+async fn next_output(a: &mut Attachment) -> Vec<u8> {
+    loop {
+        if let ConsoleEvent::Output(b) = next(a).await {
+            return b.to_vec();
+        }
+    }
+}
+
+async fn next_notice(a: &mut Attachment) -> String {
+    loop {
+        if let ConsoleEvent::Notice(n) = next(a).await {
+            return n;
+        }
+    }
+}
+
+async fn tcp_console(input: InputPolicy) -> (ConsoleHub, TcpListener, CancellationToken) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let shutdown = CancellationToken::new();
+    let (hub, _task) = ConsoleHub::start(
+        instance(SerialTarget::Tcp("127.0.0.1".into(), port), input),
+        shutdown.clone(),
+    );
+    (hub, listener, shutdown)
+}
+
+#[tokio::test]
+async fn fans_out_replays_and_reconnects() {
+    let (hub, listener, shutdown) = tcp_console(InputPolicy::Shared).await;
+    let mut a = hub.attach(who(1, false), None).await.unwrap();
+    let (mut console, _) = listener.accept().await.unwrap();
+    console.write_all(b"boot log\r\n").await.unwrap();
+    assert_eq!(next_output(&mut a).await, b"boot log\r\n");
+
+    // A late session gets the replay; both see new output.
+    let mut b = hub.attach(who(2, false), None).await.unwrap();
+    assert_eq!(b.replay, b"boot log\r\n");
+    let c = hub.attach(who(3, false), Some(Replay::None)).await.unwrap();
+    assert!(c.replay.is_empty());
+    console.write_all(b"login: ").await.unwrap();
+    assert_eq!(next_output(&mut a).await, b"login: ");
+    assert_eq!(next_output(&mut b).await, b"login: ");
+
+    // Input from any read-write session reaches the console.
+    hub.input(b.id, Bytes::from_static(b"root\r"))
+        .await
+        .unwrap();
+    let mut buf = [0u8; 5];
+    console.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"root\r");
+    assert!(hub.send_break().await.unwrap_err().contains("cannot carry"));
+
+    // The machine goes away and comes back: sessions are told, and resume.
+    drop(console);
+    loop {
+        if next_notice(&mut a).await.contains("lost") {
+            break;
+        }
+    }
+    let (mut console, _) = listener.accept().await.unwrap();
+    console.write_all(b"rebooted").await.unwrap();
+    assert_eq!(next_output(&mut a).await, b"rebooted");
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn exclusive_input_has_one_writer_until_someone_forces() {
+    let (hub, listener, shutdown) = tcp_console(InputPolicy::Exclusive).await;
+    let mut first = hub.attach(who(1, false), None).await.unwrap();
+    let (mut console, _) = listener.accept().await.unwrap();
+    assert!(
+        first.role.contains("you hold write access"),
+        "{}",
+        first.role
+    );
+    let mut second = hub.attach(who(2, false), None).await.unwrap();
+    assert!(
+        second.role.contains("read-only") && second.role.contains("…session1"),
+        "{}",
+        second.role
+    );
+
+    hub.input(second.id, Bytes::from_static(b"nope"))
+        .await
+        .unwrap();
+    assert!(next_notice(&mut second).await.contains("read-only"));
+    hub.input(first.id, Bytes::from_static(b"yes"))
+        .await
+        .unwrap();
+    let mut buf = [0u8; 3];
+    console.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"yes", "the read-only session's input leaked");
+
+    assert_eq!(hub.force(second.id).await.unwrap(), "you hold write access");
+    assert!(next_notice(&mut first).await.contains("took write access"));
+    hub.input(first.id, Bytes::from_static(b"old"))
+        .await
+        .unwrap();
+    hub.input(second.id, Bytes::from_static(b"new"))
+        .await
+        .unwrap();
+    console.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"new");
+
+    let roles: Vec<_> = hub
+        .who()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|w| (w.id, w.role))
+        .collect();
+    assert_eq!(roles, [(first.id, "read-only"), (second.id, "writer")]);
+
+    // A writer that vanishes holds nothing: the next read-write typist writes.
+    drop(second);
+    let third = hub.attach(who(3, false), None).await.unwrap();
+    assert!(
+        third.role.contains("you hold write access"),
+        "{}",
+        third.role
+    );
+    hub.input(third.id, Bytes::from_static(b"3rd"))
+        .await
+        .unwrap();
+    console.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"3rd");
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn read_only_sessions_never_type() {
+    let (hub, listener, shutdown) = tcp_console(InputPolicy::Shared).await;
+    let spy = hub.attach(who(1, true), None).await.unwrap();
+    let rw = hub.attach(who(2, false), None).await.unwrap();
+    let (mut console, _) = listener.accept().await.unwrap();
+    hub.input(spy.id, Bytes::from_static(b"spy")).await.unwrap();
+    hub.input(rw.id, Bytes::from_static(b"rw!")).await.unwrap();
+    let mut buf = [0u8; 3];
+    console.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"rw!");
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_stalled_viewer_is_skipped_and_told_what_it_missed() {
+    let (hub, listener, shutdown) = tcp_console(InputPolicy::Shared).await;
+    let mut stalled = hub.attach(who(1, false), Some(Replay::None)).await.unwrap();
+    let mut reader = hub.attach(who(2, false), Some(Replay::None)).await.unwrap();
+    let (mut console, _) = listener.accept().await.unwrap();
+    const TOTAL: usize = 8 * 1024 * 1024;
+    let writer = tokio::spawn(async move {
+        let chunk = vec![b'x'; 16 * 1024];
+        for _ in 0..TOTAL / chunk.len() {
+            console.write_all(&chunk).await.unwrap();
+        }
+        console
+    });
+    // The reading viewer gets every byte.
+    let mut got = 0;
+    while got < TOTAL {
+        match next(&mut reader).await {
+            ConsoleEvent::Output(b) => got += b.len(),
+            ConsoleEvent::Missed(n) => panic!("a reading viewer missed {n} bytes"),
+            ConsoleEvent::Notice(_) => {}
+        }
+    }
+    assert_eq!(got, TOTAL);
+    let mut console = writer.await.unwrap();
+    // The stalled one catches up: queued output, then how much it missed.
+    console.write_all(b"tail").await.unwrap();
+    let (mut seen, mut missed) = (0u64, 0u64);
+    while seen + missed < TOTAL as u64 + 4 {
+        match next(&mut stalled).await {
+            ConsoleEvent::Output(b) => seen += b.len() as u64,
+            ConsoleEvent::Missed(n) => missed += n,
+            ConsoleEvent::Notice(_) => {}
+        }
+    }
+    assert!(
+        missed > 0,
+        "nothing was skipped for a viewer that never read"
+    );
+    assert!(
+        seen <= (SESSION_QUEUE as u64 + 1) * 16 * 1024 + 4,
+        "queue grew past its bound: {seen}"
+    );
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn lag_disconnect_drops_the_stalled_viewer() {
+    let (hub, listener, shutdown) = tcp_console(InputPolicy::Shared).await;
+    let mut info = who(1, false);
+    info.disconnect_when_lagging = true;
+    let mut stalled = hub.attach(info, Some(Replay::None)).await.unwrap();
+    let (mut console, _) = listener.accept().await.unwrap();
+    let chunk = vec![b'x'; 16 * 1024];
+    for _ in 0..(SESSION_QUEUE + 8) {
+        console.write_all(&chunk).await.unwrap();
+    }
+    // The hub drops the session (its queue closes) instead of skipping output.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !stalled.events.is_closed() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("a lagging lag=disconnect session was kept");
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), stalled.events.recv())
+            .await
+            .unwrap()
+        {
+            None => break,
+            Some(ConsoleEvent::Missed(_)) => panic!("lag=disconnect got a missed-bytes notice"),
+            Some(_) => {}
+        }
+    }
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn unreachable_backend_is_reported_not_hung() {
+    let shutdown = CancellationToken::new();
+    let (hub, _task) = ConsoleHub::start(
+        instance(
+            SerialTarget::Unix("/nonexistent/console.sock".into()),
+            InputPolicy::Shared,
+        ),
+        shutdown.clone(),
+    );
+    let mut a = hub.attach(who(1, false), None).await.unwrap();
+    let notice = match a.unavailable.take() {
+        Some(n) if n.contains("unavailable") => n,
+        _ => next_notice(&mut a).await,
+    };
+    assert!(notice.contains("unavailable"), "{notice}");
+    assert!(notice.contains("/nonexistent/console.sock"), "{notice}");
+    assert!(
+        hub.send_break()
+            .await
+            .unwrap_err()
+            .contains("not connected")
+    );
+    shutdown.cancel();
+}
