@@ -8,10 +8,11 @@
 //! - output goes into the [`History`] (replayed on attach, kept whether or
 //!   not anyone is attached), the optional on-disk [`ConsoleLog`], and each
 //!   session's bounded queue;
-//! - a session whose queue is full holds the console back for at most
-//!   [`SLOW_VIEWER_GRACE`] while it is still reading; one that has stopped
-//!   reading is skipped from then on (it is told how many bytes it missed
-//!   when it catches up), or disconnected if it asked for `lag=disconnect`.
+//! - a session whose queue is full holds the console back only while it
+//!   keeps reading (it takes something within every [`SLOW_VIEWER_GRACE`]);
+//!   one that stops reading for that long is skipped from then on (it is
+//!   told how many bytes it missed when it catches up), or disconnected if
+//!   it asked for `lag=disconnect`.
 //!   Queues hold shared buffers, so memory is bounded by the queue length,
 //!   not by the number of sessions times the output;
 //! - input follows the instance's policy: `shared` (every read-write session
@@ -37,7 +38,7 @@ use super::logfile::ConsoleLog;
 use crate::config::{InputPolicy, InstanceConfig};
 
 /// Events a session may have queued before it counts as falling behind.
-const SESSION_QUEUE: usize = 64;
+const SESSION_QUEUE: usize = 128;
 /// How long a full queue of a session that is still reading may hold the
 /// console back before that session is skipped.
 pub const SLOW_VIEWER_GRACE: Duration = Duration::from_millis(500);
@@ -511,11 +512,20 @@ async fn deliver(s: &mut Session, bytes: &Bytes) -> bool {
         Ok(()) => true,
         Err(TrySendError::Closed(_)) => false,
         Err(TrySendError::Full(event)) => {
-            if s.reading_recently() {
-                match tokio::time::timeout(SLOW_VIEWER_GRACE, s.tx.send(event)).await {
-                    Ok(Ok(())) => return true,
+            // Wait while the session keeps reading; give up on it once a
+            // whole grace period passes without it taking anything.
+            let mut event = Some(event);
+            while s.reading_recently() {
+                let seen = s.progress.load(Ordering::Relaxed);
+                let Some(e) = event.take() else { break };
+                match tokio::time::timeout(SLOW_VIEWER_GRACE, s.tx.reserve()).await {
+                    Ok(Ok(permit)) => {
+                        permit.send(e);
+                        return true;
+                    }
                     Ok(Err(_)) => return false,
-                    Err(_) => {}
+                    Err(_) if s.progress.load(Ordering::Relaxed) != seen => event = Some(e),
+                    Err(_) => break,
                 }
             }
             if s.info.disconnect_when_lagging {

@@ -52,7 +52,7 @@ impl SessionOptions {
             let number = || {
                 value
                     .parse::<usize>()
-                    .map_err(|_| format!("`{item}`: {key} takes a number"))
+                    .map_err(|_| format!("`{item}`: {key} takes a number; options are {SYNTAX}"))
             };
             match (key, value) {
                 ("ro" | "spy", "") => options.read_only = true,

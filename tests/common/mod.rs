@@ -219,6 +219,14 @@ impl Connection {
         }
     }
 
+    /// [`Connection::ssh_argv`] with session options as the inner hop's user.
+    pub fn ssh_argv_as(&self, key: &Key, user: &str) -> Vec<String> {
+        let mut argv = self.ssh_argv(key);
+        let host = argv.pop().unwrap();
+        argv.push(format!("{user}@{host}"));
+        argv
+    }
+
     /// The connection string as argv, with only key and known-hosts options
     /// added to both hops.
     pub fn ssh_argv(&self, key: &Key) -> Vec<String> {
@@ -292,6 +300,8 @@ pub struct Terminal {
     master: tokio_serial::SerialStream,
     child: Child,
     seen: Vec<u8>,
+    /// Everything the terminal ever showed.
+    pub transcript: Vec<u8>,
 }
 
 impl Terminal {
@@ -319,6 +329,7 @@ impl Terminal {
             master,
             child,
             seen: Vec::new(),
+            transcript: Vec::new(),
         }
     }
 
@@ -334,7 +345,10 @@ impl Terminal {
                 let mut buf = [0u8; 4096];
                 match self.master.read(&mut buf).await {
                     Ok(0) | Err(_) => return false,
-                    Ok(n) => self.seen.extend_from_slice(&buf[..n]),
+                    Ok(n) => {
+                        self.seen.extend_from_slice(&buf[..n]);
+                        self.transcript.extend_from_slice(&buf[..n]);
+                    }
                 }
             }
         })
@@ -358,6 +372,7 @@ impl Terminal {
                 break;
             }
             self.seen.extend_from_slice(&buf[..n]);
+            self.transcript.extend_from_slice(&buf[..n]);
         }
         String::from_utf8_lossy(&self.seen).into_owned()
     }
@@ -374,6 +389,11 @@ impl Terminal {
             .await
             .expect("ssh did not exit")
             .unwrap()
+    }
+
+    /// Kills ssh at once (SIGKILL), as a crash or a closed laptop would.
+    pub async fn kill(&mut self) {
+        self.child.kill().await.unwrap();
     }
 
     /// Whether ssh is still running.
