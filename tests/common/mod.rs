@@ -333,6 +333,29 @@ impl Terminal {
         }
     }
 
+    /// Like [`Terminal::expect`], but gives up after `limit` and says whether
+    /// `needle` appeared.
+    pub async fn saw_within(&mut self, needle: &str, limit: Duration) -> bool {
+        tokio::time::timeout(limit, async {
+            loop {
+                if let Some(pos) = find(&self.seen, needle.as_bytes()) {
+                    self.seen.drain(..pos + needle.len());
+                    return true;
+                }
+                let mut buf = [0u8; 4096];
+                match self.master.read(&mut buf).await {
+                    Ok(0) | Err(_) => return false,
+                    Ok(n) => {
+                        self.seen.extend_from_slice(&buf[..n]);
+                        self.transcript.extend_from_slice(&buf[..n]);
+                    }
+                }
+            }
+        })
+        .await
+        .unwrap_or(false)
+    }
+
     /// Reads until `needle` has appeared after everything consumed so far;
     /// consumes through it.
     pub async fn expect(&mut self, needle: &str) {
