@@ -61,6 +61,10 @@ pub struct Config {
     pub api: ApiConfig,
     /// Who may use the HTTP API.
     pub api_users: Vec<ApiUserConfig>,
+    /// The Nova-compatible API and its console tokens.
+    pub nova: NovaConfig,
+    /// X-Auth-Token holders of the Nova-compatible API.
+    pub nova_tokens: Vec<NovaTokenConfig>,
     /// Days audit events are kept.
     pub audit_retention_days: u64,
     /// The instances whose consoles the gateway serves.
@@ -102,6 +106,51 @@ impl Default for ApiConfig {
             deleted_retention_secs: 3600,
         }
     }
+}
+
+/// `[nova]`: the Nova-compatible API and web consoles.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NovaConfig {
+    /// Base of the console URLs handed out (`http://host:port`); defaults
+    /// to the API listener's address.
+    pub public_url: Option<String>,
+    /// Seconds a console token is valid (Nova's default is 600).
+    pub token_ttl_secs: u64,
+    /// Whether a console token opens only one WebSocket.
+    pub single_use_tokens: bool,
+}
+
+impl Default for NovaConfig {
+    fn default() -> Self {
+        NovaConfig {
+            public_url: None,
+            token_ttl_secs: 600,
+            single_use_tokens: false,
+        }
+    }
+}
+
+/// One `[[nova_token]]`: an `X-Auth-Token`, stored as its SHA-256.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NovaTokenConfig {
+    /// Lower-case hex SHA-256 of the token (`printf %s TOKEN | sha256sum`).
+    pub token_sha256: String,
+    /// The project (a compartment of instances) the token belongs to.
+    pub project: String,
+    /// `member` (its project's servers) or `admin` (all, and token lookups).
+    pub role: NovaRole,
+}
+
+/// What a Nova token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NovaRole {
+    /// Its own project's servers.
+    Member,
+    /// Every server, and console-token lookups.
+    Admin,
 }
 
 /// One `[[api_user]]`: an API signing key and what it may reach.
@@ -325,6 +374,10 @@ struct RawConfig {
     #[serde(default)]
     api_user: Vec<ApiUserConfig>,
     #[serde(default)]
+    nova: NovaConfig,
+    #[serde(default)]
+    nova_token: Vec<NovaTokenConfig>,
+    #[serde(default)]
     instance: Vec<InstanceConfig>,
 }
 
@@ -468,6 +521,20 @@ impl Config {
                 )));
             }
         }
+        for token in &raw.nova_token {
+            if token.token_sha256.len() != 64
+                || !token.token_sha256.bytes().all(|b| b.is_ascii_hexdigit())
+            {
+                return Err(invalid(format!(
+                    "[[nova_token]] of project `{}`: token_sha256 must be 64 hex digits \
+                     (printf %s TOKEN | sha256sum)",
+                    token.project
+                )));
+            }
+        }
+        if raw.nova.token_ttl_secs == 0 {
+            return Err(invalid("[nova] token_ttl_secs must be at least 1".into()));
+        }
         let mut instances = raw.instance;
         for instance in &mut instances {
             for path in [&mut instance.log_file, &mut instance.record_dir]
@@ -491,6 +558,8 @@ impl Config {
             api: raw.api,
             api_users,
             audit_retention_days: raw.audit_retention_days,
+            nova: raw.nova,
+            nova_tokens: raw.nova_token,
             instances,
         })
     }

@@ -103,7 +103,7 @@ pub async fn run(
     let hubs = ConsoleHubs::start(&config.instances, &hubs_shutdown, &mut tasks);
     let config = Arc::new(config);
     let connections = ConsoleConnections::new(store.clone(), config.clone(), &host_keys);
-    let api = ApiState::new(connections).map_err(GatewayError::ApiUsers)?;
+    let api = ApiState::new(connections, hubs.clone()).map_err(GatewayError::ApiUsers)?;
     tasks.spawn(lifecycle(
         store.clone(),
         config.clone(),
@@ -149,6 +149,9 @@ async fn lifecycle(store: Store, config: Arc<Config>, shutdown: CancellationToke
                     Ok((0, 0)) => {}
                     Ok((deleted, purged)) => tracing::info!(deleted, purged, "console connection lifecycle"),
                     Err(e) => tracing::warn!(error = %e, "console connection lifecycle failed"),
+                }
+                if let Err(e) = store.purge_console_tokens().await {
+                    tracing::warn!(error = %e, "console token purge failed");
                 }
                 if let Err(e) = store.purge_audit(audit_ms).await {
                     tracing::warn!(error = %e, "audit purge failed");

@@ -1,6 +1,8 @@
 //! The HTTP control plane.
 //!
 //! - [`oci`]: the OCI-compatible `instanceConsoleConnections` endpoints;
+//! - [`nova`]: the Nova-compatible console API (X-Auth-Token);
+//! - [`websocket`]: the serial and VNC WebSocket proxies behind Nova's console URLs;
 //! - [`auth`]: API users, request-signature verification, request ids;
 //! - [`signature`]: OCI HTTP request signatures (verify and sign);
 //! - [`error`]: OCI's error model.
@@ -12,8 +14,10 @@
 
 pub mod auth;
 pub mod error;
+pub mod nova;
 pub mod oci;
 pub mod signature;
+pub mod websocket;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +35,7 @@ use utoipa_axum::routes;
 
 use crate::config::ApiConfig;
 use crate::connections::ConsoleConnections;
+use crate::console::hub::ConsoleHubs;
 use auth::ApiUsers;
 use error::ApiError;
 
@@ -45,21 +50,43 @@ struct ApiShared {
     connections: ConsoleConnections,
     users: ApiUsers,
     config: ApiConfig,
+    hubs: ConsoleHubs,
+    public_url: String,
 }
 
 impl ApiState {
     /// State for the API of `connections`' config; fails if an API user's
     /// key cannot be used.
-    pub fn new(connections: ConsoleConnections) -> Result<ApiState, String> {
+    pub fn new(connections: ConsoleConnections, hubs: ConsoleHubs) -> Result<ApiState, String> {
         let users = ApiUsers::from_config(&connections.config().api_users)?;
         let config = connections.config().api.clone();
+        let public_url = connections
+            .config()
+            .nova
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", config.listen))
+            .trim_end_matches('/')
+            .to_owned();
         Ok(ApiState {
             shared: Arc::new(ApiShared {
                 connections,
                 users,
                 config,
+                hubs,
+                public_url,
             }),
         })
+    }
+
+    /// The console hubs (for the WebSocket proxies).
+    pub fn hubs(&self) -> &ConsoleHubs {
+        &self.shared.hubs
+    }
+
+    /// The base URL console URLs start with.
+    pub fn public_url(&self) -> &str {
+        &self.shared.public_url
     }
 
     /// The console-connection operations.
@@ -113,8 +140,16 @@ pub fn app(state: ApiState) -> Router {
         state.clone(),
         auth::authenticate,
     ));
+    let nova = nova::routes(state.clone());
     Router::new()
         .merge(authenticated)
+        .nest("/v2.1", nova.clone())
+        .nest("/v2/{project_id}", nova)
+        .route("/", axum::routing::get(nova::versions))
+        .route("/v2.1", axum::routing::get(nova::version))
+        .route("/v2.1/", axum::routing::get(nova::version))
+        .route("/serial", axum::routing::get(websocket::serial))
+        .route("/websockify", axum::routing::get(websocket::websockify))
         .route(
             "/openapi.json",
             axum::routing::get(move || async move {
@@ -179,7 +214,10 @@ pub async fn serve(
     state: ApiState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    axum::serve(
+        listener,
+        app(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    .await
 }

@@ -131,6 +131,7 @@ enum HubCommand {
     Break(oneshot::Sender<Result<(), String>>),
     Force(SessionId, oneshot::Sender<String>),
     Who(oneshot::Sender<Vec<WhoEntry>>),
+    Status(oneshot::Sender<Option<String>>),
     Replay(Replay, oneshot::Sender<Vec<u8>>),
 }
 
@@ -217,6 +218,11 @@ impl ConsoleHub {
     /// Takes write access for `session`; returns what happened, in words.
     pub async fn force(&self, session: SessionId) -> Result<String, HubStopped> {
         self.ask(|reply| HubCommand::Force(session, reply)).await
+    }
+
+    /// Why the console is not connected, or `None` if it is.
+    pub async fn status(&self) -> Result<Option<String>, HubStopped> {
+        self.ask(HubCommand::Status).await
     }
 
     /// Everyone attached.
@@ -487,6 +493,9 @@ impl Hub {
             HubCommand::Who(reply) => {
                 let _ = reply.send(self.who());
             }
+            HubCommand::Status(reply) => {
+                let _ = reply.send(self.unavailable.clone());
+            }
             HubCommand::Replay(replay, reply) => {
                 let _ = reply.send(self.history.select(replay));
             }
@@ -661,8 +670,8 @@ async fn wait_disconnected(
     }
 }
 
-/// The hubs of all configured instances.
-#[derive(Debug, Default)]
+/// The hubs of all configured instances; cheap to clone.
+#[derive(Debug, Default, Clone)]
 pub struct ConsoleHubs {
     hubs: std::collections::HashMap<String, ConsoleHub>,
 }

@@ -24,7 +24,9 @@ use crate::connection::LifecycleState;
 
 mod audit;
 mod connections;
+mod tokens;
 pub use connections::{PageKey, RetryKey};
+pub use tokens::ConsoleToken;
 
 /// Store failures.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,256 @@
+//! WebSocket proxies for the console URLs of the Nova-compatible API.
+//!
+//! - `GET /serial?token=…`: the instance's serial console as raw bytes in
+//!   binary frames, as nova-serialproxy does, attached to the same console
+//!   hub as SSH sessions (same input policy, same replay, same audit);
+//! - `GET /websockify?token=…`: the instance's VNC display, websockify
+//!   style (binary frames carrying the RFB stream; subprotocol `binary`).
+//!
+//! The token is checked (exists, unexpired, this protocol, unused if single
+//! use) before the upgrade: a bad token never reaches a console.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use axum::Extension;
+use axum::extract::connect_info::ConnectInfo;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::ApiState;
+use crate::audit::{AuditEvent, AuditKind};
+use crate::config::InstanceConfig;
+use crate::console::hub::{ConsoleEvent, SessionInfo};
+
+/// Largest WebSocket message accepted from a browser.
+const MAX_MESSAGE: usize = 64 * 1024;
+
+fn refuse(message: &str) -> Response {
+    (StatusCode::FORBIDDEN, message.to_owned()).into_response()
+}
+
+/// Checks the token for `protocol`; returns its instance.
+async fn instance_for(
+    state: &ApiState,
+    params: &HashMap<String, String>,
+    protocol: &str,
+) -> Result<InstanceConfig, Response> {
+    let Some(token) = params
+        .get("token")
+        .filter(|t| !t.is_empty() && t.len() <= 256)
+    else {
+        return Err(refuse("a console token is required (?token=…)"));
+    };
+    let hash = super::nova::token_hash(token);
+    let store = state.connections().store();
+    // Look before using: a token for the other protocol must not be spent.
+    match store.console_token(&hash).await {
+        Ok(Some(t)) if t.protocol == protocol => {}
+        Ok(Some(_)) => return Err(refuse("this console token is for another kind of console")),
+        _ => {
+            return Err(refuse(
+                "the console token is invalid, expired or already used",
+            ));
+        }
+    }
+    let Ok(Some(token)) = store.use_console_token(&hash).await else {
+        return Err(refuse(
+            "the console token is invalid, expired or already used",
+        ));
+    };
+    state
+        .connections()
+        .config()
+        .instance(&token.instance_id)
+        .cloned()
+        .ok_or_else(|| refuse("the console token's instance is no longer configured"))
+}
+
+fn peer(info: Option<Extension<ConnectInfo<SocketAddr>>>) -> SocketAddr {
+    info.map_or_else(
+        || SocketAddr::from(([0, 0, 0, 0], 0)),
+        |Extension(ConnectInfo(a))| a,
+    )
+}
+
+fn audit(kind: AuditKind, instance: &InstanceConfig, peer: SocketAddr, detail: &str) -> AuditEvent {
+    let mut e = AuditEvent::new(kind);
+    e.instance_id = Some(instance.id.clone());
+    e.peer = Some(peer.to_string());
+    e.fingerprint = Some("console token".into());
+    e.detail = Some(detail.to_owned());
+    e
+}
+
+/// `GET /serial?token=…`.
+pub async fn serial(
+    State(state): State<ApiState>,
+    Query(params): Query<HashMap<String, String>>,
+    info: Option<Extension<ConnectInfo<SocketAddr>>>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let instance = match instance_for(&state, &params, "serial").await {
+        Ok(i) => i,
+        Err(r) => return r,
+    };
+    let Some(hub) = state.hubs().get(&instance.id).cloned() else {
+        return refuse("this instance has no console hub");
+    };
+    let peer = peer(info);
+    upgrade
+        .max_message_size(MAX_MESSAGE)
+        .on_upgrade(move |socket| async move {
+            let store = state.connections().store().clone();
+            crate::audit::record(
+                &store,
+                audit(AuditKind::Attach, &instance, peer, "web serial console"),
+            )
+            .await;
+            let (bytes_in, bytes_out) = serial_session(socket, hub, peer).await;
+            let mut e = audit(AuditKind::Detach, &instance, peer, "web serial console");
+            e.bytes_in = Some(bytes_in);
+            e.bytes_out = Some(bytes_out);
+            crate::audit::record(&store, e).await;
+        })
+}
+
+async fn serial_session(
+    mut socket: WebSocket,
+    hub: crate::console::hub::ConsoleHub,
+    peer: SocketAddr,
+) -> (u64, u64) {
+    let info = SessionInfo {
+        connection_id: "web-console".into(),
+        fingerprint: "console token".into(),
+        peer,
+        read_only: false,
+        force: false,
+        disconnect_when_lagging: false,
+    };
+    let Ok(mut attachment) = hub.attach(info, None).await else {
+        return (0, 0);
+    };
+    let (mut bytes_in, mut bytes_out) = (0u64, 0u64);
+    let mut first = attachment.replay.clone();
+    if let Some(reason) = &attachment.unavailable {
+        first.extend_from_slice(format!("\r\n[consolegate: {reason}]\r\n").as_bytes());
+    }
+    if !first.is_empty() {
+        bytes_out += first.len() as u64;
+        if socket.send(Message::Binary(first.into())).await.is_err() {
+            return (0, 0);
+        }
+    }
+    loop {
+        tokio::select! {
+            event = attachment.recv() => {
+                let data: Bytes = match event {
+                    Some(ConsoleEvent::Output(b)) => b,
+                    Some(ConsoleEvent::Notice(n)) => format!("\r\n[consolegate: {n}]\r\n").into(),
+                    Some(ConsoleEvent::Missed(n)) => {
+                        format!("\r\n[consolegate: {n} bytes of output were skipped]\r\n").into()
+                    }
+                    None => break,
+                };
+                bytes_out += data.len() as u64;
+                if socket.send(Message::Binary(data)).await.is_err() {
+                    break;
+                }
+            }
+            message = socket.recv() => match message {
+                Some(Ok(Message::Binary(data))) => {
+                    bytes_in += data.len() as u64;
+                    if hub.input(attachment.id, data).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Ok(Message::Text(text))) => {
+                    let data = Bytes::copy_from_slice(text.as_str().as_bytes());
+                    bytes_in += data.len() as u64;
+                    if hub.input(attachment.id, data).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+            },
+        }
+    }
+    (bytes_in, bytes_out)
+}
+
+/// `GET /websockify?token=…`.
+pub async fn websockify(
+    State(state): State<ApiState>,
+    Query(params): Query<HashMap<String, String>>,
+    info: Option<Extension<ConnectInfo<SocketAddr>>>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let instance = match instance_for(&state, &params, "vnc").await {
+        Ok(i) => i,
+        Err(r) => return r,
+    };
+    let Some(target) = instance.vnc.clone() else {
+        return refuse("this instance has no VNC display");
+    };
+    let display = match crate::console::backend::connect_vnc(&target).await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(instance = %instance.id, %target, error = %e, "VNC target unavailable");
+            return (StatusCode::BAD_GATEWAY, "the VNC display is not reachable").into_response();
+        }
+    };
+    let peer = peer(info);
+    upgrade
+        .protocols(["binary"])
+        .max_message_size(MAX_MESSAGE)
+        .on_upgrade(move |socket| async move {
+            let store = state.connections().store().clone();
+            crate::audit::record(
+                &store,
+                audit(AuditKind::VncOpen, &instance, peer, "websockify"),
+            )
+            .await;
+            let (up, down) = vnc_session(socket, display).await;
+            let mut e = audit(AuditKind::VncClose, &instance, peer, "websockify");
+            e.bytes_in = Some(up);
+            e.bytes_out = Some(down);
+            crate::audit::record(&store, e).await;
+        })
+}
+
+async fn vnc_session(
+    mut socket: WebSocket,
+    mut display: crate::console::backend::BackendStream,
+) -> (u64, u64) {
+    let (mut up, mut down) = (0u64, 0u64);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        tokio::select! {
+            read = display.read(&mut buf) => match read {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    down += n as u64;
+                    if socket.send(Message::Binary(Bytes::copy_from_slice(&buf[..n]))).await.is_err() {
+                        break;
+                    }
+                }
+            },
+            message = socket.recv() => match message {
+                Some(Ok(Message::Binary(data))) => {
+                    up += data.len() as u64;
+                    if display.write_all(&data).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Ok(Message::Text(_) | Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+            },
+        }
+    }
+    (up, down)
+}

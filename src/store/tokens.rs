@@ -1,0 +1,112 @@
+//! Console tokens of the Nova-compatible API: short-lived, stored hashed,
+//! bound to one instance and one protocol, optionally single use.
+
+use sqlx::Row;
+
+use super::{Store, StoreError, now_ms};
+
+/// A console token as stored (its hash is the key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleToken {
+    /// The instance it opens.
+    pub instance_id: String,
+    /// `serial` or `vnc`.
+    pub protocol: String,
+    /// Whether it opens only one connection.
+    pub single_use: bool,
+    /// Expiry, Unix milliseconds.
+    pub expires_at_ms: i64,
+}
+
+impl Store {
+    /// Stores a token (by its hash).
+    pub async fn create_console_token(
+        &self,
+        token_sha256: &str,
+        token: &ConsoleToken,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO console_tokens (token_sha256, instance_id, protocol, single_use, expires_at, time_created) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(token_sha256)
+        .bind(&token.instance_id)
+        .bind(&token.protocol)
+        .bind(token.single_use)
+        .bind(token.expires_at_ms)
+        .bind(now_ms())
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// A live token (not expired, and unused if single use), without using it.
+    pub async fn console_token(
+        &self,
+        token_sha256: &str,
+    ) -> Result<Option<ConsoleToken>, StoreError> {
+        let row = sqlx::query(
+            "SELECT instance_id, protocol, single_use, expires_at FROM console_tokens \
+             WHERE token_sha256 = $1 AND expires_at > $2 AND NOT (single_use AND used)",
+        )
+        .bind(token_sha256)
+        .bind(now_ms())
+        .fetch_optional(self.pool())
+        .await?;
+        row.map(|r| decode(&r)).transpose()
+    }
+
+    /// Takes a live token to open a console: a single-use token is marked
+    /// used in the same statement, so two connections cannot both use it.
+    pub async fn use_console_token(
+        &self,
+        token_sha256: &str,
+    ) -> Result<Option<ConsoleToken>, StoreError> {
+        let row = sqlx::query(
+            "UPDATE console_tokens SET used = 1 \
+             WHERE token_sha256 = $1 AND expires_at > $2 AND NOT (single_use AND used) \
+             RETURNING instance_id, protocol, single_use, expires_at",
+        )
+        .bind(token_sha256)
+        .bind(now_ms())
+        .fetch_optional(self.pool())
+        .await?;
+        row.map(|r| decode(&r)).transpose()
+    }
+
+    /// Revokes every token of `instance_id` for `protocol`.
+    pub async fn revoke_console_tokens(
+        &self,
+        instance_id: &str,
+        protocol: &str,
+    ) -> Result<u64, StoreError> {
+        Ok(
+            sqlx::query("DELETE FROM console_tokens WHERE instance_id = $1 AND protocol = $2")
+                .bind(instance_id)
+                .bind(protocol)
+                .execute(self.pool())
+                .await?
+                .rows_affected(),
+        )
+    }
+
+    /// Deletes expired tokens.
+    pub async fn purge_console_tokens(&self) -> Result<u64, StoreError> {
+        Ok(
+            sqlx::query("DELETE FROM console_tokens WHERE expires_at <= $1")
+                .bind(now_ms())
+                .execute(self.pool())
+                .await?
+                .rows_affected(),
+        )
+    }
+}
+
+fn decode(r: &sqlx::sqlite::SqliteRow) -> Result<ConsoleToken, StoreError> {
+    Ok(ConsoleToken {
+        instance_id: r.try_get("instance_id")?,
+        protocol: r.try_get("protocol")?,
+        single_use: r.try_get("single_use")?,
+        expires_at_ms: r.try_get("expires_at")?,
+    })
+}
