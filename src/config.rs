@@ -119,6 +119,11 @@ pub struct NovaConfig {
     pub token_ttl_secs: u64,
     /// Whether a console token opens only one WebSocket.
     pub single_use_tokens: bool,
+    /// noVNC's files (Debian package `novnc`), served under `/novnc/`.
+    pub novnc_dir: PathBuf,
+    /// xterm.js's files (npm package `@xterm/xterm`, installed with
+    /// `npm install --prefix web`), served under `/xterm/`.
+    pub xterm_dir: PathBuf,
 }
 
 impl Default for NovaConfig {
@@ -127,6 +132,8 @@ impl Default for NovaConfig {
             public_url: None,
             token_ttl_secs: 600,
             single_use_tokens: false,
+            novnc_dir: PathBuf::from("/usr/share/novnc"),
+            xterm_dir: PathBuf::from("web/node_modules/@xterm/xterm"),
         }
     }
 }
@@ -535,6 +542,12 @@ impl Config {
         if raw.nova.token_ttl_secs == 0 {
             return Err(invalid("[nova] token_ttl_secs must be at least 1".into()));
         }
+        let mut nova = raw.nova;
+        for dir in [&mut nova.novnc_dir, &mut nova.xterm_dir] {
+            if dir.is_relative() {
+                *dir = base.join(&*dir);
+            }
+        }
         let mut instances = raw.instance;
         for instance in &mut instances {
             for path in [&mut instance.log_file, &mut instance.record_dir]
@@ -558,7 +571,7 @@ impl Config {
             api: raw.api,
             api_users,
             audit_retention_days: raw.audit_retention_days,
-            nova: raw.nova,
+            nova,
             nova_tokens: raw.nova_token,
             instances,
         })

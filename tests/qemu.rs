@@ -99,8 +99,10 @@ async fn a_qemu_guest_through_consolegate() {
     let log = run.path().join("console.log");
     let telnet_port = free_port().await;
     let gw = Gateway::start(&format!(
-        "[[instance]]\nid = \"guest\"\ncompartment = \"test\"\nserial = \"telnet:127.0.0.1:{telnet_port}\"\n\
+        "[[nova_token]]\ntoken_sha256 = \"{}\"\nproject = \"test\"\nrole = \"member\"\n\n\
+         [[instance]]\nid = \"guest\"\ncompartment = \"test\"\nserial = \"telnet:127.0.0.1:{telnet_port}\"\n\
          vnc = \"unix:{}\"\nlog_file = \"{}\"\nreplay = \"all\"\n",
+        consolegate::api::nova::token_hash(NOVA_TOKEN),
         vnc_socket.display(),
         log.display()
     ))
@@ -139,7 +141,9 @@ async fn a_qemu_guest_through_consolegate() {
     // first one, as a real machine can: an operator would send it again.
     let mut helped = false;
     for _ in 0..5 {
-        term.send(b"\r&B").await;
+        term.send(b"\r").await;
+        term.expect("guest# ").await;
+        term.send(b"&B").await;
         term.expect("break sent").await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         term.send(b"h").await;
@@ -148,7 +152,11 @@ async fn a_qemu_guest_through_consolegate() {
             break;
         }
     }
-    assert!(helped, "the guest never answered a break with SysRq help");
+    assert!(
+        helped,
+        "the guest never answered a break with SysRq help; the terminal showed:\n{}",
+        String::from_utf8_lossy(&term.transcript[term.transcript.len().saturating_sub(3000)..])
+    );
 
     // The display, through the vncConnectionString tunnel, with a real VNC client.
     let local = free_port().await;
@@ -184,6 +192,10 @@ async fn a_qemu_guest_through_consolegate() {
     assert!(colours > 1, "the captured screen is blank");
     tunnel.kill().await.unwrap();
 
+    // The web consoles a Nova client gets: noVNC shows the screen, the
+    // serial page shows the console, in a headless Chromium.
+    browser_check(&gw, run.path()).await;
+
     // Stop the guest and start it again: the session stays, is told, and
     // sees the new boot.
     qemu.kill().await.unwrap();
@@ -198,6 +210,49 @@ async fn a_qemu_guest_through_consolegate() {
     term.wait().await;
     qemu.kill().await.unwrap();
     gw.stop().await;
+}
+
+const NOVA_TOKEN: &str = "nova-token-for-the-qemu-test";
+
+/// Runs tests/browser/check.js (Playwright + Debian's chromium).
+async fn browser_check(gw: &Gateway, out: &Path) {
+    let script_dir = manifest().join("tests/browser");
+    if (!script_dir.join("node_modules/playwright-core").exists()
+        || which("chromium").is_none()
+        || which("node").is_none())
+        && missing("chromium, node or tests/browser/node_modules (playwright-core)")
+    {
+        return;
+    }
+    let run = Command::new("node")
+        .arg(script_dir.join("check.js"))
+        .arg(format!("http://127.0.0.1:{}", gw.api_port))
+        .arg(NOVA_TOKEN)
+        .arg("guest")
+        .arg("consolegate guest ready")
+        .arg(out)
+        .output();
+    let result = tokio::time::timeout(Duration::from_secs(180), run)
+        .await
+        .expect("the browser check hung")
+        .unwrap();
+    assert!(
+        result.status.success(),
+        "browser check failed:\n{}\n{}",
+        String::from_utf8_lossy(&result.stdout),
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&result.stdout).unwrap();
+    assert!(
+        report["canvas"]["width"].as_u64().unwrap() >= 640,
+        "{report}"
+    );
+    assert_eq!(report["serialText"], true, "{report}");
+    let (w, h, colours) = png_facts(&out.join("novnc.png")).await;
+    assert!(
+        w >= 640 && h >= 400 && colours > 1,
+        "noVNC screenshot {w}x{h}, {colours} colours"
+    );
 }
 
 fn which(program: &str) -> Option<PathBuf> {

@@ -141,6 +141,8 @@ pub fn app(state: ApiState) -> Router {
         auth::authenticate,
     ));
     let nova = nova::routes(state.clone());
+    let novnc_dir = state.connections().config().nova.novnc_dir.clone();
+    let xterm_dir = state.connections().config().nova.xterm_dir.clone();
     Router::new()
         .merge(authenticated)
         .nest("/v2.1", nova.clone())
@@ -150,6 +152,11 @@ pub fn app(state: ApiState) -> Router {
         .route("/v2.1/", axum::routing::get(nova::version))
         .route("/serial", axum::routing::get(websocket::serial))
         .route("/websockify", axum::routing::get(websocket::websockify))
+        .nest_service("/novnc", static_dir(&novnc_dir, "novnc"))
+        .nest_service(
+            "/xterm",
+            static_dir(&xterm_dir, "@xterm/xterm (npm install --prefix web)"),
+        )
         .route(
             "/openapi.json",
             axum::routing::get(move || async move {
@@ -186,6 +193,20 @@ pub fn app(state: ApiState) -> Router {
                 ))
                 .timeout(Duration::from_secs(config.request_timeout_secs)),
         )
+}
+
+/// Files of a web console's JavaScript project (a Debian or npm package);
+/// if it is not installed, every path says which package to install.
+fn static_dir(dir: &std::path::Path, package: &'static str) -> axum::routing::MethodRouter {
+    if dir.is_dir() {
+        axum::routing::get_service(tower_http::services::ServeDir::new(dir))
+    } else {
+        let message = format!(
+            "{} is missing on the gateway: install {package} (or point [nova] in gateway.toml at it)",
+            dir.display()
+        );
+        axum::routing::get(move || async move { (StatusCode::SERVICE_UNAVAILABLE, message) })
+    }
 }
 
 async fn overloaded(error: tower::BoxError) -> Response {

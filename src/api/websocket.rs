@@ -86,13 +86,31 @@ fn audit(kind: AuditKind, instance: &InstanceConfig, peer: SocketAddr, detail: &
     e
 }
 
-/// `GET /serial?token=…`.
+/// The serial console page (xterm.js), served at the serial URL over http.
+const SERIAL_PAGE: &str = include_str!("serial.html");
+
+/// `GET /serial?token=…`: the console over a WebSocket; the same URL
+/// opened as a page (no upgrade) gives the xterm.js terminal that uses it,
+/// without spending the token.
 pub async fn serial(
     State(state): State<ApiState>,
     Query(params): Query<HashMap<String, String>>,
     info: Option<Extension<ConnectInfo<SocketAddr>>>,
-    upgrade: WebSocketUpgrade,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
+    let Ok(upgrade) = upgrade else {
+        let live = match params.get("token") {
+            Some(t) => matches!(
+                state.connections().store().console_token(&super::nova::token_hash(t)).await,
+                Ok(Some(ref token)) if token.protocol == "serial"
+            ),
+            None => false,
+        };
+        if !live {
+            return refuse("the console token is invalid, expired or already used");
+        }
+        return axum::response::Html(SERIAL_PAGE).into_response();
+    };
     let instance = match instance_for(&state, &params, "serial").await {
         Ok(i) => i,
         Err(r) => return r,

@@ -42,6 +42,8 @@ const SESSION_QUEUE: usize = 128;
 /// How long a full queue of a session that is still reading may hold the
 /// console back before that session is skipped.
 pub const SLOW_VIEWER_GRACE: Duration = Duration::from_millis(500);
+/// Quiet time between the last keystroke and a break.
+const BREAK_QUIET: Duration = Duration::from_millis(250);
 /// Commands queued towards the hub.
 const COMMAND_CAPACITY: usize = 256;
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
@@ -282,6 +284,7 @@ struct Hub {
     writer: Option<SessionId>,
     unavailable: Option<String>,
     next_id: SessionId,
+    last_input: Option<Instant>,
 }
 
 impl Hub {
@@ -470,6 +473,7 @@ impl Hub {
                 if self.may_write(id) {
                     if let Some(conn) = conn {
                         conn.write(&data).await.map_err(|e| e.to_string())?;
+                        self.last_input = Some(Instant::now());
                     }
                 } else if let Some(s) = self.sessions.iter_mut().find(|s| s.id == id)
                     && !s.told_read_only
@@ -481,6 +485,14 @@ impl Hub {
                 }
             }
             HubCommand::Break(reply) => {
+                // Let the machine read what was typed just before: emulated
+                // UARTs (QEMU's 16550) flag a break on whatever byte is first
+                // in the FIFO, so a break hard on the heels of a keystroke
+                // lands on that keystroke instead.
+                if let Some(at) = self.last_input {
+                    let quiet = BREAK_QUIET.saturating_sub(at.elapsed());
+                    tokio::time::sleep(quiet).await;
+                }
                 let result = match conn {
                     Some(conn) => conn.send_break().await.map_err(|e| e.to_string()),
                     None => Err("the console is not connected".into()),
@@ -571,6 +583,7 @@ async fn run_hub(
         writer: None,
         unavailable: Some("connecting to the console".into()),
         next_id: 1,
+        last_input: None,
     };
     let target = hub.instance.serial.clone();
     let mut backoff = MIN_BACKOFF;

@@ -50,7 +50,9 @@ impl Gateway {
              [ssh]\nlisten = \"127.0.0.1:{port}\"\npublic_host = \"127.0.0.1\"\npublic_port = {port}\n\
              revalidate_interval_secs = 1\nhandshake_timeout_secs = 10\n\
              [api]\nlisten = \"127.0.0.1:{api_port}\"\n\
-             [log]\nlevel = \"consolegate=debug,russh=warn\"\n\n{instances}"
+             [nova]\nxterm_dir = \"{}/web/node_modules/@xterm/xterm\"\n\
+             [log]\nlevel = \"consolegate=debug,russh=warn\"\n\n{instances}",
+            env!("CARGO_MANIFEST_DIR")
         );
         std::fs::write(&config_path, text).unwrap();
         let config = Config::load(&config_path).unwrap();
