@@ -361,29 +361,11 @@ impl Terminal {
     /// Reads until `needle` has appeared after everything consumed so far;
     /// consumes through it.
     pub async fn expect(&mut self, needle: &str) {
-        let found = tokio::time::timeout(GUARD, async {
-            loop {
-                if let Some(pos) = find(&self.seen, needle.as_bytes()) {
-                    self.seen.drain(..pos + needle.len());
-                    return true;
-                }
-                let mut buf = [0u8; 4096];
-                match self.master.read(&mut buf).await {
-                    Ok(0) | Err(_) => return false,
-                    Ok(n) => {
-                        self.seen.extend_from_slice(&buf[..n]);
-                        self.transcript.extend_from_slice(&buf[..n]);
-                    }
-                }
-            }
-        })
-        .await;
-        match found {
-            Ok(true) => {}
-            _ => panic!(
+        if !self.saw_within(needle, GUARD).await {
+            panic!(
                 "never saw {needle:?}; terminal showed:\n{}",
                 String::from_utf8_lossy(&self.seen)
-            ),
+            );
         }
     }
 
