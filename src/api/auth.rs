@@ -166,10 +166,33 @@ pub async fn request_id(mut request: Request, next: Next) -> Response {
         .filter(|v| !v.is_empty() && v.len() <= 98 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map_or_else(|| crate::ids::random_hex(16).to_uppercase(), str::to_owned);
     request.extensions_mut().insert(RequestId(id.clone()));
-    let span = tracing::info_span!("api", request_id = %id, method = %request.method(), path = %request.uri().path());
+    let span = tracing::info_span!("api", request_id = %id, method = %request.method(), path = %loggable_path(request.uri().path()));
     let mut response = tracing::Instrument::instrument(next.run(request), span).await;
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert("opc-request-id", value);
     }
     response
+}
+
+/// The request path as logged: console tokens in paths are secrets.
+fn loggable_path(path: &str) -> String {
+    match path.find("/os-console-auth-tokens/") {
+        Some(i) => format!("{}/os-console-auth-tokens/<token>", &path[..i]),
+        None => path.chars().take(256).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn console_tokens_never_reach_the_log() {
+        assert_eq!(
+            super::loggable_path("/v2.1/os-console-auth-tokens/secret123"),
+            "/v2.1/os-console-auth-tokens/<token>"
+        );
+        assert_eq!(
+            super::loggable_path("/v2.1/servers/vm1/action"),
+            "/v2.1/servers/vm1/action"
+        );
+    }
 }
