@@ -1,0 +1,449 @@
+//! consolegate versus OpenSSH's sshd, on loopback, same workloads.
+//!
+//! `cargo bench --bench vs_sshd [-- --quick] [-- --only NAME] [-- --out DIR]
+//! [-- --fanout-secs N]`. Sets up both systems itself (see BENCHMARKS.md):
+//! the gateway in this process, two private sshd instances as children,
+//! console servers and a VNC stand-in run by the bench. Prints, for every
+//! figure, consolegate, sshd, their ratio and the target; writes
+//! `results.json` and `benchmarks.png` to the output directory
+//! (default `target/bench`). It reports; it never fails on a target.
+
+mod chart;
+mod measure;
+mod memory;
+mod setup;
+mod stats;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+
+use crate::measure::SideRuntime;
+use crate::setup::{ConsoleServer, System, World};
+use crate::stats::percentile;
+
+/// Measurements, in the order they run.
+const MEASUREMENTS: [&str; 6] = [
+    "time_to_console",
+    "throughput",
+    "keystroke",
+    "rate",
+    "fanout",
+    "memory",
+];
+
+struct Options {
+    quick: bool,
+    only: Option<String>,
+    out: PathBuf,
+    fanout_secs: Option<f64>,
+}
+
+impl Options {
+    fn parse() -> Result<Options> {
+        let mut o = Options {
+            quick: false,
+            only: None,
+            out: PathBuf::from("target/bench"),
+            fanout_secs: None,
+        };
+        let mut args = std::env::args().skip(1);
+        while let Some(a) = args.next() {
+            match a.as_str() {
+                "--quick" => o.quick = true,
+                "--only" => {
+                    let name = args.next().context("--only NAME")?;
+                    if !MEASUREMENTS.contains(&name.as_str()) {
+                        bail!("--only: one of {}", MEASUREMENTS.join(", "));
+                    }
+                    o.only = Some(name);
+                }
+                "--out" => o.out = args.next().context("--out DIR")?.into(),
+                "--fanout-secs" => {
+                    o.fanout_secs = Some(args.next().context("--fanout-secs N")?.parse()?)
+                }
+                // cargo bench passes --bench to harness = false targets.
+                "--bench" => {}
+                other => bail!(
+                    "unknown argument {other:?}; use --quick, --only NAME, --out DIR, --fanout-secs N"
+                ),
+            }
+        }
+        Ok(o)
+    }
+
+    fn runs(&self, name: &str) -> bool {
+        self.only.as_deref().is_none_or(|o| o == name)
+    }
+}
+
+/// How a figure is judged.
+#[derive(Clone, Copy)]
+enum Target {
+    /// consolegate / sshd at least this.
+    RatioAtLeast(f64),
+    /// consolegate / sshd at most this.
+    RatioAtMost(f64),
+    /// consolegate at most this, in the figure's unit.
+    AtMost(f64),
+    /// Not judged (context only).
+    None,
+}
+
+#[derive(Serialize)]
+struct Figure {
+    measurement: &'static str,
+    figure: String,
+    unit: &'static str,
+    consolegate: f64,
+    sshd: f64,
+    ratio: f64,
+    target: String,
+    /// Whether the target is met (absent in --quick runs and for context figures).
+    met: Option<bool>,
+}
+
+#[derive(Serialize, Default)]
+struct Results {
+    machine: String,
+    quick: bool,
+    figures: Vec<Figure>,
+    details: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Results {
+    fn add(
+        &mut self,
+        measurement: &'static str,
+        figure: &str,
+        unit: &'static str,
+        values: [f64; 2],
+        target: Target,
+        target_text: &str,
+    ) {
+        let [cg, sshd] = values;
+        let ratio = cg / sshd;
+        let met = match target {
+            _ if self.quick => None,
+            Target::RatioAtLeast(x) => Some(ratio >= x),
+            Target::RatioAtMost(x) => Some(ratio <= x),
+            Target::AtMost(x) => Some(cg <= x),
+            Target::None => None,
+        };
+        let verdict = match met {
+            Some(true) => "met",
+            Some(false) => "NOT met",
+            None => "",
+        };
+        println!(
+            "{:<34} {:>12} {:>12} {:>8} {:<10} {}",
+            format!("{figure} ({unit})"),
+            fmt(cg),
+            fmt(sshd),
+            if ratio.is_finite() {
+                format!("{ratio:.2}x")
+            } else {
+                "-".into()
+            },
+            verdict,
+            target_text
+        );
+        self.figures.push(Figure {
+            measurement,
+            figure: figure.into(),
+            unit,
+            consolegate: cg,
+            sshd,
+            ratio,
+            target: target_text.into(),
+            met,
+        });
+    }
+
+    fn detail(&mut self, key: &str, value: impl Serialize) {
+        self.details
+            .insert(key.into(), serde_json::to_value(value).unwrap());
+    }
+
+    fn value(&self, figure: &str) -> Option<[f64; 2]> {
+        self.figures
+            .iter()
+            .find(|f| f.figure == figure)
+            .map(|f| [f.consolegate, f.sshd])
+    }
+}
+
+fn fmt(v: f64) -> String {
+    if !v.is_finite() {
+        "-".into()
+    } else if v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else if v.abs() >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_owned())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let sshd = std::process::Command::new("/usr/sbin/sshd")
+        .arg("-V")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_owned())
+        .unwrap_or_default();
+    format!("{cores} cores, {cpu}, Linux {}, {sshd}", kernel.trim())
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--load-client") {
+        let rt = tokio::runtime::Runtime::new()?;
+        return rt.block_on(memory::load_client(memory::LoadArgs::parse(&args[2..])?));
+    }
+    let options = Options::parse()?;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(run(options))
+}
+
+async fn run(o: Options) -> Result<()> {
+    memory::raise_nofile(std::process::id());
+    let mut r = Results {
+        machine: machine(),
+        quick: o.quick,
+        ..Results::default()
+    };
+    println!("vs_sshd on {}", r.machine);
+    if o.quick {
+        println!("--quick: small counts, targets not judged");
+    }
+    let side = SideRuntime::start();
+    let fan = {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        side.handle.spawn(ConsoleServer::start(shutdown)).await??
+    };
+    let world = Arc::new(World::start(fan.port).await?);
+    println!(
+        "\n{:<34} {:>12} {:>12} {:>8} {:<10} target",
+        "figure", "consolegate", "sshd", "ratio", ""
+    );
+
+    if o.runs("time_to_console") {
+        let n = if o.quick { 5 } else { 50 };
+        let mut all = Vec::new();
+        for s in System::BOTH {
+            all.push(measure::time_to_console(&world, s, n).await?);
+        }
+        let pct = |p| [percentile(&all[0], p), percentile(&all[1], p)];
+        r.add(
+            "time_to_console",
+            "time to console p50",
+            "ms",
+            pct(50.0),
+            Target::RatioAtMost(0.5),
+            "<= 0.5x sshd",
+        );
+        r.add(
+            "time_to_console",
+            "time to console p95",
+            "ms",
+            pct(95.0),
+            Target::RatioAtMost(0.5),
+            "<= 0.5x sshd",
+        );
+        r.detail("time_to_console_samples_ms", &all);
+    }
+
+    if o.runs("throughput") {
+        let bytes: u64 = if o.quick { 8 << 20 } else { 256 << 20 };
+        let mut t = Vec::new();
+        for s in System::BOTH {
+            t.push(measure::throughput(&world, s, bytes).await?);
+        }
+        r.add(
+            "throughput",
+            "tunnel upload",
+            "MB/s",
+            [t[0].upload, t[1].upload],
+            Target::RatioAtLeast(1.0),
+            ">= 1.0x sshd",
+        );
+        r.add(
+            "throughput",
+            "tunnel download",
+            "MB/s",
+            [t[0].download, t[1].download],
+            Target::RatioAtLeast(1.0),
+            ">= 1.0x sshd",
+        );
+        r.detail("throughput_bytes_each_way", bytes);
+    }
+
+    if o.runs("keystroke") {
+        let n = if o.quick { 50 } else { 1000 };
+        let floor = measure::keystrokes(&world, None, n).await?;
+        let cg = measure::keystrokes(&world, Some(System::Consolegate), n).await?;
+        let sshd = measure::keystrokes(&world, Some(System::Sshd), n).await?;
+        let floor99 = percentile(&floor, 99.0);
+        r.add(
+            "keystroke",
+            "keystroke echo p50",
+            "ms",
+            [percentile(&cg, 50.0), percentile(&sshd, 50.0)],
+            Target::None,
+            &format!("(direct socket {:.3} ms)", percentile(&floor, 50.0)),
+        );
+        r.add(
+            "keystroke",
+            "keystroke echo p99",
+            "ms",
+            [percentile(&cg, 99.0), percentile(&sshd, 99.0)],
+            Target::AtMost(floor99 + 1.0),
+            &format!("<= direct socket {floor99:.3} + 1 ms"),
+        );
+        r.detail("keystroke_floor_ms", [percentile(&floor, 50.0), floor99]);
+    }
+
+    if o.runs("rate") {
+        let (conc, secs) = if o.quick { (4, 2.0) } else { (32, 10.0) };
+        let mut rates = Vec::new();
+        for s in System::BOTH {
+            rates.push(measure::connection_rate(&world, s, conc, secs).await?);
+            // Let the servers finish tearing down before the next system.
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        }
+        r.add(
+            "rate",
+            &format!("connections/s at {conc}"),
+            "1/s",
+            [rates[0].sessions_per_sec, rates[1].sessions_per_sec],
+            Target::RatioAtLeast(3.0),
+            ">= 3x sshd",
+        );
+        r.add(
+            "rate",
+            "connection failures",
+            "count",
+            [rates[0].failures as f64, rates[1].failures as f64],
+            Target::AtMost(0.0),
+            "0",
+        );
+        r.detail("rate", &rates);
+    }
+
+    if o.runs("fanout") {
+        let viewers = if o.quick { 20 } else { 100 };
+        let secs = o.fanout_secs.unwrap_or(if o.quick { 2.0 } else { 30.0 });
+        let mut f = Vec::new();
+        for s in System::BOTH {
+            f.push(measure::fanout(&world, &fan, &side, s, viewers, 1_000_000, secs).await?);
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+        r.add(
+            "fanout",
+            &format!("fan-out bytes lost ({viewers} viewers)"),
+            "bytes",
+            [f[0].bytes_lost as f64, f[1].bytes_lost as f64],
+            Target::AtMost(0.0),
+            "0 (lossless)",
+        );
+        r.add(
+            "fanout",
+            "fan-out server CPU",
+            "% core",
+            [f[0].server_cpu_percent, f[1].server_cpu_percent],
+            Target::None,
+            "(context)",
+        );
+        r.detail("fanout", &f);
+    }
+
+    if o.runs("memory") {
+        let (cg_counts, sshd_counts): (&[usize], &[usize]) = if o.quick {
+            (&[20], &[20])
+        } else {
+            (&[1000, 10000], &[1000])
+        };
+        let cg = memory::memory(&world, System::Consolegate, cg_counts).await?;
+        let sshd = memory::memory(&world, System::Sshd, sshd_counts).await?;
+        for p in &cg {
+            let other = sshd.iter().find(|q| q.target == p.target);
+            let at = if p.reached < p.target {
+                format!("{} (reached {})", p.target, p.reached)
+            } else {
+                p.target.to_string()
+            };
+            r.add(
+                "memory",
+                &format!("memory/session at {at}"),
+                "KiB",
+                [
+                    p.kib_per_session,
+                    other.map_or(f64::NAN, |q| q.kib_per_session),
+                ],
+                if p.target >= 10000 {
+                    Target::AtMost(64.0)
+                } else {
+                    Target::None
+                },
+                if p.target >= 10000 {
+                    "<= 64 KiB"
+                } else {
+                    "(context)"
+                },
+            );
+        }
+        r.detail("memory_consolegate", &cg);
+        r.detail("memory_sshd", &sshd);
+    }
+
+    std::fs::create_dir_all(&o.out)?;
+    let json = o.out.join("results.json");
+    std::fs::write(&json, serde_json::to_string_pretty(&r)?)?;
+    println!("\nwrote {}", json.display());
+    let mut panels = Vec::new();
+    if let (Some(up), Some(down)) = (r.value("tunnel upload"), r.value("tunnel download")) {
+        panels.push(chart::Panel {
+            title: "Tunnel throughput, two hops (higher is better)".into(),
+            unit: "MB/s".into(),
+            groups: vec![("upload".into(), up), ("download".into(), down)],
+        });
+    }
+    if let (Some(p50), Some(p95)) = (
+        r.value("time to console p50"),
+        r.value("time to console p95"),
+    ) {
+        panels.push(chart::Panel {
+            title: "Time to console (lower is better)".into(),
+            unit: "ms".into(),
+            groups: vec![("p50".into(), p50), ("p95".into(), p95)],
+        });
+    }
+    if panels.is_empty() {
+        println!("no throughput or time-to-console figures: no chart");
+    } else {
+        let png = o.out.join("benchmarks.png");
+        match chart::draw(&png, &panels) {
+            Ok(()) => println!("wrote {}", png.display()),
+            Err(e) => println!("chart: {e}"),
+        }
+    }
+    match Arc::try_unwrap(world) {
+        Ok(world) => world.stop().await,
+        Err(_) => eprintln!("world still shared at the end"),
+    }
+    drop(side);
+    Ok(())
+}

@@ -1,0 +1,464 @@
+//! The workloads, run the same way against both systems.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::setup::{ConsoleServer, READY, System, World, finish, free_port, read_until, spawn_ssh};
+use crate::stats::{self, ms};
+
+/// How long one connection may take before it counts as failed.
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// Spawns the console command line, waits for the first console byte;
+/// returns the time it took and the running ssh.
+async fn open_console(
+    world: &World,
+    system: System,
+    instance: &str,
+) -> Result<(Duration, tokio::process::Child, Vec<u8>)> {
+    let start = Instant::now();
+    let mut child = spawn_ssh(&world.console_argv(system, instance))?;
+    let mut out = child.stdout.take().context("stdout")?;
+    let rest = match read_until(&mut out, READY.as_bytes(), LIMIT).await {
+        Ok(rest) => rest,
+        Err(e) => {
+            let mut err = String::new();
+            if let Some(mut stderr) = child.stderr.take() {
+                let _ = tokio::time::timeout(
+                    Duration::from_millis(500),
+                    stderr.read_to_string(&mut err),
+                )
+                .await;
+            }
+            finish(child).await;
+            bail!("{e}; ssh said: {}", err.trim());
+        }
+    };
+    let elapsed = start.elapsed();
+    child.stdout = Some(out);
+    Ok((elapsed, child, rest))
+}
+
+/// Measurement 2: Time from spawning ssh to the first console byte, `n` sequential runs (ms).
+pub async fn time_to_console(world: &World, system: System, n: usize) -> Result<Vec<f64>> {
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (t, child, _) = open_console(world, system, "ttc").await?;
+        samples.push(ms(t));
+        finish(child).await;
+    }
+    Ok(samples)
+}
+
+/// Throughput through the two-hop tunnel, in MB/s (10^6 bytes).
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Throughput {
+    pub upload: f64,
+    pub download: f64,
+}
+
+/// Measurement 1: `bytes` each way through `-L` over the nested hop.
+pub async fn throughput(world: &World, system: System, bytes: u64) -> Result<Throughput> {
+    let port = free_port().await?;
+    let child = spawn_ssh(&world.tunnel_argv(system, port))?;
+    let result = async {
+        // Warm up (and wait for the forward to listen) with a small transfer.
+        transfer(port, b'D', 1 << 20).await?;
+        let up = transfer(port, b'U', bytes).await?;
+        let down = transfer(port, b'D', bytes).await?;
+        Ok(Throughput {
+            upload: bytes as f64 / up.as_secs_f64() / 1e6,
+            download: bytes as f64 / down.as_secs_f64() / 1e6,
+        })
+    }
+    .await;
+    finish(child).await;
+    result
+}
+
+async fn connect_eventually(port: u16) -> Result<TcpStream> {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        match TcpStream::connect(("127.0.0.1", port)).await {
+            Ok(s) => return Ok(s),
+            Err(e) if Instant::now() > deadline => bail!("forward never listened: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+async fn transfer(port: u16, kind: u8, bytes: u64) -> Result<Duration> {
+    let mut s = connect_eventually(port).await?;
+    s.set_nodelay(true)?;
+    let mut head = vec![kind];
+    head.extend_from_slice(&bytes.to_be_bytes());
+    let start = Instant::now();
+    s.write_all(&head).await?;
+    let mut buf = vec![0xa5u8; 256 * 1024];
+    let work = async {
+        if kind == b'U' {
+            let mut left = bytes;
+            while left > 0 {
+                let n = left.min(buf.len() as u64) as usize;
+                s.write_all(&buf[..n]).await?;
+                left -= n as u64;
+            }
+            let mut k = [0u8; 1];
+            s.read_exact(&mut k).await?;
+        } else {
+            let mut left = bytes;
+            while left > 0 {
+                let n = s.read(&mut buf).await?;
+                if n == 0 {
+                    bail!("tunnel closed with {left} bytes to go");
+                }
+                left = left.saturating_sub(n as u64);
+            }
+        }
+        Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(300), work)
+        .await
+        .context("transfer timed out")??;
+    Ok(start.elapsed())
+}
+
+/// Measurement 4: Keystroke round trips (ms) through an attached console; `None` is the
+/// floor: a direct TCP socket to the echoing console.
+pub async fn keystrokes(world: &World, system: Option<System>, n: usize) -> Result<Vec<f64>> {
+    let mut samples = Vec::with_capacity(n);
+    match system {
+        None => {
+            let mut s = TcpStream::connect(("127.0.0.1", world.console.port)).await?;
+            s.set_nodelay(true)?;
+            let mut greeting = vec![0u8; READY.len() + 2];
+            s.read_exact(&mut greeting).await?;
+            let mut b = [0u8; 1];
+            for i in 0..n {
+                let key = b'a' + (i % 26) as u8;
+                let t = Instant::now();
+                s.write_all(&[key]).await?;
+                loop {
+                    s.read_exact(&mut b).await?;
+                    if b[0] == key {
+                        break;
+                    }
+                }
+                samples.push(ms(t.elapsed()));
+            }
+        }
+        Some(system) => {
+            let (_, mut child, _) = open_console(world, system, "keys").await?;
+            let mut out = child.stdout.take().context("stdout")?;
+            let mut input = child.stdin.take().context("stdin")?;
+            // Let the greeting and replay finish, then drop them.
+            let mut junk = [0u8; 4096];
+            while let Ok(Ok(n)) =
+                tokio::time::timeout(Duration::from_millis(300), out.read(&mut junk)).await
+            {
+                if n == 0 {
+                    bail!("console closed");
+                }
+            }
+            let mut b = [0u8; 1];
+            for i in 0..n {
+                let key = b'a' + (i % 26) as u8;
+                let t = Instant::now();
+                input.write_all(&[key]).await?;
+                input.flush().await?;
+                tokio::time::timeout(LIMIT, async {
+                    loop {
+                        out.read_exact(&mut b).await?;
+                        if b[0] == key {
+                            return anyhow::Ok(());
+                        }
+                    }
+                })
+                .await
+                .context("echo never came")??;
+                samples.push(ms(t.elapsed()));
+            }
+            drop(input);
+            finish(child).await;
+        }
+    }
+    Ok(samples)
+}
+
+/// Connection rate at a given concurrency.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Rate {
+    pub sessions_per_sec: f64,
+    pub ok: u64,
+    pub failures: u64,
+}
+
+/// Measurement 3: `concurrency` workers, each opening the console connection, waiting
+/// for the first console byte, and ending ssh, for `secs`.
+pub async fn connection_rate(
+    world: &Arc<World>,
+    system: System,
+    concurrency: usize,
+    secs: f64,
+) -> Result<Rate> {
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(secs);
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let (world, ok, failed, first_error) = (
+            world.clone(),
+            ok.clone(),
+            failed.clone(),
+            first_error.clone(),
+        );
+        workers.spawn(async move {
+            while Instant::now() < deadline {
+                match open_console(&world, system, "rate").await {
+                    Ok((_, child, _)) => {
+                        finish(child).await;
+                        // Only connections that completed in the window count.
+                        if Instant::now() <= deadline {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Err(e) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        first_error.lock().unwrap().get_or_insert(e.to_string());
+                    }
+                }
+            }
+        });
+    }
+    while workers.join_next().await.is_some() {}
+    if let Some(e) = first_error.lock().unwrap().take() {
+        eprintln!("  {}: first failure: {e}", system.name());
+    }
+    let ok = ok.load(Ordering::Relaxed);
+    Ok(Rate {
+        sessions_per_sec: ok as f64 / secs,
+        ok,
+        failures: failed.load(Ordering::Relaxed),
+    })
+}
+
+/// A current-thread runtime on its own OS thread, so that the CPU it uses
+/// (the bench's fan-out console and viewer readers) can be told apart from
+/// the in-process gateway's.
+pub struct SideRuntime {
+    pub handle: tokio::runtime::Handle,
+    pub tid: u32,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl SideRuntime {
+    pub fn start() -> SideRuntime {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("side runtime");
+            tx.send((rt.handle().clone(), stats::current_tid()))
+                .unwrap();
+            rt.block_on(async {
+                let _ = stopped.await;
+            });
+        });
+        let (handle, tid) = rx.recv().expect("side runtime started");
+        SideRuntime {
+            handle,
+            tid,
+            stop: Some(stop),
+        }
+    }
+}
+
+impl Drop for SideRuntime {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Fan-out: one console printing to many viewers.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Fanout {
+    pub viewers: usize,
+    pub secs: f64,
+    pub bytes_per_viewer: u64,
+    pub bytes_lost: u64,
+    pub lossless_viewers: usize,
+    /// CPU of the serving side, in % of one core.
+    pub server_cpu_percent: f64,
+    /// CPU of the bench's own console + viewer readers (excluded above).
+    pub client_thread_cpu_percent: f64,
+}
+
+const LINE: usize = 100;
+const TICK: Duration = Duration::from_millis(10);
+
+/// Measurement 6: `viewers` real ssh viewers of the `fan` console, which prints
+/// `rate` bytes/s for `secs`. The viewers' pipes are read, and the console
+/// runs, on `side`; the gateway's CPU is the process's minus that thread's.
+pub async fn fanout(
+    world: &World,
+    fan: &ConsoleServer,
+    side: &SideRuntime,
+    system: System,
+    viewers: usize,
+    rate: usize,
+    secs: f64,
+) -> Result<Fanout> {
+    let lines_per_tick = (rate / LINE) / (1000 / TICK.as_millis() as usize);
+    let ticks = (secs / TICK.as_secs_f64()).round() as u64;
+    let expected_lines = ticks * lines_per_tick as u64;
+    let ready = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    let done = Arc::new(AtomicU64::new(0));
+    let release = tokio_util::sync::CancellationToken::new();
+    for _ in 0..viewers {
+        let argv = world.console_argv(system, "fan");
+        let (ready, done, release) = (ready.clone(), done.clone(), release.clone());
+        tasks.push(side.handle.spawn(async move {
+            let mut child = spawn_ssh(&argv)?;
+            let mut out = child.stdout.take().context("stdout")?;
+            let counted = view(&mut out, &ready).await;
+            // Keep the session until the CPU has been read.
+            done.fetch_add(1, Ordering::Relaxed);
+            release.cancelled().await;
+            finish(child).await;
+            counted
+        }));
+    }
+    let wait_ready = async {
+        while (ready.load(Ordering::Relaxed) as usize) < viewers {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(120), wait_ready)
+        .await
+        .is_err()
+    {
+        for t in &tasks {
+            t.abort();
+        }
+        bail!(
+            "only {} of {viewers} viewers attached",
+            ready.load(Ordering::Relaxed)
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let sshd_tree = || {
+        let mut pids = stats::process_tree(world.outer.pid());
+        pids.extend(stats::process_tree(world.inner.pid()));
+        stats::processes_cpu(&pids)
+    };
+    let (cpu0, side0, tree0) = (stats::self_cpu(), stats::thread_cpu(side.tid), sshd_tree());
+    let wall = Instant::now();
+    let console = fan.clone();
+    let emitter = side.handle.spawn(async move {
+        console.emit(Bytes::from_static(b"FANOUT-BEGIN\n"));
+        let mut tick = tokio::time::interval(TICK);
+        let mut seq = 0u64;
+        for _ in 0..ticks {
+            tick.tick().await;
+            let mut chunk = Vec::with_capacity(lines_per_tick * LINE);
+            for _ in 0..lines_per_tick {
+                chunk.extend_from_slice(format!("{seq:012} ").as_bytes());
+                chunk.resize(chunk.len() + LINE - 14, b'x');
+                chunk.push(b'\n');
+                seq += 1;
+            }
+            console.emit(Bytes::from(chunk));
+        }
+        console.emit(Bytes::from_static(b"FANOUT-END\n"));
+    });
+    emitter.await?;
+    let all_done = async {
+        while (done.load(Ordering::Relaxed) as usize) < viewers {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let _ = tokio::time::timeout(LIMIT, all_done).await;
+    let elapsed = wall.elapsed().as_secs_f64();
+    let (cpu1, side1, tree1) = (stats::self_cpu(), stats::thread_cpu(side.tid), sshd_tree());
+    release.cancel();
+    let mut received = Vec::new();
+    for t in tasks {
+        match tokio::time::timeout(Duration::from_secs(60), t).await {
+            Ok(Ok(Ok(lines))) => received.push(lines),
+            Ok(Ok(Err(e))) => {
+                eprintln!("  viewer failed: {e}");
+                received.push(0);
+            }
+            _ => received.push(0),
+        }
+    }
+    let side_cpu = side1 - side0;
+    let server_cpu = match system {
+        System::Consolegate => (cpu1 - cpu0) - side_cpu,
+        System::Sshd => stats::cpu_delta(&tree0, &tree1),
+    };
+    if std::env::var_os("VS_SSHD_DEBUG").is_some() {
+        eprintln!("  sshd tree: {} -> {} processes", tree0.len(), tree1.len());
+    }
+    let lost: u64 = received
+        .iter()
+        .map(|&l| expected_lines.saturating_sub(l) * LINE as u64)
+        .sum();
+    Ok(Fanout {
+        viewers,
+        secs,
+        bytes_per_viewer: expected_lines * LINE as u64,
+        bytes_lost: lost,
+        lossless_viewers: received.iter().filter(|&&l| l >= expected_lines).count(),
+        server_cpu_percent: server_cpu / elapsed * 100.0,
+        client_thread_cpu_percent: side_cpu / elapsed * 100.0,
+    })
+}
+
+/// A viewer: waits to be attached, then counts the stream's intact lines.
+async fn view(out: &mut tokio::process::ChildStdout, ready: &AtomicU64) -> Result<u64> {
+    read_until(out, READY.as_bytes(), LIMIT).await?;
+    ready.fetch_add(1, Ordering::Relaxed);
+    let mut seen = read_until(out, b"FANOUT-BEGIN\n", Duration::from_secs(600))
+        .await
+        .context("viewer never saw the stream begin")?;
+    let mut lines = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    let end = b"FANOUT-END\n";
+    loop {
+        // Count whole lines, keep the tail.
+        let mut start = 0;
+        while let Some(nl) = seen[start..].iter().position(|&b| b == b'\n') {
+            let line = &seen[start..start + nl];
+            if line.len() == LINE - 1 && line[..12].iter().all(u8::is_ascii_digit) {
+                lines += 1;
+            }
+            if &seen[start..start + nl + 1] == end {
+                return Ok(lines);
+            }
+            start += nl + 1;
+        }
+        seen.drain(..start);
+        let n = tokio::time::timeout(LIMIT, out.read(&mut buf))
+            .await
+            .context("viewer stalled")??;
+        if n == 0 {
+            bail!("viewer's ssh ended before the stream did");
+        }
+        seen.extend_from_slice(&buf[..n]);
+    }
+}
