@@ -101,11 +101,6 @@ pub(super) async fn serve(
         e.read_only = Some(options.read_only);
         e
     };
-    let mut attach = audit(AuditKind::Attach);
-    attach.detail = Some(format!("{hop} hop, {}", attachment.role));
-    crate::audit::record(&ctx.store, attach).await;
-
-    let mut recording = start_recording(&who, &terminal, attachment.id).await;
     let mut greeting = banner(&hub, &attachment.role).into_bytes();
     if !attachment.replay.is_empty() {
         greeting.extend_from_slice(b"[recent console output follows]\r\n");
@@ -114,22 +109,26 @@ pub(super) async fn serve(
     if let Some(reason) = &attachment.unavailable {
         greeting.extend_from_slice(notice(reason).as_bytes());
     }
+    // The user sees the console first; the bookkeeping follows.
+    if out.write_all(&greeting).await.is_err() {
+        return;
+    }
+    let mut attach = audit(AuditKind::Attach);
+    attach.detail = Some(format!("{hop} hop, {}", attachment.role));
+    crate::audit::record(&ctx.store, attach).await;
+    let mut recording = start_recording(&who, &terminal, attachment.id).await;
+    if let Some(r) = &mut recording {
+        r.output(&greeting).await;
+    }
 
     // What the input side wants shown (or recorded), through the one writer.
     let (local_tx, mut local_rx) = mpsc::channel::<Local>(16);
     let record_input = recording.is_some() && who.instance.record == RecordMode::OutputAndInput;
-    let mut bytes_out = 0u64;
+    let mut bytes_out = greeting.len() as u64;
     let mut bytes_in = 0u64;
     let session_id = attachment.id;
 
     let pump_output = async {
-        if out.write_all(&greeting).await.is_err() {
-            return "client gone";
-        }
-        bytes_out += greeting.len() as u64;
-        if let Some(r) = &mut recording {
-            r.output(&greeting).await;
-        }
         loop {
             let bytes: Bytes = tokio::select! {
                 event = attachment.recv() => match event {
