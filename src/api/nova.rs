@@ -223,6 +223,14 @@ fn microversion(headers: &HeaderMap) -> Result<(u32, u32), NovaError> {
     Ok(version)
 }
 
+/// A JSON answer with the microversion headers, or Nova's error body.
+fn versioned(result: Result<((u32, u32), Value), NovaError>) -> Response {
+    match result {
+        Ok((version, body)) => with_version(Json(body).into_response(), version),
+        Err(e) => e.into_response(),
+    }
+}
+
 fn with_version(mut response: Response, version: (u32, u32)) -> Response {
     let v = format!("{}.{}", version.0, version.1);
     let headers = response.headers_mut();
@@ -407,10 +415,7 @@ pub async fn remote_console(
         ))
     }
     .await;
-    match result {
-        Ok((version, body)) => with_version(Json(body).into_response(), version),
-        Err(e) => e.into_response(),
-    }
+    versioned(result)
 }
 
 /// `POST /servers/{id}/action` with `os-getVNCConsole` or `os-getSerialConsole`.
@@ -466,10 +471,7 @@ pub async fn server_action(
         Ok((version, json!({"console": {"type": kind, "url": url}})))
     }
     .await;
-    match result {
-        Ok((version, body)) => with_version(Json(body).into_response(), version),
-        Err(e) => e.into_response(),
-    }
+    versioned(result)
 }
 
 /// `GET /os-console-auth-tokens/{token}` (admin only).
