@@ -2,7 +2,7 @@
 //!
 //! `cargo bench --bench vs_sshd [-- --quick] [-- --only NAME] [-- --out DIR]
 //! [-- --fanout-secs N]`. Sets up both systems itself (see BENCHMARKS.md):
-//! the gateway in this process, two private sshd instances as children,
+//! the real `consolegate serve` and two private sshd instances as children,
 //! console servers and a VNC stand-in run by the bench. Prints, for every
 //! figure, consolegate, sshd, their ratio and the target; writes
 //! `results.json` and `benchmarks.png` to the output directory
@@ -20,7 +20,6 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
-use crate::measure::SideRuntime;
 use crate::setup::{ConsoleServer, System, World};
 use crate::stats::percentile;
 
@@ -229,12 +228,14 @@ async fn run(o: Options) -> Result<()> {
     if o.quick {
         println!("--quick: small counts, targets not judged");
     }
-    let side = SideRuntime::start();
-    let fan = {
-        let shutdown = tokio_util::sync::CancellationToken::new();
-        side.handle.spawn(ConsoleServer::start(shutdown)).await??
-    };
+    let fan_shutdown = tokio_util::sync::CancellationToken::new();
+    let fan = ConsoleServer::start(fan_shutdown.clone()).await?;
     let world = Arc::new(World::start(fan.port).await?);
+    for s in System::BOTH {
+        let algorithms = world.negotiated(s).await?;
+        println!("{}: {}", s.name(), algorithms.join("; "));
+        r.detail(&format!("algorithms_{}", s.name()), &algorithms);
+    }
     println!(
         "\n{:<34} {:>12} {:>12} {:>8} {:<10} target",
         "figure", "consolegate", "sshd", "ratio", ""
@@ -246,7 +247,12 @@ async fn run(o: Options) -> Result<()> {
         for s in System::BOTH {
             all.push(measure::time_to_console(&world, s, n).await?);
         }
-        let pct = |p| [percentile(&all[0], p), percentile(&all[1], p)];
+        let pct = |p| {
+            [
+                percentile(&all[0].samples_ms, p),
+                percentile(&all[1].samples_ms, p),
+            ]
+        };
         r.add(
             "time_to_console",
             "time to console p50",
@@ -263,7 +269,18 @@ async fn run(o: Options) -> Result<()> {
             Target::RatioAtMost(0.5),
             "<= 0.5x sshd",
         );
-        r.detail("time_to_console_samples_ms", &all);
+        r.add(
+            "time_to_console",
+            "server CPU per connection",
+            "ms",
+            [
+                all[0].server_cpu_ms_per_connection,
+                all[1].server_cpu_ms_per_connection,
+            ],
+            Target::None,
+            "(context)",
+        );
+        r.detail("time_to_console", &all);
     }
 
     if o.runs("throughput") {
@@ -288,7 +305,24 @@ async fn run(o: Options) -> Result<()> {
             Target::RatioAtLeast(1.0),
             ">= 1.0x sshd",
         );
+        r.add(
+            "throughput",
+            "server CPU upload",
+            "s/GB",
+            [t[0].upload_cpu_s_per_gb, t[1].upload_cpu_s_per_gb],
+            Target::None,
+            "(context)",
+        );
+        r.add(
+            "throughput",
+            "server CPU download",
+            "s/GB",
+            [t[0].download_cpu_s_per_gb, t[1].download_cpu_s_per_gb],
+            Target::None,
+            "(context)",
+        );
         r.detail("throughput_bytes_each_way", bytes);
+        r.detail("throughput", &t);
     }
 
     if o.runs("keystroke") {
@@ -340,6 +374,17 @@ async fn run(o: Options) -> Result<()> {
             Target::AtMost(0.0),
             "0",
         );
+        r.add(
+            "rate",
+            "server CPU per connection (rate)",
+            "ms",
+            [
+                rates[0].server_cpu_ms_per_connection,
+                rates[1].server_cpu_ms_per_connection,
+            ],
+            Target::None,
+            "(context)",
+        );
         r.detail("rate", &rates);
     }
 
@@ -348,7 +393,7 @@ async fn run(o: Options) -> Result<()> {
         let secs = o.fanout_secs.unwrap_or(if o.quick { 2.0 } else { 30.0 });
         let mut f = Vec::new();
         for s in System::BOTH {
-            f.push(measure::fanout(&world, &fan, &side, s, viewers, 1_000_000, secs).await?);
+            f.push(measure::fanout(&world, &fan, s, viewers, 1_000_000, secs).await?);
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         }
         r.add(
@@ -444,6 +489,6 @@ async fn run(o: Options) -> Result<()> {
         Ok(world) => world.stop().await,
         Err(_) => eprintln!("world still shared at the end"),
     }
-    drop(side);
+    fan_shutdown.cancel();
     Ok(())
 }

@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::setup::{ConsoleServer, READY, System, World, finish, free_port, read_until, spawn_ssh};
-use crate::stats::{self, ms};
+use crate::stats::ms;
 
 /// How long one connection may take before it counts as failed.
 const LIMIT: Duration = Duration::from_secs(30);
@@ -45,36 +45,60 @@ async fn open_console(
     Ok((elapsed, child, rest))
 }
 
-/// Measurement 2: Time from spawning ssh to the first console byte, `n` sequential runs (ms).
-pub async fn time_to_console(world: &World, system: System, n: usize) -> Result<Vec<f64>> {
-    let mut samples = Vec::with_capacity(n);
-    for _ in 0..n {
-        let (t, child, _) = open_console(world, system, "ttc").await?;
-        samples.push(ms(t));
-        finish(child).await;
-    }
-    Ok(samples)
+/// Time to console: samples and the server's CPU per connection.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TimeToConsole {
+    pub samples_ms: Vec<f64>,
+    /// Server CPU per connection (set-up, console attach, teardown), ms.
+    pub server_cpu_ms_per_connection: f64,
 }
 
-/// Throughput through the two-hop tunnel, in MB/s (10^6 bytes).
+/// Measurement 2: Time from spawning ssh to the first console byte, `n` sequential runs (ms).
+pub async fn time_to_console(world: &World, system: System, n: usize) -> Result<TimeToConsole> {
+    let mut samples_ms = Vec::with_capacity(n);
+    let cpu0 = world.server_cpu(system);
+    for _ in 0..n {
+        let (t, child, _) = open_console(world, system, "ttc").await?;
+        samples_ms.push(ms(t));
+        finish(child).await;
+    }
+    // Let the last teardown finish before reading the CPU.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let cpu = world.server_cpu(system) - cpu0;
+    Ok(TimeToConsole {
+        samples_ms,
+        server_cpu_ms_per_connection: cpu * 1000.0 / n as f64,
+    })
+}
+
+/// Throughput through the two-hop tunnel, in MB/s (10^6 bytes), and the
+/// server's CPU seconds per GB (10^9 bytes) moved.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct Throughput {
     pub upload: f64,
     pub download: f64,
+    pub upload_cpu_s_per_gb: f64,
+    pub download_cpu_s_per_gb: f64,
 }
 
 /// Measurement 1: `bytes` each way through `-L` over the nested hop.
 pub async fn throughput(world: &World, system: System, bytes: u64) -> Result<Throughput> {
     let port = free_port().await?;
     let child = spawn_ssh(&world.tunnel_argv(system, port))?;
+    let gb = bytes as f64 / 1e9;
     let result = async {
         // Warm up (and wait for the forward to listen) with a small transfer.
         transfer(port, b'D', 1 << 20).await?;
+        let cpu0 = world.server_cpu(system);
         let up = transfer(port, b'U', bytes).await?;
+        let cpu1 = world.server_cpu(system);
         let down = transfer(port, b'D', bytes).await?;
+        let cpu2 = world.server_cpu(system);
         Ok(Throughput {
             upload: bytes as f64 / up.as_secs_f64() / 1e6,
             download: bytes as f64 / down.as_secs_f64() / 1e6,
+            upload_cpu_s_per_gb: (cpu1 - cpu0) / gb,
+            download_cpu_s_per_gb: (cpu2 - cpu1) / gb,
         })
     }
     .await;
@@ -197,6 +221,9 @@ pub struct Rate {
     pub sessions_per_sec: f64,
     pub ok: u64,
     pub failures: u64,
+    /// Server CPU over the run (until every worker finished) divided by the
+    /// connections made, ms.
+    pub server_cpu_ms_per_connection: f64,
 }
 
 /// Measurement 3: `concurrency` workers, each opening the console connection, waiting
@@ -208,15 +235,18 @@ pub async fn connection_rate(
     secs: f64,
 ) -> Result<Rate> {
     let ok = Arc::new(AtomicU64::new(0));
+    let made = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
+    let cpu0 = world.server_cpu(system);
     let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(secs);
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..concurrency {
-        let (world, ok, failed, first_error) = (
+        let (world, ok, made, failed, first_error) = (
             world.clone(),
             ok.clone(),
+            made.clone(),
             failed.clone(),
             first_error.clone(),
         );
@@ -225,6 +255,7 @@ pub async fn connection_rate(
                 match open_console(&world, system, "rate").await {
                     Ok((_, child, _)) => {
                         finish(child).await;
+                        made.fetch_add(1, Ordering::Relaxed);
                         // Only connections that completed in the window count.
                         if Instant::now() <= deadline {
                             ok.fetch_add(1, Ordering::Relaxed);
@@ -239,6 +270,9 @@ pub async fn connection_rate(
         });
     }
     while workers.join_next().await.is_some() {}
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let cpu = world.server_cpu(system) - cpu0;
+    let made = made.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed);
     if let Some(e) = first_error.lock().unwrap().take() {
         eprintln!("  {}: first failure: {e}", system.name());
     }
@@ -247,48 +281,8 @@ pub async fn connection_rate(
         sessions_per_sec: ok as f64 / secs,
         ok,
         failures: failed.load(Ordering::Relaxed),
+        server_cpu_ms_per_connection: cpu * 1000.0 / made.max(1) as f64,
     })
-}
-
-/// A current-thread runtime on its own OS thread, so that the CPU it uses
-/// (the bench's fan-out console and viewer readers) can be told apart from
-/// the in-process gateway's.
-pub struct SideRuntime {
-    pub handle: tokio::runtime::Handle,
-    pub tid: u32,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
-impl SideRuntime {
-    pub fn start() -> SideRuntime {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("side runtime");
-            tx.send((rt.handle().clone(), stats::current_tid()))
-                .unwrap();
-            rt.block_on(async {
-                let _ = stopped.await;
-            });
-        });
-        let (handle, tid) = rx.recv().expect("side runtime started");
-        SideRuntime {
-            handle,
-            tid,
-            stop: Some(stop),
-        }
-    }
-}
-
-impl Drop for SideRuntime {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
 }
 
 /// Fan-out: one console printing to many viewers.
@@ -301,20 +295,16 @@ pub struct Fanout {
     pub lossless_viewers: usize,
     /// CPU of the serving side, in % of one core.
     pub server_cpu_percent: f64,
-    /// CPU of the bench's own console + viewer readers (excluded above).
-    pub client_thread_cpu_percent: f64,
 }
 
 const LINE: usize = 100;
 const TICK: Duration = Duration::from_millis(10);
 
 /// Measurement 6: `viewers` real ssh viewers of the `fan` console, which prints
-/// `rate` bytes/s for `secs`. The viewers' pipes are read, and the console
-/// runs, on `side`; the gateway's CPU is the process's minus that thread's.
+/// `rate` bytes/s for `secs`.
 pub async fn fanout(
     world: &World,
     fan: &ConsoleServer,
-    side: &SideRuntime,
     system: System,
     viewers: usize,
     rate: usize,
@@ -330,7 +320,7 @@ pub async fn fanout(
     for _ in 0..viewers {
         let argv = world.console_argv(system, "fan");
         let (ready, done, release) = (ready.clone(), done.clone(), release.clone());
-        tasks.push(side.handle.spawn(async move {
+        tasks.push(tokio::spawn(async move {
             let mut child = spawn_ssh(&argv)?;
             let mut out = child.stdout.take().context("stdout")?;
             let counted = view(&mut out, &ready).await;
@@ -360,15 +350,10 @@ pub async fn fanout(
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let sshd_tree = || {
-        let mut pids = stats::process_tree(world.outer.pid());
-        pids.extend(stats::process_tree(world.inner.pid()));
-        stats::processes_cpu(&pids)
-    };
-    let (cpu0, side0, tree0) = (stats::self_cpu(), stats::thread_cpu(side.tid), sshd_tree());
+    let cpu0 = world.server_cpu(system);
     let wall = Instant::now();
     let console = fan.clone();
-    let emitter = side.handle.spawn(async move {
+    let emitter = tokio::spawn(async move {
         console.emit(Bytes::from_static(b"FANOUT-BEGIN\n"));
         let mut tick = tokio::time::interval(TICK);
         let mut seq = 0u64;
@@ -393,7 +378,8 @@ pub async fn fanout(
     };
     let _ = tokio::time::timeout(LIMIT, all_done).await;
     let elapsed = wall.elapsed().as_secs_f64();
-    let (cpu1, side1, tree1) = (stats::self_cpu(), stats::thread_cpu(side.tid), sshd_tree());
+    // Read before the viewers exit: sshd's per-session processes go with them.
+    let server_cpu = world.server_cpu(system) - cpu0;
     release.cancel();
     let mut received = Vec::new();
     for t in tasks {
@@ -406,14 +392,6 @@ pub async fn fanout(
             _ => received.push(0),
         }
     }
-    let side_cpu = side1 - side0;
-    let server_cpu = match system {
-        System::Consolegate => (cpu1 - cpu0) - side_cpu,
-        System::Sshd => stats::cpu_delta(&tree0, &tree1),
-    };
-    if std::env::var_os("VS_SSHD_DEBUG").is_some() {
-        eprintln!("  sshd tree: {} -> {} processes", tree0.len(), tree1.len());
-    }
     let lost: u64 = received
         .iter()
         .map(|&l| expected_lines.saturating_sub(l) * LINE as u64)
@@ -425,7 +403,6 @@ pub async fn fanout(
         bytes_lost: lost,
         lossless_viewers: received.iter().filter(|&&l| l >= expected_lines).count(),
         server_cpu_percent: server_cpu / elapsed * 100.0,
-        client_thread_cpu_percent: side_cpu / elapsed * 100.0,
     })
 }
 

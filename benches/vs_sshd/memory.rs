@@ -87,6 +87,15 @@ pub async fn load_client(args: LoadArgs) -> Result<()> {
     let key = Arc::new(russh::keys::load_secret_key(&args.key, None)?);
     let config = Arc::new(russh::client::Config {
         nodelay: true,
+        // The bench's key exchange for both systems (see setup::KEX).
+        preferred: russh::Preferred {
+            kex: std::borrow::Cow::Borrowed(&[
+                russh::kex::CURVE25519,
+                russh::kex::EXTENSION_SUPPORT_AS_CLIENT,
+                russh::kex::EXTENSION_OPENSSH_STRICT_KEX_AS_CLIENT,
+            ]),
+            ..Default::default()
+        },
         ..Default::default()
     });
     let args = Arc::new(args);
@@ -224,6 +233,11 @@ pub struct MemoryPoint {
 /// Attaches `counts` idle sessions (cumulatively) and measures the serving
 /// side's memory growth at each.
 pub async fn memory(world: &World, system: System, counts: &[usize]) -> Result<Vec<MemoryPoint>> {
+    if system == System::Consolegate {
+        // From a fresh process: a heap that earlier measurements grew would
+        // absorb new sessions and flatter the figure.
+        world.gateway.restart().await?;
+    }
     let exe = std::env::current_exe()?;
     let (port, user, command) = match system {
         System::Consolegate => (
@@ -254,7 +268,7 @@ pub async fn memory(world: &World, system: System, counts: &[usize]) -> Result<V
     let mut input = child.stdin.take().context("stdin")?;
     let mut output = BufReader::new(child.stdout.take().context("stdout")?).lines();
     let measure = || match system {
-        System::Consolegate => stats::pss("self"),
+        System::Consolegate => stats::pss(&world.gateway.pid().to_string()),
         System::Sshd => stats::process_tree(world.outer.pid())
             .iter()
             .map(|p| stats::pss(&p.to_string()))

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -39,8 +39,14 @@ pub fn keygen(dir: &Path, name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// The key exchange both systems are held to. OpenSSH 9.2's default,
+/// `sntrup761x25519-sha512@openssh.com`, costs its client about 170 ms of
+/// CPU per connection and russh does not offer it, so left alone the
+/// set-up figures would measure the client's kex, and unequally.
+pub const KEX: &str = "curve25519-sha256";
+
 /// Client options added to every ssh: this key, these known hosts, strict
-/// host key checking, no prompts.
+/// host key checking, no prompts, [`KEX`].
 pub fn client_options(key: &Path, known_hosts: &Path) -> Vec<String> {
     vec![
         "-F".into(),
@@ -59,6 +65,8 @@ pub fn client_options(key: &Path, known_hosts: &Path) -> Vec<String> {
         "BatchMode=yes".into(),
         "-o".into(),
         "LogLevel=ERROR".into(),
+        "-o".into(),
+        format!("KexAlgorithms={KEX}"),
     ]
 }
 
@@ -197,14 +205,16 @@ async fn target_connection(mut socket: TcpStream) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The consolegate side: the gateway running in this process, one console
-/// connection per instance for the bench's key.
+/// The consolegate side: the real `consolegate serve` binary as a child
+/// process (so that its CPU and memory are its own, as sshd's are), one
+/// console connection per instance for the bench's key.
 pub struct Gateway {
     pub port: u16,
     /// Connection id per instance (same order as [`INSTANCES`]).
     pub connections: Vec<(String, String)>,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
+    dir: PathBuf,
+    child: tokio::sync::Mutex<Child>,
+    pid: AtomicU32,
 }
 
 impl Gateway {
@@ -218,10 +228,8 @@ impl Gateway {
         fan_port: u16,
         target_port: u16,
     ) -> Result<Gateway> {
-        let ssh = TcpListener::bind("127.0.0.1:0").await?;
-        let port = ssh.local_addr()?.port();
-        let api = TcpListener::bind("127.0.0.1:0").await?;
-        let api_port = api.local_addr()?.port();
+        let port = free_port().await?;
+        let api_port = free_port().await?;
         let mut text = format!(
             "data_dir = \"data\"\n\
              [ssh]\nlisten = \"127.0.0.1:{port}\"\npublic_host = \"127.0.0.1\"\npublic_port = {port}\n\
@@ -241,6 +249,8 @@ impl Gateway {
         }
         let config_path = dir.join("gateway.toml");
         std::fs::write(&config_path, text)?;
+        // Register the bench's key for every instance before the gateway
+        // runs, as `consolegate connection create` would.
         let config = Config::load(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
         let (store, host_keys) = consolegate::gateway::open_state(&config).await?;
         let public_key = std::fs::read_to_string(key.with_extension("pub"))?;
@@ -265,20 +275,52 @@ impl Gateway {
             connections.push((id.to_owned(), record.id));
         }
         store.close().await;
-        let shutdown = CancellationToken::new();
-        let token = shutdown.clone();
-        let task = tokio::spawn(async move {
-            let listeners = consolegate::gateway::Listeners { ssh, api };
-            if let Err(e) = consolegate::gateway::run(config, listeners, token).await {
-                eprintln!("gateway failed: {e}");
-            }
-        });
+        let child = Gateway::spawn(dir, port).await?;
         Ok(Gateway {
             port,
             connections,
-            shutdown,
-            task,
+            dir: dir.to_owned(),
+            pid: AtomicU32::new(child.id().unwrap_or(0)),
+            child: tokio::sync::Mutex::new(child),
         })
+    }
+
+    /// Runs `consolegate serve` on `dir/gateway.toml`; returns once it listens.
+    async fn spawn(dir: &Path, port: u16) -> Result<Child> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("gateway.log"))?;
+        let child = Command::new(env!("CARGO_BIN_EXE_consolegate"))
+            .arg("--config")
+            .arg(dir.join("gateway.toml"))
+            .arg("serve")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .context("start consolegate serve")?;
+        for _ in 0..200 {
+            if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                return Ok(child);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!(
+            "consolegate did not start: {}",
+            std::fs::read_to_string(dir.join("gateway.log")).unwrap_or_default()
+        )
+    }
+
+    /// Stops the gateway and starts a fresh process on the same data (for
+    /// measuring memory from a clean heap).
+    pub async fn restart(&self) -> Result<()> {
+        let mut child = self.child.lock().await;
+        terminate(&mut child).await;
+        *child = Gateway::spawn(&self.dir, self.port).await?;
+        self.pid.store(child.id().unwrap_or(0), Ordering::Relaxed);
+        Ok(())
     }
 
     /// The console connection id for `instance`.
@@ -291,9 +333,28 @@ impl Gateway {
             .1
     }
 
+    pub fn pid(&self) -> u32 {
+        self.pid.load(Ordering::Relaxed)
+    }
+
     pub async fn stop(self) {
-        self.shutdown.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(15), self.task).await;
+        terminate(&mut *self.child.lock().await).await;
+    }
+}
+
+/// SIGTERM, as an operator would stop the gateway; SIGKILL if it lingers.
+async fn terminate(child: &mut Child) {
+    if let Some(pid) = child.id() {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+    }
+    if tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.start_kill();
+        let _ = child.wait().await;
     }
 }
 
@@ -326,7 +387,7 @@ impl Sshd {
              StrictModes no\nAllowTcpForwarding yes\nAuthorizedKeysFile {}\n\
              PasswordAuthentication no\nKbdInteractiveAuthentication no\n\
              MaxStartups 10000\nMaxSessions 1000\nLogLevel ERROR\nPrintMotd no\nPrintLastLog no\n\
-             UseDNS no\nAcceptEnv none\n",
+             UseDNS no\nAcceptEnv none\nKexAlgorithms {KEX}\n",
             host_key.display(),
             authorized_keys.display(),
         );
@@ -460,6 +521,46 @@ impl World {
             }
         }
         argv
+    }
+
+    /// What each hop of a console connection negotiated, from `ssh -v`
+    /// (outer hop first): key exchange and ciphers.
+    pub async fn negotiated(&self, system: System) -> Result<Vec<String>> {
+        let argv: Vec<String> = self
+            .console_argv(system, "ttc")
+            .into_iter()
+            .map(|a| a.replace("LogLevel=ERROR", "LogLevel=DEBUG1"))
+            .collect();
+        let mut child = spawn_ssh(&argv)?;
+        let mut out = child.stdout.take().context("stdout")?;
+        let mut err = child.stderr.take().context("stderr")?;
+        let log = tokio::spawn(async move {
+            let mut text = String::new();
+            let _ = err.read_to_string(&mut text).await;
+            text
+        });
+        read_until(&mut out, READY.as_bytes(), Duration::from_secs(30)).await?;
+        finish(child).await;
+        let text = log.await?;
+        Ok(text
+            .lines()
+            .filter_map(|l| l.strip_prefix("debug1: kex: "))
+            .filter(|l| l.starts_with("algorithm:") || l.contains("cipher:"))
+            .map(|l| l.trim().to_owned())
+            .collect())
+    }
+
+    /// The serving side's processes: the gateway, or both sshd trees.
+    pub fn server_roots(&self, system: System) -> Vec<u32> {
+        match system {
+            System::Consolegate => vec![self.gateway.pid()],
+            System::Sshd => vec![self.outer.pid(), self.inner.pid()],
+        }
+    }
+
+    /// CPU seconds the serving side has used so far.
+    pub fn server_cpu(&self, system: System) -> f64 {
+        crate::stats::tree_cpu(&self.server_roots(system))
     }
 
     fn console_port_for(&self, instance: &str) -> u16 {

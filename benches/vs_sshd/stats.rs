@@ -20,33 +20,18 @@ pub fn ms(d: Duration) -> f64 {
 /// Clock ticks per second for /proc times (USER_HZ, 100 on Linux).
 const TICKS: f64 = 100.0;
 
-/// utime + stime of a /proc `stat` file, in seconds.
-fn stat_cpu(path: &str) -> Option<f64> {
-    let text = std::fs::read_to_string(path).ok()?;
+/// utime + stime + cutime + cstime of a process, in seconds: its own CPU
+/// and that of the children it has reaped.
+fn stat_cpu(pid: u32) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name, which is in parentheses.
     let rest = &text[text.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / TICKS)
-}
-
-/// CPU seconds this process has used.
-pub fn self_cpu() -> f64 {
-    stat_cpu("/proc/self/stat").unwrap_or(0.0)
-}
-
-/// CPU seconds one thread of this process has used.
-pub fn thread_cpu(tid: u32) -> f64 {
-    stat_cpu(&format!("/proc/self/task/{tid}/stat")).unwrap_or(0.0)
-}
-
-/// This thread's id.
-pub fn current_tid() -> u32 {
-    std::fs::read_link("/proc/thread-self")
-        .ok()
-        .and_then(|p| p.file_name()?.to_str()?.parse().ok())
-        .unwrap_or(0)
+    let mut total = 0.0;
+    for i in 11..=14 {
+        total += fields.get(i)?.parse::<f64>().ok()?;
+    }
+    Some(total / TICKS)
 }
 
 /// A process's parent id.
@@ -78,18 +63,16 @@ pub fn process_tree(root: u32) -> Vec<u32> {
     tree
 }
 
-/// CPU seconds of each process in `pids`.
-pub fn processes_cpu(pids: &[u32]) -> Vec<(u32, f64)> {
-    pids.iter()
-        .filter_map(|p| Some((*p, stat_cpu(&format!("/proc/{p}/stat"))?)))
-        .collect()
-}
-
-/// CPU used between two snapshots by the processes in both.
-pub fn cpu_delta(before: &[(u32, f64)], after: &[(u32, f64)]) -> f64 {
-    after
+/// CPU seconds used so far by the process trees under `roots`: every live
+/// process's own CPU plus that of the children it reaped. A process that
+/// exits is counted through its parent, so deltas of this figure cover
+/// short-lived session processes too (an orphan reaped by init is lost,
+/// which can only flatter sshd).
+pub fn tree_cpu(roots: &[u32]) -> f64 {
+    roots
         .iter()
-        .filter_map(|(p, a)| before.iter().find(|(q, _)| q == p).map(|(_, b)| a - b))
+        .flat_map(|&r| process_tree(r))
+        .filter_map(stat_cpu)
         .sum()
 }
 

@@ -18,6 +18,7 @@ mod channels;
 mod console_session;
 mod inner;
 mod outer;
+mod quickack;
 mod tunnel;
 
 use std::collections::HashMap;
@@ -187,7 +188,7 @@ async fn handle_connection(
     let deadline = tokio::time::Instant::now() + ctx.config.ssh.handshake_timeout();
     let session = match tokio::time::timeout_at(
         deadline,
-        russh::server::run_stream(ctx.outer.clone(), socket, handler),
+        russh::server::run_stream(ctx.outer.clone(), quickack::QuickAck::new(socket), handler),
     )
     .await
     {
