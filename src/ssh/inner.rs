@@ -71,6 +71,8 @@ impl InnerHandler {
     }
 }
 
+// Store and audit calls are boxed, as in `OuterHandler`: russh keeps the
+// largest handler future's space for the connection's whole life.
 impl Handler for InnerHandler {
     type Error = russh::Error;
 
@@ -106,7 +108,7 @@ impl Handler for InnerHandler {
             let mut e = self.outer.audit(AuditKind::Refused);
             e.fingerprint = Some(fingerprint);
             e.detail = Some("inner hop authentication: not the connection's key".into());
-            crate::audit::record(&self.ctx.store, e).await;
+            Box::pin(crate::audit::record(&self.ctx.store, e)).await;
             Ok(publickey_only())
         }
     }
@@ -151,14 +153,8 @@ impl Handler for InnerHandler {
                 .open_vnc(&self.ctx, channel, reply, &mut self.tasks)
                 .await;
         } else {
-            self.outer
-                .refuse(
-                    &self.ctx,
-                    reply,
-                    &format!("{}:{port}", truncate(host)),
-                    "inner",
-                )
-                .await;
+            let what = format!("{}:{port}", truncate(host));
+            Box::pin(self.outer.refuse(&self.ctx, reply, &what, "inner")).await;
         }
         Ok(())
     }
@@ -170,9 +166,8 @@ impl Handler for InnerHandler {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.outer
-            .refuse(&self.ctx, reply, &truncate(socket_path), "inner")
-            .await;
+        let what = truncate(socket_path);
+        Box::pin(self.outer.refuse(&self.ctx, reply, &what, "inner")).await;
         Ok(())
     }
 

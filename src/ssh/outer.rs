@@ -68,6 +68,10 @@ impl OuterHandler {
     }
 }
 
+// russh embeds these handler futures in its per-connection task, whose
+// size is that of its largest state and is held for the connection's whole
+// life. The store and audit calls (sqlx futures of several KiB) are boxed so
+// that every idle session does not carry their space: see `BENCHMARKS.md`.
 impl Handler for OuterHandler {
     type Error = russh::Error;
 
@@ -76,10 +80,10 @@ impl Handler for OuterHandler {
         user: &str,
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
-        match authorize(&self.ctx, user, offer.public_key, self.peer).await {
+        match Box::pin(authorize(&self.ctx, user, offer.public_key, self.peer)).await {
             Ok(_) => Ok(Auth::Accept),
             Err(reason) => {
-                self.refused(user, offer.public_key, &reason).await;
+                Box::pin(self.refused(user, offer.public_key, &reason)).await;
                 Ok(publickey_only())
             }
         }
@@ -90,7 +94,7 @@ impl Handler for OuterHandler {
         user: &str,
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
-        match authorize(&self.ctx, user, key.public_key, self.peer).await {
+        match Box::pin(authorize(&self.ctx, user, key.public_key, self.peer)).await {
             Ok(authorized) => {
                 tracing::info!(
                     connection = %authorized.connection_id,
@@ -106,7 +110,7 @@ impl Handler for OuterHandler {
                 Ok(Auth::Accept)
             }
             Err(reason) => {
-                self.refused(user, key.public_key, &reason).await;
+                Box::pin(self.refused(user, key.public_key, &reason)).await;
                 Ok(publickey_only())
             }
         }
@@ -164,13 +168,8 @@ impl Handler for OuterHandler {
         } else if to_instance && port == VNC_PORT {
             a.open_vnc(&self.ctx, channel, reply, &mut self.tasks).await;
         } else {
-            a.refuse(
-                &self.ctx,
-                reply,
-                &format!("{}:{port}", truncate(host)),
-                "outer",
-            )
-            .await;
+            let what = format!("{}:{port}", truncate(host));
+            Box::pin(a.refuse(&self.ctx, reply, &what, "outer")).await;
         }
         Ok(())
     }
@@ -183,10 +182,7 @@ impl Handler for OuterHandler {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         match &self.authorized {
-            Some(a) => {
-                a.refuse(&self.ctx, reply, &truncate(socket_path), "outer")
-                    .await
-            }
+            Some(a) => Box::pin(a.refuse(&self.ctx, reply, &truncate(socket_path), "outer")).await,
             None => {
                 reply
                     .reject(ChannelOpenFailure::AdministrativelyProhibited)
