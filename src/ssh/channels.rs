@@ -24,7 +24,7 @@ pub(super) const MAX_CHANNELS: usize = 16;
 pub(super) struct Authorized {
     pub connection_id: String,
     pub fingerprint: String,
-    pub instance: InstanceConfig,
+    pub instance: Arc<InstanceConfig>,
     pub peer: SocketAddr,
 }
 
@@ -50,7 +50,7 @@ pub(super) async fn authorize(
     if fingerprint != record.fingerprint {
         return Err(format!("key {fingerprint} is not the connection's key"));
     }
-    let Some(instance) = ctx.config.instance(&record.instance_id) else {
+    let Some(instance) = ctx.instances.get(&record.instance_id) else {
         return Err(format!(
             "instance {} is not configured on this gateway",
             record.instance_id

@@ -125,6 +125,8 @@ pub(super) async fn serve(
     let (local_tx, mut local_rx) = mpsc::channel::<Local>(16);
     let record_input = recording.is_some() && who.instance.record == RecordMode::OutputAndInput;
     let mut bytes_out = greeting.len() as u64;
+    // Not kept for the session's life (an idle session holds only what it needs).
+    drop(greeting);
     let mut bytes_in = 0u64;
     let session_id = attachment.id;
 

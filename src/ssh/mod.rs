@@ -34,7 +34,7 @@ use tokio::sync::{Semaphore, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, InstanceConfig};
 use crate::connection::LifecycleState;
 use crate::console::hub::ConsoleHubs;
 use crate::keys::HostKeys;
@@ -50,6 +50,8 @@ pub struct SshContext {
     hubs: ConsoleHubs,
     outer: Arc<RusshConfig>,
     inner: HashMap<String, Arc<RusshConfig>>,
+    /// Configured instances, shared by every connection authorised for one.
+    instances: HashMap<String, Arc<InstanceConfig>>,
 }
 
 impl SshContext {
@@ -73,11 +75,17 @@ impl SshContext {
             .into_iter()
             .map(|(id, key)| (id, Arc::new(russh_config(vec![key], None))))
             .collect();
+        let instances = config
+            .instances
+            .iter()
+            .map(|i| (i.id.clone(), Arc::new(i.clone())))
+            .collect();
         SshContext {
             store,
             config,
             hubs,
             outer,
+            instances,
             inner,
         }
     }
