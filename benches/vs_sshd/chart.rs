@@ -52,7 +52,7 @@ fn draw_panel(
         .filter(|v| v.is_finite())
         .fold(0.0f64, f64::max)
         .max(1e-9)
-        * 1.2;
+        * 1.35;
     let n = panel.groups.len() as f64;
     let mut chart = ChartBuilder::on(area)
         .caption(&panel.title, ("sans-serif", 20))

@@ -1,9 +1,10 @@
 //! consolegate versus OpenSSH's sshd, on loopback, same workloads.
 //!
 //! `cargo bench --bench vs_sshd [-- --quick] [-- --only NAME] [-- --out DIR]
-//! [-- --fanout-secs N]`. Sets up both systems itself (see BENCHMARKS.md):
-//! the real `consolegate serve` and two private sshd instances as children,
-//! console servers and a VNC stand-in run by the bench. Prints, for every
+//! [-- --fanout-secs N]`, or `-- --redraw DIR` to redraw a run's chart.
+//! Sets up both systems itself (see BENCHMARKS.md): the real `consolegate
+//! serve` and two private sshd instances as children, console servers and a
+//! VNC stand-in run by the bench. Prints, for every
 //! figure, consolegate, sshd, their ratio and the target; writes
 //! `results.json` and `benchmarks.png` to the output directory
 //! (default `target/bench`). It reports; it never fails on a target.
@@ -206,11 +207,60 @@ fn machine() -> String {
     format!("{cores} cores, {cpu}, Linux {}, {sshd}", kernel.trim())
 }
 
+/// Draws `out/benchmarks.png` from the throughput and time-to-console figures.
+fn draw_chart(value: impl Fn(&str) -> Option<[f64; 2]>, out: &std::path::Path) {
+    let mut panels = Vec::new();
+    if let (Some(up), Some(down)) = (value("tunnel upload"), value("tunnel download")) {
+        panels.push(chart::Panel {
+            title: "Tunnel throughput, two hops (higher is better)".into(),
+            unit: "MB/s".into(),
+            groups: vec![("upload".into(), up), ("download".into(), down)],
+        });
+    }
+    if let (Some(p50), Some(p95)) = (value("time to console p50"), value("time to console p95")) {
+        panels.push(chart::Panel {
+            title: "Time to console (lower is better)".into(),
+            unit: "ms".into(),
+            groups: vec![("p50".into(), p50), ("p95".into(), p95)],
+        });
+    }
+    if panels.is_empty() {
+        println!("no throughput or time-to-console figures: no chart");
+        return;
+    }
+    let png = out.join("benchmarks.png");
+    match chart::draw(&png, &panels) {
+        Ok(()) => println!("wrote {}", png.display()),
+        Err(e) => println!("chart: {e}"),
+    }
+}
+
+/// `--redraw DIR`: the chart again from `DIR/results.json`, without measuring.
+fn redraw(dir: &std::path::Path) -> Result<()> {
+    let text = std::fs::read_to_string(dir.join("results.json"))
+        .with_context(|| format!("read {}", dir.join("results.json").display()))?;
+    let results: serde_json::Value = serde_json::from_str(&text)?;
+    let figures = results["figures"]
+        .as_array()
+        .context("results.json has no figures")?;
+    draw_chart(
+        |name| {
+            let f = figures.iter().find(|f| f["figure"] == name)?;
+            Some([f["consolegate"].as_f64()?, f["sshd"].as_f64()?])
+        },
+        dir,
+    );
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--load-client") {
         let rt = tokio::runtime::Runtime::new()?;
         return rt.block_on(memory::load_client(memory::LoadArgs::parse(&args[2..])?));
+    }
+    if args.get(1).map(String::as_str) == Some("--redraw") {
+        return redraw(std::path::Path::new(args.get(2).context("--redraw DIR")?));
     }
     let options = Options::parse()?;
     let rt = tokio::runtime::Runtime::new()?;
@@ -458,33 +508,7 @@ async fn run(o: Options) -> Result<()> {
     let json = o.out.join("results.json");
     std::fs::write(&json, serde_json::to_string_pretty(&r)?)?;
     println!("\nwrote {}", json.display());
-    let mut panels = Vec::new();
-    if let (Some(up), Some(down)) = (r.value("tunnel upload"), r.value("tunnel download")) {
-        panels.push(chart::Panel {
-            title: "Tunnel throughput, two hops (higher is better)".into(),
-            unit: "MB/s".into(),
-            groups: vec![("upload".into(), up), ("download".into(), down)],
-        });
-    }
-    if let (Some(p50), Some(p95)) = (
-        r.value("time to console p50"),
-        r.value("time to console p95"),
-    ) {
-        panels.push(chart::Panel {
-            title: "Time to console (lower is better)".into(),
-            unit: "ms".into(),
-            groups: vec![("p50".into(), p50), ("p95".into(), p95)],
-        });
-    }
-    if panels.is_empty() {
-        println!("no throughput or time-to-console figures: no chart");
-    } else {
-        let png = o.out.join("benchmarks.png");
-        match chart::draw(&png, &panels) {
-            Ok(()) => println!("wrote {}", png.display()),
-            Err(e) => println!("chart: {e}"),
-        }
-    }
+    draw_chart(|f| r.value(f), &o.out);
     match Arc::try_unwrap(world) {
         Ok(world) => world.stop().await,
         Err(_) => eprintln!("world still shared at the end"),
