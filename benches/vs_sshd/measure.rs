@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::setup::{ConsoleServer, READY, System, World, finish, free_port, read_until, spawn_ssh};
-use crate::stats::ms;
+use crate::stats::{ms, percentile};
 
 /// How long one connection may take before it counts as failed.
 const LIMIT: Duration = Duration::from_secs(30);
@@ -79,6 +79,22 @@ pub struct Throughput {
     pub download: f64,
     pub upload_cpu_s_per_gb: f64,
     pub download_cpu_s_per_gb: f64,
+}
+
+impl Throughput {
+    /// Each figure's median over `rounds`.
+    pub fn median(rounds: &[Throughput]) -> Throughput {
+        let m = |f: fn(&Throughput) -> f64| {
+            let v: Vec<f64> = rounds.iter().map(f).collect();
+            percentile(&v, 50.0)
+        };
+        Throughput {
+            upload: m(|t| t.upload),
+            download: m(|t| t.download),
+            upload_cpu_s_per_gb: m(|t| t.upload_cpu_s_per_gb),
+            download_cpu_s_per_gb: m(|t| t.download_cpu_s_per_gb),
+        }
+    }
 }
 
 /// Measurement 1: `bytes` each way through `-L` over the nested hop.
