@@ -301,16 +301,8 @@ impl Gateway {
             .kill_on_drop(true)
             .spawn()
             .context("start consolegate serve")?;
-        for _ in 0..200 {
-            if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-                return Ok(child);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        bail!(
-            "consolegate did not start: {}",
-            std::fs::read_to_string(dir.join("gateway.log")).unwrap_or_default()
-        )
+        wait_listening(port, "consolegate", &dir.join("gateway.log")).await?;
+        Ok(child)
     }
 
     /// Stops the gateway and starts a fresh process on the same data (for
@@ -409,22 +401,33 @@ impl Sshd {
         let mut fields = public.split_whitespace();
         let (kind, blob) = (fields.next().unwrap(), fields.next().unwrap());
         known_hosts.push_str(&format!("[127.0.0.1]:{port} {kind} {blob}\n"));
-        // Wait until it listens.
-        for _ in 0..100 {
-            if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-                return Ok(Sshd { port, child });
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        bail!(
-            "sshd {name} did not start: {}",
-            std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default()
+        wait_listening(
+            port,
+            &format!("sshd {name}"),
+            &dir.join(format!("{name}.log")),
         )
+        .await?;
+        Ok(Sshd { port, child })
     }
 
     pub fn pid(&self) -> u32 {
         self.child.id().unwrap_or(0)
     }
+}
+
+/// Waits up to 10 s for a server just started to listen on `port`; if it
+/// does not, the error carries its log.
+async fn wait_listening(port: u16, what: &str, log: &Path) -> Result<()> {
+    for _ in 0..200 {
+        if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!(
+        "{what} did not start: {}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    )
 }
 
 /// A port nothing listens on right now.
