@@ -29,6 +29,8 @@ pub enum AuditKind {
     VncOpen,
     /// A VNC tunnel closed.
     VncClose,
+    /// A session was closed by its idle timeout or maximum duration.
+    Timeout,
 }
 
 impl AuditKind {
@@ -42,6 +44,7 @@ impl AuditKind {
             AuditKind::Refused => "refused",
             AuditKind::VncOpen => "vnc-open",
             AuditKind::VncClose => "vnc-close",
+            AuditKind::Timeout => "timeout",
         }
     }
 }
@@ -113,6 +116,6 @@ pub async fn record(store: &Store, event: AuditEvent) {
         "audit"
     );
     if let Err(e) = store.insert_audit(&event).await {
-        tracing::error!(error = %e, "could not store an audit event");
+        tracing::error!(code = "CG-STORE-002", error = %e, "could not store an audit event");
     }
 }

@@ -15,6 +15,8 @@ use crate::config::Config;
 use crate::connections::ConsoleConnections;
 use crate::console::hub::ConsoleHubs;
 use crate::keys::{HostKeyError, HostKeys};
+use crate::ops::metrics::Metrics;
+use crate::ops::{Health, OpsState};
 use crate::ssh::SshContext;
 use crate::store::{Store, StoreError};
 
@@ -40,6 +42,9 @@ pub enum GatewayError {
     /// An `[[api_user]]` key is unusable.
     #[error("{0}")]
     ApiUsers(String),
+    /// The admin socket could not be created.
+    #[error(transparent)]
+    Admin(#[from] crate::ops::admin::AdminError),
 }
 
 /// The gateway's bound sockets.
@@ -49,6 +54,8 @@ pub struct Listeners {
     pub ssh: TcpListener,
     /// The HTTP control plane.
     pub api: TcpListener,
+    /// `/metrics`, `/healthz` and `/readyz`, when not on the API listener.
+    pub metrics: Option<TcpListener>,
 }
 
 /// Opens the store and the host keys named by `config` (creating them on first use).
@@ -73,6 +80,10 @@ pub async fn bind(config: &Config) -> Result<Listeners, GatewayError> {
     Ok(Listeners {
         ssh: bind("SSH", config.ssh.listen).await?,
         api: bind("the HTTP API", config.api.listen).await?,
+        metrics: match config.metrics.listen {
+            Some(addr) => Some(bind("metrics", addr).await?),
+            None => None,
+        },
     })
 }
 
@@ -88,10 +99,16 @@ pub async fn run(
         config.ssh.public_port.get_or_insert(addr.port());
         tracing::info!(%addr, "SSH listening");
     }
-    if let Ok(addr) = listeners.api.local_addr() {
-        tracing::info!(%addr, "HTTP API listening");
+    let local = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let api_addr = local(&listeners.api);
+    tracing::info!(addr = %api_addr, "HTTP API listening");
+    let metrics_addr = listeners.metrics.as_ref().map(local);
+    if let Some(addr) = &metrics_addr {
+        tracing::info!(%addr, "metrics, /healthz and /readyz listening");
     }
+    let ssh_addr = local(&listeners.ssh);
     let (store, host_keys) = open_state(&config).await?;
+    let admin_listener = crate::ops::admin::bind(&config.data_dir).await?;
     tracing::info!(fingerprint = %host_keys.fingerprint(), "gateway host key");
     let mut instance_keys = HashMap::new();
     for instance in &config.instances {
@@ -103,34 +120,89 @@ pub async fn run(
     let hubs = ConsoleHubs::start(&config.instances, &hubs_shutdown, &mut tasks);
     let config = Arc::new(config);
     let connections = ConsoleConnections::new(store.clone(), config.clone(), &host_keys);
-    let api = ApiState::new(connections, hubs.clone()).map_err(GatewayError::ApiUsers)?;
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::default());
+    let api = ApiState::new(connections, hubs.clone(), metrics.clone())
+        .map_err(GatewayError::ApiUsers)?;
     tasks.spawn(lifecycle(
         store.clone(),
         config.clone(),
         hubs_shutdown.clone(),
     ));
-    let api_shutdown = shutdown.clone();
-    let api_listener = listeners.api;
-    let api_task = tokio::spawn(async move {
-        if let Err(e) = crate::api::serve(api_listener, api, api_shutdown).await {
-            tracing::error!(error = %e, "HTTP API stopped");
-        }
+    let ops = crate::ops::routes(OpsState {
+        metrics: metrics.clone(),
+        hubs: hubs.clone(),
+        store: store.clone(),
+        health: health.clone(),
     });
+    let mut app = crate::api::app(api);
+    let mut http_tasks = JoinSet::new();
+    match listeners.metrics {
+        Some(listener) => {
+            http_tasks.spawn(serve_http("metrics", listener, ops, shutdown.clone(), None));
+        }
+        None => app = app.merge(ops),
+    }
+    http_tasks.spawn(serve_http(
+        "the HTTP API",
+        listeners.api,
+        app,
+        shutdown.clone(),
+        Some(health.clone()),
+    ));
+    let info = crate::ops::admin::GatewayInfo {
+        started: crate::connection::format_time(time::OffsetDateTime::now_utc()),
+        ssh_listen: ssh_addr,
+        api_listen: api_addr,
+        metrics_listen: metrics_addr,
+        host_key_fingerprints: vec![
+            crate::keys::fingerprint(host_keys.ed25519.public_key()),
+            crate::keys::fingerprint(host_keys.rsa.public_key()),
+        ],
+    };
+    http_tasks.spawn(crate::ops::admin::serve(
+        admin_listener,
+        info,
+        hubs.clone(),
+        shutdown.clone(),
+    ));
     let ctx = Arc::new(SshContext::new(
         config.clone(),
         store.clone(),
         hubs,
+        metrics,
         &host_keys,
         instance_keys,
     ));
+    health.set_ssh_listening(true);
     crate::ssh::serve(listeners.ssh, ctx, shutdown).await;
-    let _ = api_task.await;
+    health.set_ssh_listening(false);
+    while http_tasks.join_next().await.is_some() {}
     // Sessions are gone; now the consoles.
     hubs_shutdown.cancel();
     while tasks.join_next().await.is_some() {}
     store.close().await;
     tracing::info!("gateway stopped");
     Ok(())
+}
+
+/// Serves an HTTP router until shutdown; `health` learns whether it serves.
+async fn serve_http(
+    what: &'static str,
+    listener: TcpListener,
+    app: axum::Router,
+    shutdown: CancellationToken,
+    health: Option<Arc<Health>>,
+) {
+    if let Some(h) = &health {
+        h.set_api_listening(true);
+    }
+    if let Err(e) = crate::api::serve(listener, app, shutdown).await {
+        tracing::error!(code = "CG-API-001", error = %e, "{what} stopped serving");
+    }
+    if let Some(h) = &health {
+        h.set_api_listening(false);
+    }
 }
 
 /// Finishes deletions (DELETING → DELETED once every session has had time to
@@ -148,13 +220,14 @@ async fn lifecycle(store: Store, config: Arc<Config>, shutdown: CancellationToke
                 match store.advance_lifecycle(settle_ms, retention_ms).await {
                     Ok((0, 0)) => {}
                     Ok((deleted, purged)) => tracing::info!(deleted, purged, "console connection lifecycle"),
-                    Err(e) => tracing::warn!(error = %e, "console connection lifecycle failed"),
+                    Err(e) => tracing::warn!(code = "CG-STORE-002", error = %e,
+                        "console connection lifecycle failed"),
                 }
                 if let Err(e) = store.purge_console_tokens().await {
-                    tracing::warn!(error = %e, "console token purge failed");
+                    tracing::warn!(code = "CG-STORE-002", error = %e, "console token purge failed");
                 }
                 if let Err(e) = store.purge_audit(audit_ms).await {
-                    tracing::warn!(error = %e, "audit purge failed");
+                    tracing::warn!(code = "CG-STORE-002", error = %e, "audit purge failed");
                 }
             }
             () = shutdown.cancelled() => return,

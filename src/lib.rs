@@ -16,6 +16,8 @@
 //! - [`console`]: console hubs, serial backends, escapes, the demo simulator.
 //! - [`ssh`]: the SSH data plane (outer hop, nested inner hop, VNC tunnels).
 //! - [`api`]: the HTTP control plane (OCI-compatible).
+//! - [`ops`]: operating the gateway: metrics, health, the admin socket,
+//!   `status`, `doctor` and reload.
 //! - [`gateway`]: wiring it all together for `consolegate serve`.
 //! - [`cli`]: the `connection` and `check` subcommands.
 #![forbid(unsafe_code)]
@@ -31,5 +33,6 @@ pub mod console;
 pub mod gateway;
 pub mod ids;
 pub mod keys;
+pub mod ops;
 pub mod ssh;
 pub mod store;

@@ -31,6 +31,27 @@ enum Command {
     },
     /// Validate a config file; exits non-zero on any problem.
     Check,
+    /// Show the running gateway's consoles and sessions (through its admin socket).
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the runbook's checks in order; exits non-zero if any fails.
+    Doctor {
+        /// Check only this instance's console and VNC target.
+        #[arg(long)]
+        instance: Option<String>,
+        /// Check this console connection's record.
+        #[arg(long)]
+        connection: Option<String>,
+        /// With --connection: whether this public key would be accepted.
+        #[arg(long, requires = "connection")]
+        public_key_file: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Manage console connections.
     #[command(subcommand)]
     Connection(ConnectionCommand),
@@ -96,7 +117,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     match runtime.block_on(run(cli)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
@@ -104,9 +125,43 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = Config::load(&cli.config)?;
+/// Runs a subcommand; its exit status is failure only for `doctor` findings.
+async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    // `doctor` reports a broken config as one of its findings; the others need one.
+    let load = || Config::load(&cli.config);
     match cli.command {
+        Command::Doctor {
+            instance,
+            connection,
+            public_key_file,
+            json,
+        } => {
+            let request = consolegate::ops::doctor::DoctorRequest {
+                instance,
+                connection,
+                public_key: public_key_file.as_deref().map(read_key_file).transpose()?,
+            };
+            let report = consolegate::ops::doctor::run(&cli.config, &request).await;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.text());
+            }
+            return Ok(if report.failed() {
+                std::process::ExitCode::FAILURE
+            } else {
+                std::process::ExitCode::SUCCESS
+            });
+        }
+        command => run_with_config(load()?, command).await?,
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+async fn run_with_config(config: Config, command: Command) -> anyhow::Result<()> {
+    match command {
+        // Handled by `run` before any config is loaded.
+        Command::Doctor { .. } => Ok(()),
         Command::Check => {
             let users = consolegate::api::auth::ApiUsers::from_config(&config.api_users)
                 .map_err(anyhow::Error::msg)?;
@@ -119,6 +174,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve { log_format } => serve(config, log_format).await,
+        Command::Status { json } => {
+            let status = consolegate::ops::admin::status(&config.data_dir).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", consolegate::ops::status::table(&status));
+            }
+            Ok(())
+        }
         Command::Connection(command) => connection(config, command).await,
         Command::Audit {
             connection,

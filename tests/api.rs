@@ -67,7 +67,7 @@ async fn setup(api_settings: &str) -> (Api, Signer, Signer) {
     let config = Config::load(&path).unwrap();
     let (store, host_keys) = consolegate::gateway::open_state(&config).await.unwrap();
     let connections = ConsoleConnections::new(store, Arc::new(config), &host_keys);
-    let state = ApiState::new(connections, Default::default()).unwrap();
+    let state = ApiState::new(connections, Default::default(), Default::default()).unwrap();
     let signer = |user: &str, n: usize| Signer {
         key_id: format!(
             "{TENANCY}/ocid1.user.oc1..{user}/{}",

@@ -32,7 +32,7 @@ async fn setup(extra: &str) -> (tempfile::TempDir, Router, ApiState) {
     let config = Config::load(&path).unwrap();
     let (store, host_keys) = consolegate::gateway::open_state(&config).await.unwrap();
     let connections = ConsoleConnections::new(store, Arc::new(config), &host_keys);
-    let state = ApiState::new(connections, Default::default()).unwrap();
+    let state = ApiState::new(connections, Default::default(), Default::default()).unwrap();
     (dir, consolegate::api::app(state.clone()), state)
 }
 

@@ -9,6 +9,27 @@ use serde::Serialize;
 use crate::connections::ConnectionError;
 use crate::store::StoreError;
 
+/// The response header that carries an error's runbook code (`docs/runbook.md`).
+pub const CODE_HEADER: &str = "x-consolegate-code";
+
+/// The runbook entry for an error answer with this status: the codes are
+/// the statuses, so an operator can look up any failed call.
+pub fn runbook_code(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "CG-API-400",
+        401 => "CG-API-401",
+        403 => "CG-API-403",
+        404 => "CG-API-404",
+        405 => "CG-API-405",
+        409 => "CG-API-409",
+        412 => "CG-API-412",
+        413 => "CG-API-413",
+        429 => "CG-API-429",
+        503 => "CG-API-503",
+        _ => "CG-API-500",
+    }
+}
+
 /// The message OCI gives for anything the caller may not see.
 pub const NOT_FOUND_MESSAGE: &str = "Authorization failed or requested resource not found.";
 
@@ -74,7 +95,7 @@ impl ApiError {
 
     /// 500 InternalError; the detail goes to the log, not to the client.
     pub fn internal(detail: &dyn std::fmt::Display) -> Self {
-        tracing::error!(error = %detail, "internal error answering an API request");
+        tracing::error!(code = "CG-API-500", error = %detail, "internal error answering an API request");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "InternalError",
@@ -95,11 +116,12 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let code = runbook_code(self.status);
         let body = ErrorBody {
             code: self.code.to_owned(),
-            message: self.message,
+            message: format!("{code} {}", self.message),
         };
-        (self.status, Json(body)).into_response()
+        (self.status, [(CODE_HEADER, code)], Json(body)).into_response()
     }
 }
 

@@ -36,6 +36,7 @@ use utoipa_axum::routes;
 use crate::config::ApiConfig;
 use crate::connections::ConsoleConnections;
 use crate::console::hub::ConsoleHubs;
+use crate::ops::metrics::Metrics;
 use auth::ApiUsers;
 use error::ApiError;
 
@@ -51,13 +52,18 @@ struct ApiShared {
     users: ApiUsers,
     config: ApiConfig,
     hubs: ConsoleHubs,
+    metrics: Arc<Metrics>,
     public_url: String,
 }
 
 impl ApiState {
     /// State for the API of `connections`' config; fails if an API user's
     /// key cannot be used.
-    pub fn new(connections: ConsoleConnections, hubs: ConsoleHubs) -> Result<ApiState, String> {
+    pub fn new(
+        connections: ConsoleConnections,
+        hubs: ConsoleHubs,
+        metrics: Arc<Metrics>,
+    ) -> Result<ApiState, String> {
         let users = ApiUsers::from_config(&connections.config().api_users)?;
         let config = connections.config().api.clone();
         let public_url = connections
@@ -74,6 +80,7 @@ impl ApiState {
                 users,
                 config,
                 hubs,
+                metrics,
                 public_url,
             }),
         })
@@ -82,6 +89,11 @@ impl ApiState {
     /// The console hubs (for the WebSocket proxies).
     pub fn hubs(&self) -> &ConsoleHubs {
         &self.shared.hubs
+    }
+
+    /// The gateway's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
     }
 
     /// The base URL console URLs start with.
@@ -180,9 +192,11 @@ pub fn app(state: ApiState) -> Router {
                 "This path does not support that method; see /openapi.json.",
             )
         })
-        .with_state(state)
+        .route_layer(axum::middleware::from_fn(note_route))
+        .with_state(state.clone())
         .layer(
             ServiceBuilder::new()
+                .layer(axum::middleware::from_fn_with_state(state, count_request))
                 .layer(axum::middleware::from_fn(auth::request_id))
                 .layer(HandleErrorLayer::new(overloaded))
                 .load_shed()
@@ -193,6 +207,53 @@ pub fn app(state: ApiState) -> Router {
                 ))
                 .timeout(Duration::from_secs(config.request_timeout_secs)),
         )
+}
+
+/// The route template a request matched, passed out to [`count_request`].
+#[derive(Clone)]
+struct RouteTemplate(String);
+
+async fn note_route(
+    path: Option<axum::extract::MatchedPath>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let mut response = next.run(request).await;
+    if let Some(path) = path {
+        response
+            .extensions_mut()
+            .insert(RouteTemplate(path.as_str().to_owned()));
+    }
+    response
+}
+
+/// Counts every answer (429s and timeouts too) by route template, method
+/// and status; requests that matched no route count as `unmatched`, so a
+/// scan of random paths adds no series.
+async fn count_request(
+    axum::extract::State(state): axum::extract::State<ApiState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let started = std::time::Instant::now();
+    let method = request.method().clone();
+    let method = match method.as_str() {
+        "GET" | "POST" | "PUT" | "DELETE" | "HEAD" | "OPTIONS" | "PATCH" => method.as_str(),
+        _ => "other",
+    }
+    .to_owned();
+    let response = next.run(request).await;
+    let route = response
+        .extensions()
+        .get::<RouteTemplate>()
+        .map_or("unmatched", |r| r.0.as_str());
+    state.metrics().api_request(
+        route,
+        &method,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
 }
 
 /// Files of a web console's JavaScript project (a Debian or npm package);
@@ -229,15 +290,16 @@ async fn overloaded(error: tower::BoxError) -> Response {
     }
 }
 
-/// Serves the API on `listener` until `shutdown` is cancelled.
+/// Serves `app` (the API of [`app`], perhaps with more routes merged) on
+/// `listener` until `shutdown` is cancelled.
 pub async fn serve(
     listener: TcpListener,
-    state: ApiState,
+    app: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     axum::serve(
         listener,
-        app(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
     .with_graceful_shutdown(async move { shutdown.cancelled().await })
     .await

@@ -68,8 +68,11 @@ impl NovaError {
 
 impl IntoResponse for NovaError {
     fn into_response(self) -> Response {
+        // Nova's messages are the contract (clients match on them): the
+        // runbook code travels in a header only.
         let body = json!({ self.kind: { "message": self.message, "code": self.status.as_u16() } });
-        (self.status, Json(body)).into_response()
+        let code = super::error::runbook_code(self.status);
+        (self.status, [(super::error::CODE_HEADER, code)], Json(body)).into_response()
     }
 }
 
@@ -313,13 +316,14 @@ async fn issue_token(
         .create_console_token(&token_hash(&token), &record)
         .await
         .map_err(|e| {
-            tracing::error!(error = %e, "cannot store a console token");
+            tracing::error!(code = "CG-STORE-002", error = %e, "cannot store a console token");
             NovaError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "computeFault",
                 "internal error",
             )
         })?;
+    state.metrics().token_issued();
     Ok(token)
 }
 
@@ -360,8 +364,10 @@ async fn open_console(
         }
         "serial" => {
             if let Some(hub) = state.hubs().get(&instance.id)
-                && let Ok(Some(reason)) = hub.status().await
+                && let Ok(status) = hub.status().await
+                && !status.connected
             {
+                let reason = status.state;
                 return Err(NovaError::new(
                     StatusCode::CONFLICT,
                     "conflict",

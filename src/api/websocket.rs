@@ -39,27 +39,43 @@ async fn instance_for(
     params: &HashMap<String, String>,
     protocol: &str,
 ) -> Result<InstanceConfig, Response> {
+    let found = token_instance(state, params, protocol).await;
+    if found.is_err() {
+        state.metrics().token_refused();
+    }
+    found
+}
+
+async fn token_instance(
+    state: &ApiState,
+    params: &HashMap<String, String>,
+    protocol: &str,
+) -> Result<InstanceConfig, Response> {
     let Some(token) = params
         .get("token")
         .filter(|t| !t.is_empty() && t.len() <= 256)
     else {
-        return Err(refuse("a console token is required (?token=…)"));
+        return Err(refuse("CG-WEB-001 a console token is required (?token=…)"));
     };
     let hash = super::nova::token_hash(token);
     let store = state.connections().store();
     // Look before using: a token for the other protocol must not be spent.
     match store.console_token(&hash).await {
         Ok(Some(t)) if t.protocol == protocol => {}
-        Ok(Some(_)) => return Err(refuse("this console token is for another kind of console")),
+        Ok(Some(_)) => {
+            return Err(refuse(
+                "CG-WEB-003 this console token is for another kind of console",
+            ));
+        }
         _ => {
             return Err(refuse(
-                "the console token is invalid, expired or already used",
+                "CG-WEB-002 the console token is invalid, expired or already used",
             ));
         }
     }
     let Ok(Some(token)) = store.use_console_token(&hash).await else {
         return Err(refuse(
-            "the console token is invalid, expired or already used",
+            "CG-WEB-002 the console token is invalid, expired or already used",
         ));
     };
     state
@@ -67,7 +83,7 @@ async fn instance_for(
         .config()
         .instance(&token.instance_id)
         .cloned()
-        .ok_or_else(|| refuse("the console token's instance is no longer configured"))
+        .ok_or_else(|| refuse("CG-WEB-004 the console token's instance is no longer configured"))
 }
 
 fn peer(info: Option<Extension<ConnectInfo<SocketAddr>>>) -> SocketAddr {
@@ -107,7 +123,7 @@ pub async fn serial(
             None => false,
         };
         if !live {
-            return refuse("the console token is invalid, expired or already used");
+            return refuse("CG-WEB-002 the console token is invalid, expired or already used");
         }
         return axum::response::Html(SERIAL_PAGE).into_response();
     };
@@ -116,7 +132,7 @@ pub async fn serial(
         Err(r) => return r,
     };
     let Some(hub) = state.hubs().get(&instance.id).cloned() else {
-        return refuse("this instance has no console hub");
+        return refuse("CG-WEB-004 this instance has no console hub");
     };
     let peer = peer(info);
     upgrade
@@ -213,13 +229,18 @@ pub async fn websockify(
         Err(r) => return r,
     };
     let Some(target) = instance.vnc.clone() else {
-        return refuse("this instance has no VNC display");
+        return refuse("CG-VNC-002 this instance has no VNC display");
     };
     let display = match crate::console::backend::connect_vnc(&target).await {
         Ok(d) => d,
         Err(e) => {
-            tracing::warn!(instance = %instance.id, %target, error = %e, "VNC target unavailable");
-            return (StatusCode::BAD_GATEWAY, "the VNC display is not reachable").into_response();
+            tracing::warn!(code = "CG-VNC-001", instance = %instance.id, %target, error = %e,
+                "VNC target unavailable");
+            return (
+                StatusCode::BAD_GATEWAY,
+                "CG-VNC-001 the VNC display is not reachable",
+            )
+                .into_response();
         }
     };
     let peer = peer(info);

@@ -63,6 +63,8 @@ pub struct Config {
     pub log: LogConfig,
     /// The HTTP control plane.
     pub api: ApiConfig,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub metrics: MetricsConfig,
     /// Who may use the HTTP API.
     pub api_users: Vec<ApiUserConfig>,
     /// The Nova-compatible API and its console tokens.
@@ -71,6 +73,8 @@ pub struct Config {
     pub nova_tokens: Vec<NovaTokenConfig>,
     /// Days audit events are kept.
     pub audit_retention_days: u64,
+    /// Session timeouts every instance gets unless it sets its own.
+    pub session: SessionConfig,
     /// The instances whose consoles the gateway serves.
     pub instances: Vec<InstanceConfig>,
 }
@@ -110,6 +114,15 @@ impl Default for ApiConfig {
             deleted_retention_secs: 3600,
         }
     }
+}
+
+/// `[metrics]`: where the operations endpoints are served.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// A listener of their own for `/metrics`, `/healthz` and `/readyz`;
+    /// unset, they are served on the `[api]` listener.
+    pub listen: Option<SocketAddr>,
 }
 
 /// `[nova]`: the Nova-compatible API and web consoles.
@@ -243,6 +256,41 @@ impl SshConfig {
     }
 }
 
+/// `[session]`: console session timeouts, the defaults of every instance.
+/// 0 turns a timeout off.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    /// Seconds without input and without output after which a session is
+    /// closed (a read-only viewer counts its own input only).
+    pub idle_timeout_secs: u64,
+    /// Seconds a session may last in all.
+    pub max_session_secs: u64,
+    /// Seconds before either cut that the session is warned.
+    pub timeout_warning_secs: u64,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            idle_timeout_secs: 0,
+            max_session_secs: 0,
+            timeout_warning_secs: 60,
+        }
+    }
+}
+
+/// The timeouts of one instance's sessions, resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionTimeouts {
+    /// No input and no output for this long closes the session.
+    pub idle: Option<Duration>,
+    /// A session lasts at most this long.
+    pub max_session: Option<Duration>,
+    /// Warn this long before either cut (zero: no warning).
+    pub warning: Duration,
+}
+
 /// `[log]`: how the gateway writes its log.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -317,6 +365,15 @@ pub struct InstanceConfig {
     /// Where recordings go (required when `record` is not `off`).
     #[serde(default)]
     pub record_dir: Option<PathBuf>,
+    /// This instance's `[session] idle_timeout_secs` (0: off).
+    #[serde(default)]
+    pub idle_timeout_secs: Option<u64>,
+    /// This instance's `[session] max_session_secs` (0: off).
+    #[serde(default)]
+    pub max_session_secs: Option<u64>,
+    /// This instance's `[session] timeout_warning_secs`.
+    #[serde(default)]
+    pub timeout_warning_secs: Option<u64>,
 }
 
 fn default_history_bytes() -> usize {
@@ -366,6 +423,17 @@ impl InstanceConfig {
     pub fn name(&self) -> &str {
         self.display_name.as_deref().unwrap_or(&self.id)
     }
+
+    /// Its sessions' timeouts (the `[session]` defaults are filled in when
+    /// the config is loaded).
+    pub fn session_timeouts(&self) -> SessionTimeouts {
+        let secs = |s: Option<u64>| s.filter(|&s| s > 0).map(Duration::from_secs);
+        SessionTimeouts {
+            idle: secs(self.idle_timeout_secs),
+            max_session: secs(self.max_session_secs),
+            warning: Duration::from_secs(self.timeout_warning_secs.unwrap_or(0)),
+        }
+    }
 }
 
 /// The file as written; turned into [`Config`] by [`Config::from_toml`].
@@ -381,7 +449,11 @@ struct RawConfig {
     #[serde(default)]
     log: LogConfig,
     #[serde(default)]
+    session: SessionConfig,
+    #[serde(default)]
     api: ApiConfig,
+    #[serde(default)]
+    metrics: MetricsConfig,
     #[serde(default)]
     api_user: Vec<ApiUserConfig>,
     #[serde(default)]
@@ -554,6 +626,32 @@ impl Config {
         }
         let mut instances = raw.instance;
         for instance in &mut instances {
+            let defaults = &raw.session;
+            instance
+                .idle_timeout_secs
+                .get_or_insert(defaults.idle_timeout_secs);
+            instance
+                .max_session_secs
+                .get_or_insert(defaults.max_session_secs);
+            instance
+                .timeout_warning_secs
+                .get_or_insert(defaults.timeout_warning_secs);
+            let t = instance.session_timeouts();
+            for (name, limit) in [
+                ("idle_timeout_secs", t.idle),
+                ("max_session_secs", t.max_session),
+            ] {
+                if let Some(limit) = limit
+                    && t.warning >= limit
+                {
+                    return Err(invalid(format!(
+                        "[[instance]] `{}`: timeout_warning_secs ({}) must be shorter than {name} ({})",
+                        instance.id,
+                        t.warning.as_secs(),
+                        limit.as_secs()
+                    )));
+                }
+            }
             for path in [&mut instance.log_file, &mut instance.record_dir]
                 .into_iter()
                 .flatten()
@@ -573,8 +671,10 @@ impl Config {
             ssh: raw.ssh,
             log: raw.log,
             api: raw.api,
+            metrics: raw.metrics,
             api_users,
             audit_retention_days: raw.audit_retention_days,
+            session: raw.session,
             nova,
             nova_tokens: raw.nova_token,
             instances,
@@ -683,6 +783,41 @@ mod tests {
         assert!(e.to_string().contains("twice"), "{e}");
         let e = parse("[[instance]]\nid = \"-o\"\nserial = \"simulator\"\n").unwrap_err();
         assert!(e.to_string().contains("must not start"), "{e}");
+    }
+
+    #[test]
+    fn session_timeouts_default_from_the_session_table() {
+        let c = parse(
+            "[session]\nidle_timeout_secs = 600\ntimeout_warning_secs = 30\n\
+             [[instance]]\nid = \"a\"\nserial = \"simulator\"\n\
+             [[instance]]\nid = \"b\"\nserial = \"simulator\"\nidle_timeout_secs = 0\nmax_session_secs = 3600\n",
+        )
+        .unwrap();
+        let a = c.instance("a").unwrap().session_timeouts();
+        assert_eq!(a.idle, Some(Duration::from_secs(600)));
+        assert_eq!(a.max_session, None);
+        assert_eq!(a.warning, Duration::from_secs(30));
+        let b = c.instance("b").unwrap().session_timeouts();
+        assert_eq!(b.idle, None);
+        assert_eq!(b.max_session, Some(Duration::from_secs(3600)));
+        let none = parse("[[instance]]\nid = \"a\"\nserial = \"simulator\"\n").unwrap();
+        let t = none.instance("a").unwrap().session_timeouts();
+        assert_eq!((t.idle, t.max_session), (None, None));
+    }
+
+    #[test]
+    fn a_warning_longer_than_its_timeout_is_refused() {
+        let e = parse("[[instance]]\nid = \"a\"\nserial = \"simulator\"\nidle_timeout_secs = 30\n")
+            .unwrap_err();
+        let m = e.to_string();
+        assert!(
+            m.contains("timeout_warning_secs (60)") && m.contains("idle_timeout_secs (30)"),
+            "{m}"
+        );
+        let e = parse("[session]\nmax_session_secs = 10\ntimeout_warning_secs = 10\n[[instance]]\nid = \"a\"\nserial = \"simulator\"\n").unwrap_err();
+        assert!(e.to_string().contains("max_session_secs (10)"), "{e}");
+        let e = parse("[session]\nidle_timeout = 10\n").unwrap_err();
+        assert!(e.to_string().contains("idle_timeout"), "{e}");
     }
 
     #[test]

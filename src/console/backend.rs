@@ -87,11 +87,11 @@ impl AsyncWrite for BackendStream {
 pub enum BreakError {
     /// The transport has no way to carry a break.
     #[error(
-        "this console's backend ({0}) cannot carry a serial break; a telnet: or serial device backend can"
+        "CG-BRK-001 this console's backend ({0}) cannot carry a serial break; a telnet: or serial device backend can"
     )]
     Unsupported(String),
     /// Sending failed.
-    #[error("sending the break failed: {0}")]
+    #[error("CG-BRK-003 sending the break failed: {0}")]
     Io(#[from] io::Error),
 }
 

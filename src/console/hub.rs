@@ -24,7 +24,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -36,6 +36,7 @@ use super::backend::BackendConnection;
 use super::history::{History, Replay};
 use super::logfile::ConsoleLog;
 use crate::config::{InputPolicy, InstanceConfig};
+use crate::connection::format_time;
 
 /// Events a session may have queued before it counts as falling behind.
 const SESSION_QUEUE: usize = 128;
@@ -44,6 +45,8 @@ const SESSION_QUEUE: usize = 128;
 pub const SLOW_VIEWER_GRACE: Duration = Duration::from_millis(500);
 /// Quiet time between the last keystroke and a break.
 const BREAK_QUIET: Duration = Duration::from_millis(250);
+/// How long a status query waits for a busy hub.
+pub const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 /// Commands queued towards the hub.
 const COMMAND_CAPACITY: usize = 256;
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
@@ -94,6 +97,7 @@ pub struct Attachment {
     /// Where it stands (told in words to the user).
     pub role: String,
     progress: Arc<AtomicU64>,
+    can_write: Arc<AtomicBool>,
 }
 
 impl Attachment {
@@ -102,6 +106,12 @@ impl Attachment {
         let event = self.events.recv().await;
         self.progress.store(clock_ms(), Ordering::Relaxed);
         event
+    }
+
+    /// Whether what this session types reaches the console now (it is not
+    /// read-only by choice, and no one else holds exclusive write access).
+    pub fn can_write(&self) -> bool {
+        self.can_write.load(Ordering::Relaxed)
     }
 }
 
@@ -116,6 +126,60 @@ pub struct WhoEntry {
     pub role: &'static str,
     /// How long it has been attached.
     pub attached_for: Duration,
+}
+
+/// What a hub is doing, for `consolegate status` and `/metrics`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HubStatus {
+    /// The instance.
+    pub instance: String,
+    /// The serial target.
+    pub target: String,
+    /// Whether the backend is connected.
+    pub connected: bool,
+    /// `connected`, or why not (with its runbook code).
+    pub state: String,
+    /// When the backend entered this state (RFC 3339).
+    pub since: String,
+    /// When the machine last printed something (RFC 3339).
+    pub last_output: Option<String>,
+    /// Bytes the machine printed since the gateway started.
+    pub bytes_from_console: u64,
+    /// Bytes typed into the machine since the gateway started.
+    pub bytes_to_console: u64,
+    /// Output bytes that slow sessions skipped.
+    pub skipped_bytes: u64,
+    /// Times the backend connection was re-established after a loss.
+    pub reconnects: u64,
+    /// The attached sessions.
+    pub sessions: Vec<SessionStatus>,
+}
+
+/// One attached session, as `consolegate status` shows it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionStatus {
+    /// Its id within the hub.
+    pub id: SessionId,
+    /// Its console connection.
+    pub connection_id: String,
+    /// Its client key's fingerprint.
+    pub fingerprint: String,
+    /// Where it connects from.
+    pub peer: String,
+    /// `writer`, `read-write` or `read-only`.
+    pub role: String,
+    /// When it attached (RFC 3339).
+    pub since: String,
+    /// Output bytes queued for it.
+    pub bytes_out: u64,
+    /// Bytes it typed.
+    pub bytes_in: u64,
+    /// Times it fell behind and had output skipped.
+    pub lag_drops: u64,
+    /// Output bytes it skipped.
+    pub skipped_bytes: u64,
 }
 
 /// The hub has stopped (the gateway is shutting down).
@@ -133,7 +197,7 @@ enum HubCommand {
     Break(oneshot::Sender<Result<(), String>>),
     Force(SessionId, oneshot::Sender<String>),
     Who(oneshot::Sender<Vec<WhoEntry>>),
-    Status(oneshot::Sender<Option<String>>),
+    Status(oneshot::Sender<HubStatus>),
     Replay(Replay, oneshot::Sender<Vec<u8>>),
 }
 
@@ -222,8 +286,8 @@ impl ConsoleHub {
         self.ask(|reply| HubCommand::Force(session, reply)).await
     }
 
-    /// Why the console is not connected, or `None` if it is.
-    pub async fn status(&self) -> Result<Option<String>, HubStopped> {
+    /// The backend's state, counters and the attached sessions.
+    pub async fn status(&self) -> Result<HubStatus, HubStopped> {
         self.ask(HubCommand::Status).await
     }
 
@@ -249,11 +313,24 @@ struct Session {
     info: SessionInfo,
     tx: mpsc::Sender<ConsoleEvent>,
     progress: Arc<AtomicU64>,
+    /// Shared with the session's [`Attachment`]: whether its input goes through.
+    can_write: Arc<AtomicBool>,
     /// Bytes skipped since the session fell behind.
     lagging: Option<u64>,
     wants_write: bool,
     told_read_only: bool,
     since: Instant,
+    since_wall: time::OffsetDateTime,
+    counters: SessionCounters,
+}
+
+/// What a session moved, for `consolegate status`.
+#[derive(Debug, Default, Clone, Copy)]
+struct SessionCounters {
+    bytes_out: u64,
+    bytes_in: u64,
+    lag_drops: u64,
+    skipped_bytes: u64,
 }
 
 impl Session {
@@ -285,6 +362,34 @@ struct Hub {
     unavailable: Option<String>,
     next_id: SessionId,
     last_input: Option<Instant>,
+    counters: HubCounters,
+}
+
+/// The hub's own figures, for `consolegate status` and `/metrics`.
+#[derive(Debug)]
+struct HubCounters {
+    state_since: time::OffsetDateTime,
+    last_output: Option<time::OffsetDateTime>,
+    bytes_from_console: u64,
+    bytes_to_console: u64,
+    skipped_bytes: u64,
+    reconnects: u64,
+    /// Whether the backend was ever connected (a later connect is a reconnect).
+    ever_connected: bool,
+}
+
+impl Default for HubCounters {
+    fn default() -> Self {
+        HubCounters {
+            state_since: time::OffsetDateTime::now_utc(),
+            last_output: None,
+            bytes_from_console: 0,
+            bytes_to_console: 0,
+            skipped_bytes: 0,
+            reconnects: 0,
+            ever_connected: false,
+        }
+    }
 }
 
 impl Hub {
@@ -298,6 +403,62 @@ impl Hub {
         self.sessions.retain(|s| !s.tx.is_closed());
         if self.writer.is_some_and(|w| self.live(w).is_none()) {
             self.writer = None;
+        }
+        self.refresh_write_flags();
+    }
+
+    /// Whether `s`'s typing would reach the console now.
+    fn session_can_write(&self, s: &Session) -> bool {
+        s.wants_write
+            && match self.instance.input {
+                InputPolicy::Shared => true,
+                InputPolicy::Exclusive => self.writer.is_none_or(|w| w == s.id),
+            }
+    }
+
+    /// Tells every session whether it may write (after roles changed).
+    fn refresh_write_flags(&self) {
+        for s in &self.sessions {
+            s.can_write
+                .store(self.session_can_write(s), Ordering::Relaxed);
+        }
+    }
+
+    fn status(&mut self) -> HubStatus {
+        self.prune();
+        let who = self.who();
+        let sessions = self
+            .sessions
+            .iter()
+            .zip(who)
+            .map(|(s, w)| SessionStatus {
+                id: s.id,
+                connection_id: s.info.connection_id.clone(),
+                fingerprint: s.info.fingerprint.clone(),
+                peer: s.info.peer.to_string(),
+                role: w.role.to_owned(),
+                since: format_time(s.since_wall),
+                bytes_out: s.counters.bytes_out,
+                bytes_in: s.counters.bytes_in,
+                lag_drops: s.counters.lag_drops,
+                skipped_bytes: s.counters.skipped_bytes,
+            })
+            .collect();
+        HubStatus {
+            instance: self.instance.id.clone(),
+            target: self.instance.serial.to_string(),
+            connected: self.unavailable.is_none(),
+            state: self
+                .unavailable
+                .clone()
+                .unwrap_or_else(|| "connected".to_owned()),
+            since: format_time(self.counters.state_since),
+            last_output: self.counters.last_output.map(format_time),
+            bytes_from_console: self.counters.bytes_from_console,
+            bytes_to_console: self.counters.bytes_to_console,
+            skipped_bytes: self.counters.skipped_bytes,
+            reconnects: self.counters.reconnects,
+            sessions,
         }
     }
 
@@ -313,6 +474,15 @@ impl Hub {
             None if self.unavailable.is_some() => self.notify_all("console connected"),
             None => {}
         }
+        if reason.is_none() {
+            if self.counters.ever_connected {
+                self.counters.reconnects += 1;
+            }
+            self.counters.ever_connected = true;
+        }
+        if reason.is_some() != self.unavailable.is_some() || reason.is_none() {
+            self.counters.state_since = time::OffsetDateTime::now_utc();
+        }
         self.unavailable = reason;
     }
 
@@ -323,6 +493,7 @@ impl Hub {
         self.next_id += 1;
         // Not reading until it has taken something from its queue.
         let progress = Arc::new(AtomicU64::new(0));
+        let can_write = Arc::new(AtomicBool::new(false));
         let force = info.force;
         let wants_write = !info.read_only;
         self.sessions.push(Session {
@@ -330,10 +501,13 @@ impl Hub {
             info,
             tx,
             progress: progress.clone(),
+            can_write: can_write.clone(),
             lagging: None,
             wants_write,
             told_read_only: false,
             since: Instant::now(),
+            since_wall: time::OffsetDateTime::now_utc(),
+            counters: SessionCounters::default(),
         });
         let role = if force {
             self.force(id)
@@ -351,6 +525,7 @@ impl Hub {
                 },
             }
         };
+        self.refresh_write_flags();
         Attachment {
             id,
             replay: self.history.select(replay),
@@ -358,6 +533,7 @@ impl Hub {
             events: rx,
             role,
             progress,
+            can_write,
         }
     }
 
@@ -404,7 +580,7 @@ impl Hub {
         {
             s.wants_write = false;
             s.notify(format!(
-                "{label} took write access; you are read-only now (&F takes it back)"
+                "CG-INPUT-002 {label} took write access; you are read-only now (&F takes it back)"
             ));
             tracing::info!(instance = %self.instance.id, from = old, to = id, "write access forced");
         }
@@ -438,6 +614,8 @@ impl Hub {
     }
 
     async fn publish(&mut self, data: &[u8]) {
+        self.counters.bytes_from_console += data.len() as u64;
+        self.counters.last_output = Some(time::OffsetDateTime::now_utc());
         self.history.push(data);
         if let Some(log) = &mut self.log {
             log.write(data).await;
@@ -445,9 +623,12 @@ impl Hub {
         let bytes = Bytes::copy_from_slice(data);
         let mut gone = Vec::new();
         for index in 0..self.sessions.len() {
-            if !deliver(&mut self.sessions[index], &bytes).await {
-                gone.push(self.sessions[index].id);
+            let session = &mut self.sessions[index];
+            let skipped_before = session.counters.skipped_bytes;
+            if !deliver(session, &bytes).await {
+                gone.push(session.id);
             }
+            self.counters.skipped_bytes += session.counters.skipped_bytes - skipped_before;
         }
         if !gone.is_empty() {
             // Dropping the queue tells the session.
@@ -470,17 +651,21 @@ impl Hub {
                 let _ = reply.send(self.attach(info, replay));
             }
             HubCommand::Input(id, data) => {
+                if let Some(s) = self.sessions.iter_mut().find(|s| s.id == id) {
+                    s.counters.bytes_in += data.len() as u64;
+                }
                 if self.may_write(id) {
                     if let Some(conn) = conn {
                         conn.write(&data).await.map_err(|e| e.to_string())?;
                         self.last_input = Some(Instant::now());
+                        self.counters.bytes_to_console += data.len() as u64;
                     }
                 } else if let Some(s) = self.sessions.iter_mut().find(|s| s.id == id)
                     && !s.told_read_only
                 {
                     s.told_read_only = true;
                     s.notify(
-                        "you are read-only here: your typing is not sent (&F takes write access)",
+                        "CG-INPUT-001 you are read-only here: your typing is not sent (&F takes write access)",
                     );
                 }
             }
@@ -495,7 +680,9 @@ impl Hub {
                 }
                 let result = match conn {
                     Some(conn) => conn.send_break().await.map_err(|e| e.to_string()),
-                    None => Err("the console is not connected".into()),
+                    None => Err(
+                        "CG-BRK-002 the console is not connected; the break was not sent".into(),
+                    ),
                 };
                 let _ = reply.send(result);
             }
@@ -506,12 +693,14 @@ impl Hub {
                 let _ = reply.send(self.who());
             }
             HubCommand::Status(reply) => {
-                let _ = reply.send(self.unavailable.clone());
+                let _ = reply.send(self.status());
             }
             HubCommand::Replay(replay, reply) => {
                 let _ = reply.send(self.history.select(replay));
             }
         }
+        // Roles may have changed (write access taken, forced or freed).
+        self.refresh_write_flags();
         Ok(())
     }
 }
@@ -524,13 +713,17 @@ async fn deliver(s: &mut Session, bytes: &Bytes) -> bool {
             Ok(()) => s.lagging = None,
             Err(TrySendError::Full(_)) => {
                 s.lagging = Some(missed + len);
+                s.counters.skipped_bytes += len;
                 return true;
             }
             Err(TrySendError::Closed(_)) => return false,
         }
     }
     match s.tx.try_send(ConsoleEvent::Output(bytes.clone())) {
-        Ok(()) => true,
+        Ok(()) => {
+            s.counters.bytes_out += len;
+            true
+        }
         Err(TrySendError::Closed(_)) => false,
         Err(TrySendError::Full(event)) => {
             // Wait while the session keeps reading; give up on it once a
@@ -542,6 +735,7 @@ async fn deliver(s: &mut Session, bytes: &Bytes) -> bool {
                 match tokio::time::timeout(SLOW_VIEWER_GRACE, s.tx.reserve()).await {
                     Ok(Ok(permit)) => {
                         permit.send(e);
+                        s.counters.bytes_out += len;
                         return true;
                     }
                     Ok(Err(_)) => return false,
@@ -553,6 +747,8 @@ async fn deliver(s: &mut Session, bytes: &Bytes) -> bool {
                 return false;
             }
             s.lagging = Some(len);
+            s.counters.lag_drops += 1;
+            s.counters.skipped_bytes += len;
             true
         }
     }
@@ -568,7 +764,8 @@ async fn run_hub(
             match ConsoleLog::open(path.clone(), instance.log_max_bytes, instance.log_keep).await {
                 Ok(log) => Some(log),
                 Err(e) => {
-                    tracing::error!(instance = %instance.id, path = %path.display(), error = %e, "cannot open the console log; continuing without it");
+                    tracing::error!(code = "CG-LOG-001", instance = %instance.id, path = %path.display(),
+                        error = %e, "cannot open the console log; continuing without it");
                     None
                 }
             }
@@ -581,9 +778,10 @@ async fn run_hub(
         log,
         sessions: Vec::new(),
         writer: None,
-        unavailable: Some("connecting to the console".into()),
+        unavailable: Some("CG-CONS-003 connecting to the console".into()),
         next_id: 1,
         last_input: None,
+        counters: HubCounters::default(),
     };
     let target = hub.instance.serial.clone();
     let mut backoff = MIN_BACKOFF;
@@ -602,15 +800,18 @@ async fn run_hub(
                 let Some(reason) = pump(&mut hub, &mut conn, &mut commands, &shutdown).await else {
                     return;
                 };
-                tracing::warn!(instance = %hub.instance.id, %target, %reason, "console connection lost");
+                tracing::warn!(code = "CG-CONS-002", instance = %hub.instance.id, %target, %reason,
+                    "console connection lost");
                 hub.set_unavailable(Some(format!(
-                    "console connection lost ({reason}); reconnecting"
+                    "CG-CONS-002 console connection lost ({reason}); reconnecting"
                 )));
             }
             Err(e) => {
-                let message = format!("console {target} is unavailable ({e}); retrying");
+                let message =
+                    format!("CG-CONS-001 console {target} is unavailable ({e}); retrying");
                 if message != last_error {
-                    tracing::warn!(instance = %hub.instance.id, %target, error = %e, "console unavailable");
+                    tracing::warn!(code = "CG-CONS-001", instance = %hub.instance.id, %target, error = %e,
+                        "console unavailable");
                     hub.set_unavailable(Some(message.clone()));
                     last_error = message;
                 }
@@ -710,6 +911,22 @@ impl ConsoleHubs {
     /// The hub of `instance_id`.
     pub fn get(&self, instance_id: &str) -> Option<&ConsoleHub> {
         self.hubs.get(instance_id)
+    }
+
+    /// Every hub's status, in instance order. A hub that does not answer
+    /// within [`STATUS_TIMEOUT`] (held up by a slow viewer) is left out.
+    pub async fn statuses(&self) -> Vec<HubStatus> {
+        let mut ids: Vec<&String> = self.hubs.keys().collect();
+        ids.sort();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Ok(Ok(status)) =
+                tokio::time::timeout(STATUS_TIMEOUT, self.hubs[id].status()).await
+            {
+                out.push(status);
+            }
+        }
+        out
     }
 }
 

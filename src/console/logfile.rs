@@ -61,7 +61,8 @@ impl ConsoleLog {
     }
 
     fn fail(&mut self, e: std::io::Error) {
-        tracing::error!(path = %self.path.display(), error = %e, "console log write failed; logging stops");
+        tracing::error!(code = "CG-LOG-002", path = %self.path.display(), error = %e,
+            "console log write failed; logging stops");
         self.file = None;
     }
 

@@ -10,6 +10,7 @@
 //! - [`recording`]: asciicast v2 recordings of sessions.
 //! - [`escape`]: the in-band escape commands typed at the start of a line.
 //! - [`telnet`]: the telnet protocol state machine used by `telnet:` targets.
+//! - [`timeouts`]: when idle and over-long sessions are warned and cut.
 //! - [`simulator`]: the built-in demo machine (`serial = "simulator"`).
 //!
 //! Nothing here knows about SSH: sessions see a hub as a stream of
@@ -24,3 +25,4 @@ pub mod options;
 pub mod recording;
 pub mod simulator;
 pub mod telnet;
+pub mod timeouts;

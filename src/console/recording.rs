@@ -104,7 +104,8 @@ impl Recording {
         let t = self.start.elapsed().as_secs_f64();
         let line = serde_json::json!([(t * 1e6).round() / 1e6, kind, text]);
         if let Err(e) = file.write_all(format!("{line}\n").as_bytes()).await {
-            tracing::error!(path = %self.path.display(), error = %e, "recording write failed; recording stops");
+            tracing::error!(code = "CG-REC-002", path = %self.path.display(), error = %e,
+                "recording write failed; recording stops");
             self.file = None;
         }
     }

@@ -28,33 +28,80 @@ pub(super) struct Authorized {
     pub peer: SocketAddr,
 }
 
-/// Why a key was refused (for the log; the client only hears "no").
+/// Why a key was refused. The client only hears "no" (`Permission denied
+/// (publickey)`); the log and the audit trail get this, with its runbook code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(super) enum AuthRefusal {
+    /// The user name cannot be a connection id.
+    #[error("user name is not a connection id")]
+    NotAConnectionId,
+    /// No record has this id (never created, or purged).
+    #[error("no such console connection")]
+    UnknownConnection,
+    /// The record is DELETING or DELETED.
+    #[error("console connection is {0}")]
+    NotActive(LifecycleState),
+    /// Another key than the record's.
+    #[error("key {0} is not the connection's key")]
+    WrongKey(String),
+    /// The record's instance is not in this gateway's config.
+    #[error("instance {0} is not configured on this gateway")]
+    UnknownInstance(String),
+    /// The store could not be read.
+    #[error("store error: {0}")]
+    Store(String),
+}
+
+impl AuthRefusal {
+    /// The runbook entry.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AuthRefusal::NotAConnectionId => "CG-AUTH-001",
+            AuthRefusal::UnknownConnection => "CG-AUTH-002",
+            AuthRefusal::NotActive(_) => "CG-AUTH-003",
+            AuthRefusal::WrongKey(_) => "CG-AUTH-004",
+            AuthRefusal::UnknownInstance(_) => "CG-AUTH-005",
+            AuthRefusal::Store(_) => "CG-STORE-002",
+        }
+    }
+
+    /// A short label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthRefusal::NotAConnectionId => "not_a_connection_id",
+            AuthRefusal::UnknownConnection => "unknown_connection",
+            AuthRefusal::NotActive(_) => "connection_not_active",
+            AuthRefusal::WrongKey(_) => "wrong_key",
+            AuthRefusal::UnknownInstance(_) => "unknown_instance",
+            AuthRefusal::Store(_) => "store_error",
+        }
+    }
+}
+
+/// Checks `key` against the record named `connection_id`.
 pub(super) async fn authorize(
     ctx: &SshContext,
     connection_id: &str,
     key: &PublicKey,
     peer: SocketAddr,
-) -> Result<Authorized, String> {
+) -> Result<Authorized, AuthRefusal> {
     if !crate::ids::looks_like_connection_id(connection_id) {
-        return Err("user name is not a connection id".into());
+        return Err(AuthRefusal::NotAConnectionId);
     }
     let record = match ctx.store.get_connection(connection_id).await {
         Ok(Some(r)) => r,
-        Ok(None) => return Err("no such console connection".into()),
-        Err(e) => return Err(format!("store error: {e}")),
+        Ok(None) => return Err(AuthRefusal::UnknownConnection),
+        Err(e) => return Err(AuthRefusal::Store(e.to_string())),
     };
     if record.lifecycle_state != LifecycleState::Active {
-        return Err(format!("console connection is {}", record.lifecycle_state));
+        return Err(AuthRefusal::NotActive(record.lifecycle_state));
     }
     let fingerprint = crate::keys::fingerprint(key);
     if fingerprint != record.fingerprint {
-        return Err(format!("key {fingerprint} is not the connection's key"));
+        return Err(AuthRefusal::WrongKey(fingerprint));
     }
     let Some(instance) = ctx.instances.get(&record.instance_id) else {
-        return Err(format!(
-            "instance {} is not configured on this gateway",
-            record.instance_id
-        ));
+        return Err(AuthRefusal::UnknownInstance(record.instance_id));
     };
     Ok(Authorized {
         connection_id: record.id,
@@ -123,8 +170,8 @@ impl Authorized {
         tasks: &mut ChannelTasks,
     ) {
         let Some(target) = self.instance.vnc.clone() else {
-            tracing::info!(connection = %self.connection_id, instance = %self.instance.id,
-                "VNC requested but the instance has no VNC target");
+            tracing::info!(code = "CG-VNC-002", connection = %self.connection_id,
+                instance = %self.instance.id, "VNC requested but the instance has no VNC target");
             reply.reject(ChannelOpenFailure::ConnectFailed).await;
             return;
         };
@@ -148,7 +195,7 @@ impl Authorized {
             .await;
         let mut e = self.audit(AuditKind::Refused);
         e.detail = Some(format!(
-            "{hop} hop: channel to {what} refused (only the instance's console and VNC display are reachable)"
+            "CG-CHAN-001 {hop} hop: channel to {what} refused (only the instance's console and VNC display are reachable)"
         ));
         crate::audit::record(&ctx.store, e).await;
     }

@@ -7,7 +7,9 @@
 //! recording, if any, is exactly what the client received, and a client that
 //! stops reading only falls behind in its own queue.
 
-use std::time::Instant;
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use russh::server::Msg;
@@ -24,6 +26,7 @@ use crate::console::history::Replay;
 use crate::console::hub::{ConsoleEvent, ConsoleHub, SessionInfo};
 use crate::console::options::SessionOptions;
 use crate::console::recording::{Recording, RecordingHeader};
+use crate::console::timeouts::{Deadline, SessionClock, human};
 
 /// Lines `&L` replays.
 const REPLAY_LINES: usize = 50;
@@ -73,7 +76,9 @@ pub(super) async fn serve(
     let options = match SessionOptions::from_user_name(&user_name) {
         Ok(o) => o,
         Err(e) => {
-            let _ = out.write_all(notice(&format!("{e}; bye")).as_bytes()).await;
+            let _ = out
+                .write_all(notice(&format!("CG-OPT-001 {e}; bye")).as_bytes())
+                .await;
             let _ = writer.exit_status(2).await;
             let _ = writer.eof().await;
             let _ = writer.close().await;
@@ -129,22 +134,35 @@ pub(super) async fn serve(
     drop(greeting);
     let mut bytes_in = 0u64;
     let session_id = attachment.id;
+    // Idle and maximum-duration timeouts: the last activity, in ms since `started`.
+    let activity = AtomicU64::new(0);
+    let touch = || activity.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    let last_activity = || started + Duration::from_millis(activity.load(Ordering::Relaxed));
+    let mut clock = SessionClock::new(who.instance.session_timeouts(), started);
+    let timer_tx = local_tx.clone();
 
     let pump_output = async {
         loop {
             let bytes: Bytes = tokio::select! {
                 event = attachment.recv() => match event {
-                    Some(ConsoleEvent::Output(b)) => b,
+                    Some(ConsoleEvent::Output(b)) => {
+                        // Output keeps a session alive only if it may type:
+                        // a read-only viewer's idleness is its own input alone.
+                        if attachment.can_write() {
+                            touch();
+                        }
+                        b
+                    }
                     Some(ConsoleEvent::Notice(n)) => notice(&n).into(),
                     Some(ConsoleEvent::Missed(n)) => notice(&format!(
-                        "your connection fell behind this console: {n} bytes of output were skipped"
+                        "CG-LAG-001 your connection fell behind this console: {n} bytes of output were skipped"
                     ))
                     .into(),
                     None if options.disconnect_when_lagging => {
-                        let _ = out.write_all(notice("your connection fell behind this console (lag=disconnect)").as_bytes()).await;
-                        return "fell behind (lag=disconnect)";
+                        let _ = out.write_all(notice("CG-LAG-002 your connection fell behind this console (lag=disconnect)").as_bytes()).await;
+                        return "CG-LAG-002 fell behind (lag=disconnect)";
                     }
-                    None => return "the gateway is shutting down",
+                    None => return "CG-OPS-001 the gateway is shutting down",
                 },
                 Some(local) = local_rx.recv() => match local {
                     Local::Show(b) => b,
@@ -180,6 +198,7 @@ pub(super) async fn serve(
                 Some(_) => continue,
             };
             bytes_in += data.len() as u64;
+            touch();
             if record_input {
                 let _ = local_tx
                     .send(Local::Typed(Bytes::copy_from_slice(&data)))
@@ -189,7 +208,7 @@ pub(super) async fn serve(
                 match segment {
                     Segment::Data(bytes) => {
                         if hub.input(session_id, Bytes::from(bytes)).await.is_err() {
-                            return "the gateway is shutting down";
+                            return "CG-OPS-001 the gateway is shutting down";
                         }
                     }
                     Segment::Action(EscapeAction::Disconnect) => {
@@ -231,9 +250,66 @@ pub(super) async fn serve(
         }
     };
 
-    let reason = tokio::select! {
-        r = pump_output => r,
-        r = pump_input => r,
+    let timer = async {
+        loop {
+            let Some((at, _)) = clock.next(last_activity()) else {
+                return std::future::pending().await;
+            };
+            tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await;
+            let (now, last) = (Instant::now(), last_activity());
+            let Some(due) = clock.due(now, last) else {
+                continue;
+            };
+            let t = clock.timeouts();
+            let warn = human(t.warning);
+            let message = match due {
+                Deadline::IdleWarning => format!(
+                    "CG-SESS-001 this session has been idle for {}; it will be closed in {warn} \
+                     unless you type something",
+                    human(SessionClock::idle_for(now, last))
+                ),
+                Deadline::MaxWarning => format!(
+                    "CG-SESS-003 this session reaches its maximum duration of {} in {warn}; \
+                     reconnect to go on after that",
+                    human(t.max_session.unwrap_or_default())
+                ),
+                Deadline::IdleCut => {
+                    return (
+                        "idle",
+                        "CG-SESS-002",
+                        format!(
+                            "CG-SESS-002 idle for {} (the idle timeout): session closed",
+                            human(t.idle.unwrap_or_default())
+                        ),
+                    );
+                }
+                Deadline::MaxCut => {
+                    return (
+                        "max_session",
+                        "CG-SESS-004",
+                        format!(
+                            "CG-SESS-004 this session lasted its maximum duration of {}: session closed",
+                            human(t.max_session.unwrap_or_default())
+                        ),
+                    );
+                }
+            };
+            let _ = timer_tx.try_send(Local::Show(Bytes::from(notice(&message))));
+        }
+    };
+
+    let reason: Cow<'static, str> = tokio::select! {
+        r = pump_output => r.into(),
+        r = pump_input => r.into(),
+        (kind, code, message) = timer => {
+            ctx.metrics.session_cut(&who.instance.id, kind);
+            tracing::info!(code, connection = %who.connection_id,
+                instance = %who.instance.id, peer = %who.peer, "session cut: {message}");
+            let mut cut = audit(AuditKind::Timeout);
+            cut.detail = Some(message.clone());
+            crate::audit::record(&ctx.store, cut).await;
+            message.into()
+        }
     };
     // Leave the hub at once: write access is free before anything else.
     drop(attachment);
@@ -247,7 +323,7 @@ pub(super) async fn serve(
     detach.bytes_in = Some(bytes_in);
     detach.bytes_out = Some(bytes_out);
     detach.duration_ms = Some(started.elapsed().as_millis() as u64);
-    detach.detail = Some(reason.to_owned());
+    detach.detail = Some(reason.into_owned());
     crate::audit::record(&ctx.store, detach).await;
     let _ = writer.exit_status(0).await;
     let _ = writer.eof().await;
@@ -290,7 +366,8 @@ async fn start_recording(who: &Authorized, terminal: &Terminal, session: u64) ->
             Some(r)
         }
         Err(e) => {
-            tracing::error!(dir = %dir.display(), error = %e, "cannot start a recording; session goes on unrecorded");
+            tracing::error!(code = "CG-REC-001", dir = %dir.display(), error = %e,
+                "cannot start a recording; session goes on unrecorded");
             None
         }
     }

@@ -94,12 +94,15 @@ impl Handler for InnerHandler {
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
         if self.same_key(key.public_key) {
+            self.ctx.metrics.ssh_auth("inner", None);
             self.authenticated = true;
             self.user_name = user.chars().take(256).collect();
             Ok(Auth::Accept)
         } else {
             let fingerprint = crate::keys::fingerprint(key.public_key);
+            self.ctx.metrics.ssh_auth("inner", Some("wrong_key"));
             tracing::warn!(
+                code = "CG-AUTH-006",
                 connection = %self.outer.connection_id,
                 peer = %self.outer.peer,
                 %fingerprint,
@@ -107,7 +110,8 @@ impl Handler for InnerHandler {
             );
             let mut e = self.outer.audit(AuditKind::Refused);
             e.fingerprint = Some(fingerprint);
-            e.detail = Some("inner hop authentication: not the connection's key".into());
+            e.detail =
+                Some("CG-AUTH-006 inner hop authentication: not the connection's key".into());
             Box::pin(crate::audit::record(&self.ctx.store, e)).await;
             Ok(publickey_only())
         }

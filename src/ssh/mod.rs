@@ -38,6 +38,7 @@ use crate::config::{Config, InstanceConfig};
 use crate::connection::LifecycleState;
 use crate::console::hub::ConsoleHubs;
 use crate::keys::HostKeys;
+use crate::ops::metrics::Metrics;
 use crate::store::Store;
 
 /// How long a closing connection gets to say goodbye at shutdown.
@@ -46,6 +47,7 @@ const GOODBYE_TIME: Duration = Duration::from_secs(3);
 /// Everything SSH connections share.
 pub struct SshContext {
     store: Store,
+    metrics: Arc<Metrics>,
     config: Arc<Config>,
     hubs: ConsoleHubs,
     outer: Arc<RusshConfig>,
@@ -60,6 +62,7 @@ impl SshContext {
         config: Arc<Config>,
         store: Store,
         hubs: ConsoleHubs,
+        metrics: Arc<Metrics>,
         host_keys: &HostKeys,
         instance_keys: HashMap<String, PrivateKey>,
     ) -> SshContext {
@@ -82,6 +85,7 @@ impl SshContext {
             .collect();
         SshContext {
             store,
+            metrics,
             config,
             hubs,
             outer,
@@ -160,7 +164,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<SshContext>, shutdown: Cancel
                 Ok(a) => a,
                 Err(e) => {
                     // Typically EMFILE: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
+                    tracing::warn!(code = "CG-SSH-001", error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -168,6 +172,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<SshContext>, shutdown: Cancel
             () = shutdown.cancelled() => break,
         };
         while connections.try_join_next().is_some() {}
+        ctx.metrics.ssh_connection();
         let ctx = ctx.clone();
         let shutdown = shutdown.clone();
         connections.spawn(async move {
@@ -235,13 +240,13 @@ async fn handle_connection(
             }
         },
         () = tokio::time::sleep_until(deadline) => {
-            tracing::info!(%peer, "authentication timed out");
-            goodbye("authentication timed out".into()).await;
+            tracing::info!(code = "CG-AUTH-007", %peer, "authentication timed out");
+            goodbye("CG-AUTH-007 authentication timed out".into()).await;
             let _ = tokio::time::timeout(GOODBYE_TIME, &mut session).await;
             return;
         }
         () = shutdown.cancelled() => {
-            goodbye("the gateway is shutting down".into()).await;
+            goodbye("CG-OPS-001 the gateway is shutting down".into()).await;
             let _ = tokio::time::timeout(GOODBYE_TIME, &mut session).await;
             return;
         }
@@ -261,16 +266,16 @@ async fn handle_connection(
                     Ok(state) => {
                         tracing::info!(%peer, connection = %connection_id, state = ?state,
                             "console connection no longer active; closing its session");
-                        goodbye(format!("console connection {connection_id} has been deleted")).await;
+                        goodbye(format!("CG-AUTH-003 console connection {connection_id} has been deleted")).await;
                         let _ = tokio::time::timeout(GOODBYE_TIME, &mut session).await;
                         return;
                     }
-                    Err(e) => tracing::warn!(connection = %connection_id, error = %e,
-                        "could not re-check console connection"),
+                    Err(e) => tracing::warn!(code = "CG-STORE-002", connection = %connection_id,
+                        error = %e, "could not re-check console connection"),
                 }
             }
             () = shutdown.cancelled() => {
-                goodbye("the gateway is shutting down".into()).await;
+                goodbye("CG-OPS-001 the gateway is shutting down".into()).await;
                 let _ = tokio::time::timeout(GOODBYE_TIME, &mut session).await;
                 return;
             }

@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 
 use super::SshContext;
 use super::channels::{
-    Authorized, ChannelTasks, authorize, console_session_requests, publickey_only,
+    AuthRefusal, Authorized, ChannelTasks, authorize, console_session_requests, publickey_only,
 };
 use crate::audit::{AuditEvent, AuditKind};
 
@@ -51,8 +51,10 @@ impl OuterHandler {
 
 impl OuterHandler {
     /// Logs a refused key; audits it if it named a real connection.
-    async fn refused(&self, user: &str, key: &russh::keys::PublicKey, reason: &str) {
-        tracing::warn!(peer = %self.peer, user = %truncate(user), %reason, "authentication refused");
+    async fn refused(&self, user: &str, key: &russh::keys::PublicKey, reason: &AuthRefusal) {
+        self.ctx.metrics.ssh_auth("outer", Some(reason.reason()));
+        tracing::warn!(code = reason.code(), peer = %self.peer, user = %truncate(user), %reason,
+            "authentication refused");
         if !crate::ids::looks_like_connection_id(user) {
             return;
         }
@@ -62,7 +64,10 @@ impl OuterHandler {
             e.instance_id = Some(record.instance_id);
             e.fingerprint = Some(crate::keys::fingerprint(key));
             e.peer = Some(self.peer.to_string());
-            e.detail = Some(format!("outer hop authentication: {reason}"));
+            e.detail = Some(format!(
+                "{} outer hop authentication: {reason}",
+                reason.code()
+            ));
             crate::audit::record(&self.ctx.store, e).await;
         }
     }
@@ -96,6 +101,7 @@ impl Handler for OuterHandler {
     ) -> Result<Auth, Self::Error> {
         match Box::pin(authorize(&self.ctx, user, key.public_key, self.peer)).await {
             Ok(authorized) => {
+                self.ctx.metrics.ssh_auth("outer", None);
                 tracing::info!(
                     connection = %authorized.connection_id,
                     instance = %authorized.instance.id,

@@ -56,6 +56,7 @@ impl Store {
                     "break" => AuditKind::Break,
                     "vnc-open" => AuditKind::VncOpen,
                     "vnc-close" => AuditKind::VncClose,
+                    "timeout" => AuditKind::Timeout,
                     _ => AuditKind::Refused,
                 };
                 let time =

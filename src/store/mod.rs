@@ -162,6 +162,57 @@ impl Store {
         })
     }
 
+    /// Opens an existing SQLite database without creating or migrating it
+    /// (for `consolegate doctor`, which looks but does not change).
+    pub async fn open_sqlite_existing(path: &Path) -> Result<Store, StoreError> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(false)
+            .busy_timeout(Duration::from_secs(2));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await
+            .map_err(|error| StoreError::Open {
+                path: path.display().to_string(),
+                error,
+            })?;
+        Ok(Store {
+            backend: Backend::Sqlite(pool),
+        })
+    }
+
+    /// Checks that the database answers a read of its own tables.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT count(*) FROM console_connections WHERE id = ''")
+            .fetch_one(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// The schema migrations this build has that the database lacks
+    /// (their descriptions); empty when it is up to date.
+    pub async fn missing_migrations(&self) -> Result<Vec<String>, StoreError> {
+        let applied: Vec<i64> =
+            match sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                .fetch_all(self.pool())
+                .await
+            {
+                Ok(v) => v,
+                // No migration table: nothing was ever applied.
+                Err(sqlx::Error::Database(e)) if e.message().contains("no such table") => {
+                    Vec::new()
+                }
+                Err(e) => return Err(e.into()),
+            };
+        Ok(SQLITE_MIGRATIONS
+            .iter()
+            .filter(|m| !applied.contains(&m.version))
+            .map(|m| format!("{} {}", m.version, m.description))
+            .collect())
+    }
+
     pub(crate) fn pool(&self) -> &SqlitePool {
         match &self.backend {
             Backend::Sqlite(pool) => pool,

@@ -62,7 +62,11 @@ impl Gateway {
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let task = tokio::spawn(async move {
-            let listeners = consolegate::gateway::Listeners { ssh: listener, api };
+            let listeners = consolegate::gateway::Listeners {
+                ssh: listener,
+                api,
+                metrics: None,
+            };
             consolegate::gateway::run(config, listeners, token)
                 .await
                 .expect("gateway failed");
