@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use time::OffsetDateTime;
 
-use crate::config::Config;
+use crate::config::{Config, SharedConfig};
 use crate::connection::{
     ConnectionRecord, ConnectionView, DefinedTags, Endpoint, FreeformTags, LifecycleState,
 };
@@ -75,16 +75,18 @@ pub struct NewConnection {
 #[derive(Debug, Clone)]
 pub struct ConsoleConnections {
     store: Store,
-    config: std::sync::Arc<Config>,
+    config: SharedConfig,
     endpoint: Endpoint,
 }
 
 impl ConsoleConnections {
     /// Operations on `store` for the instances of `config`.
-    pub fn new(store: Store, config: std::sync::Arc<Config>, host_keys: &HostKeys) -> Self {
+    pub fn new(store: Store, config: impl Into<SharedConfig>, host_keys: &HostKeys) -> Self {
+        let config = config.into();
+        let now = config.get();
         let endpoint = Endpoint {
-            public_host: config.ssh.public_host.clone(),
-            public_port: config.ssh.advertised_port(),
+            public_host: now.ssh.public_host.clone(),
+            public_port: now.ssh.advertised_port(),
             service_host_keys: vec![
                 host_keys.ed25519.public_key().clone(),
                 host_keys.rsa.public_key().clone(),
@@ -97,9 +99,9 @@ impl ConsoleConnections {
         }
     }
 
-    /// The config these operations serve.
-    pub fn config(&self) -> &Config {
-        &self.config
+    /// The config these operations serve now (a reload may replace it).
+    pub fn config(&self) -> std::sync::Arc<Config> {
+        self.config.get()
     }
 
     /// The store underneath.
@@ -123,10 +125,11 @@ impl ConsoleConnections {
         new: NewConnection,
         retry: Option<&RetryKey>,
     ) -> Result<ConnectionRecord, ConnectionError> {
-        let Some(instance) = self.config.instance(&new.instance_id) else {
+        let config = self.config.get();
+        let Some(instance) = config.instance(&new.instance_id) else {
             return Err(ConnectionError::UnknownInstance {
                 instance: new.instance_id,
-                known: known_instances(&self.config),
+                known: known_instances(&config),
             });
         };
         let key = ClientKey::parse(&new.public_key).map_err(ConnectionError::Key)?;

@@ -37,6 +37,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Make the running gateway re-read its config file (as SIGHUP does).
+    Reload,
     /// Run the runbook's checks in order; exits non-zero if any fails.
     Doctor {
         /// Check only this instance's console and VNC target.
@@ -153,6 +155,15 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 std::process::ExitCode::SUCCESS
             });
         }
+        // The running gateway judges the file (and says so in /readyz).
+        Command::Reload => {
+            let data_dir = Config::data_dir_of(&cli.config);
+            let outcome = consolegate::ops::admin::reload(&data_dir).await?;
+            println!("{}", serde_json::to_string_pretty(&outcome)?);
+            if !outcome.ok {
+                anyhow::bail!("{}", outcome.message);
+            }
+        }
         command => run_with_config(load()?, command).await?,
     }
     Ok(std::process::ExitCode::SUCCESS)
@@ -161,7 +172,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
 async fn run_with_config(config: Config, command: Command) -> anyhow::Result<()> {
     match command {
         // Handled by `run` before any config is loaded.
-        Command::Doctor { .. } => Ok(()),
+        Command::Doctor { .. } | Command::Reload => Ok(()),
         Command::Check => {
             let users = consolegate::api::auth::ApiUsers::from_config(&config.api_users)
                 .map_err(anyhow::Error::msg)?;
@@ -205,7 +216,7 @@ async fn serve(config: Config, log_format: Option<String>) -> anyhow::Result<()>
         Some(_) => LogFormat::Text,
         None => config.log.format,
     };
-    init_logging(format, &config.log.level)?;
+    let set_log_level = init_logging(format, &config.log.level)?;
     let listeners = consolegate::gateway::bind(&config).await?;
     let shutdown = CancellationToken::new();
     let trigger = shutdown.clone();
@@ -214,7 +225,11 @@ async fn serve(config: Config, log_format: Option<String>) -> anyhow::Result<()>
         tracing::info!("shutting down");
         trigger.cancel();
     });
-    consolegate::gateway::run(config, listeners, shutdown).await?;
+    let options = consolegate::gateway::RunOptions {
+        reload_on_sighup: true,
+        set_log_level: Some(set_log_level),
+    };
+    consolegate::gateway::run_with(config, listeners, shutdown, options).await?;
     Ok(())
 }
 
@@ -233,19 +248,41 @@ async fn wait_for_signal() {
     }
 }
 
-fn init_logging(format: LogFormat, level: &str) -> anyhow::Result<()> {
+/// Starts the log; returns what a reload calls to change `[log] level`
+/// (which `RUST_LOG`, when set, overrides for the process's whole life).
+fn init_logging(
+    format: LogFormat,
+    level: &str,
+) -> anyhow::Result<consolegate::gateway::SetLogLevel> {
+    use std::sync::Arc;
     use tracing_subscriber::EnvFilter;
+    let from_env = std::env::var_os("RUST_LOG").is_some();
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
         .with_context(|| format!("[log] level `{level}` is not a valid filter"))?;
+    let parse = |level: &str| EnvFilter::try_new(level).map_err(|e| e.to_string());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+    macro_rules! start {
+        ($builder:expr) => {{
+            let builder = $builder.with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            Arc::new(move |level: &str| {
+                let filter = parse(level)?;
+                if from_env {
+                    tracing::info!(level, "RUST_LOG is set: it keeps deciding the log level");
+                    return Ok(());
+                }
+                handle.reload(filter).map_err(|e| e.to_string())
+            }) as consolegate::gateway::SetLogLevel
+        }};
     }
-    Ok(())
+    Ok(match format {
+        LogFormat::Json => start!(builder.json()),
+        LogFormat::Text => start!(builder),
+    })
 }
 
 async fn connection(config: Config, command: ConnectionCommand) -> anyhow::Result<()> {

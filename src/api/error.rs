@@ -21,10 +21,12 @@ pub fn runbook_code(status: StatusCode) -> &'static str {
         403 => "CG-API-403",
         404 => "CG-API-404",
         405 => "CG-API-405",
+        406 => "CG-API-406",
         409 => "CG-API-409",
         412 => "CG-API-412",
         413 => "CG-API-413",
         429 => "CG-API-429",
+        501 => "CG-API-501",
         503 => "CG-API-503",
         _ => "CG-API-500",
     }

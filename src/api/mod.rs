@@ -49,7 +49,8 @@ pub struct ApiState {
 #[derive(Debug)]
 struct ApiShared {
     connections: ConsoleConnections,
-    users: ApiUsers,
+    /// Replaced whole by a reload.
+    users: std::sync::RwLock<Arc<ApiUsers>>,
     config: ApiConfig,
     hubs: ConsoleHubs,
     metrics: Arc<Metrics>,
@@ -77,7 +78,7 @@ impl ApiState {
         Ok(ApiState {
             shared: Arc::new(ApiShared {
                 connections,
-                users,
+                users: std::sync::RwLock::new(Arc::new(users)),
                 config,
                 hubs,
                 metrics,
@@ -111,8 +112,21 @@ impl ApiState {
         &self.shared.config
     }
 
-    fn users(&self) -> &ApiUsers {
-        &self.shared.users
+    fn users(&self) -> Arc<ApiUsers> {
+        self.shared
+            .users
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Puts reloaded `[[api_user]]` keys in force for the next request.
+    pub fn set_users(&self, users: ApiUsers) {
+        *self
+            .shared
+            .users
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(users);
     }
 }
 
@@ -263,10 +277,16 @@ fn static_dir(dir: &std::path::Path, package: &'static str) -> axum::routing::Me
         axum::routing::get_service(tower_http::services::ServeDir::new(dir))
     } else {
         let message = format!(
-            "{} is missing on the gateway: install {package} (or point [nova] in gateway.toml at it)",
+            "CG-WEB-005 {} is missing on the gateway: install {package} (or point [nova] in gateway.toml at it)",
             dir.display()
         );
-        axum::routing::get(move || async move { (StatusCode::SERVICE_UNAVAILABLE, message) })
+        axum::routing::get(move || async move {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(error::CODE_HEADER, "CG-WEB-005")],
+                message,
+            )
+        })
     }
 }
 

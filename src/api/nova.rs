@@ -117,9 +117,8 @@ pub async fn authenticate(
         .into_response();
     };
     let hash = token_hash(token);
-    let found = state
-        .connections()
-        .config()
+    let config = state.connections().config();
+    let found = config
         .nova_tokens
         .iter()
         .find(|t| t.token_sha256.eq_ignore_ascii_case(&hash));
@@ -252,11 +251,11 @@ fn with_version(mut response: Response, version: (u32, u32)) -> Response {
 
 /// The instance `server_id` names, if the caller may see it; also checks
 /// the `{project_id}` of `/v2/{project_id}` URLs.
-fn visible_instance<'a>(
-    state: &'a ApiState,
+fn visible_instance(
+    state: &ApiState,
     caller: &NovaCaller,
     params: &HashMap<String, String>,
-) -> Result<&'a InstanceConfig, NovaError> {
+) -> Result<InstanceConfig, NovaError> {
     if let Some(project) = params.get("project_id")
         && caller.role != NovaRole::Admin
         && *project != caller.project
@@ -271,6 +270,7 @@ fn visible_instance<'a>(
         .config()
         .instance(server)
         .filter(|i| caller.may_use(i))
+        .cloned()
         .ok_or_else(|| NovaError::no_server(server))
 }
 
@@ -414,7 +414,7 @@ pub async fn remote_console(
             .unwrap_or_default();
         check_pair(protocol, kind)?;
         let instance = visible_instance(&state, &caller, &params)?;
-        let url = open_console(&state, instance, protocol).await?;
+        let url = open_console(&state, &instance, protocol).await?;
         Ok((
             version,
             json!({"remote_console": {"protocol": protocol, "type": kind, "url": url}}),
@@ -473,7 +473,7 @@ pub async fn server_action(
             }
         };
         let instance = visible_instance(&state, &caller, &params)?;
-        let url = open_console(&state, instance, protocol).await?;
+        let url = open_console(&state, &instance, protocol).await?;
         Ok((version, json!({"console": {"type": kind, "url": url}})))
     }
     .await;
@@ -510,6 +510,7 @@ pub async fn token_lookup(
             .connections()
             .config()
             .instance(&t.instance_id)
+            .cloned()
             .map(|i| (t, i))
     });
     let Some((token, instance)) = instance else {
@@ -557,7 +558,7 @@ pub async fn list_consoles(
 ) -> Response {
     match visible_instance(&state, &caller, &params) {
         Ok(instance) => {
-            let consoles: Vec<Value> = consoles_of(instance)
+            let consoles: Vec<Value> = consoles_of(&instance)
                 .into_iter()
                 .map(|(id, kind)| json!({"console": {"console_type": kind, "id": id}}))
                 .collect();
@@ -599,9 +600,9 @@ pub async fn show_console(
 ) -> Response {
     let result: Result<Value, NovaError> = async {
         let instance = visible_instance(&state, &caller, &params)?;
-        let (id, kind) = console_by_id(instance, &params)?;
+        let (id, kind) = console_by_id(&instance, &params)?;
         let protocol = if kind == "novnc" { "vnc" } else { "serial" };
-        let password = issue_token(&state, instance, protocol).await?;
+        let password = issue_token(&state, &instance, protocol).await?;
         let listen = state.connections().config().api.listen;
         Ok(json!({"console": {
             "console_type": kind,
@@ -627,7 +628,7 @@ pub async fn delete_console(
 ) -> Response {
     let result: Result<(), NovaError> = async {
         let instance = visible_instance(&state, &caller, &params)?;
-        let (_, kind) = console_by_id(instance, &params)?;
+        let (_, kind) = console_by_id(&instance, &params)?;
         let protocol = if kind == "novnc" { "vnc" } else { "serial" };
         let _ = state
             .connections()

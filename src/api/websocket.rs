@@ -30,7 +30,24 @@ use crate::console::hub::{ConsoleEvent, SessionInfo};
 const MAX_MESSAGE: usize = 64 * 1024;
 
 fn refuse(message: &str) -> Response {
-    (StatusCode::FORBIDDEN, message.to_owned()).into_response()
+    let code = message.split(' ').next().unwrap_or_default().to_owned();
+    (
+        StatusCode::FORBIDDEN,
+        [(super::error::CODE_HEADER, code)],
+        message.to_owned(),
+    )
+        .into_response()
+}
+
+/// The store could not be read: not the token's fault, so not a 403.
+fn store_unavailable(e: &crate::store::StoreError) -> Response {
+    tracing::error!(code = "CG-STORE-002", error = %e, "cannot look up a console token");
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(super::error::CODE_HEADER, "CG-STORE-002")],
+        "CG-STORE-002 the gateway cannot read its store right now; retry",
+    )
+        .into_response()
 }
 
 /// Checks the token for `protocol`; returns its instance.
@@ -67,16 +84,21 @@ async fn token_instance(
                 "CG-WEB-003 this console token is for another kind of console",
             ));
         }
-        _ => {
+        Ok(None) => {
             return Err(refuse(
                 "CG-WEB-002 the console token is invalid, expired or already used",
             ));
         }
+        Err(e) => return Err(store_unavailable(&e)),
     }
-    let Ok(Some(token)) = store.use_console_token(&hash).await else {
-        return Err(refuse(
-            "CG-WEB-002 the console token is invalid, expired or already used",
-        ));
+    let token = match store.use_console_token(&hash).await {
+        Ok(Some(token)) => token,
+        Ok(None) => {
+            return Err(refuse(
+                "CG-WEB-002 the console token is invalid, expired or already used",
+            ));
+        }
+        Err(e) => return Err(store_unavailable(&e)),
     };
     state
         .connections()
@@ -131,7 +153,7 @@ pub async fn serial(
         Ok(i) => i,
         Err(r) => return r,
     };
-    let Some(hub) = state.hubs().get(&instance.id).cloned() else {
+    let Some(hub) = state.hubs().get(&instance.id) else {
         return refuse("CG-WEB-004 this instance has no console hub");
     };
     let peer = peer(info);
@@ -185,8 +207,16 @@ async fn serial_session(
                 let data: Bytes = match event {
                     Some(ConsoleEvent::Output(b)) => b,
                     Some(ConsoleEvent::Notice(n)) => format!("\r\n[consolegate: {n}]\r\n").into(),
-                    Some(ConsoleEvent::Missed(n)) => {
-                        format!("\r\n[consolegate: {n} bytes of output were skipped]\r\n").into()
+                    Some(ConsoleEvent::Missed(n)) => format!(
+                        "\r\n[consolegate: CG-LAG-001 your connection fell behind this console: \
+                         {n} bytes of output were skipped]\r\n"
+                    )
+                    .into(),
+                    Some(ConsoleEvent::Closed(reason)) => {
+                        let bye = format!("\r\n[consolegate: {reason}; bye]\r\n");
+                        bytes_out += bye.len() as u64;
+                        let _ = socket.send(Message::Binary(bye.into())).await;
+                        break;
                     }
                     None => break,
                 };

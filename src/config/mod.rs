@@ -27,7 +27,7 @@ pub use targets::{SerialTarget, VncTarget};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read config file {path}: {error}")]
+    #[error("CG-CONF-001 cannot read config file {path}: {error}")]
     Read {
         /// The file.
         path: PathBuf,
@@ -35,7 +35,7 @@ pub enum ConfigError {
         error: std::io::Error,
     },
     /// The TOML did not parse, or a key or value was not allowed.
-    #[error("{path}: {message}")]
+    #[error("CG-CONF-001 {path}: {message}")]
     Parse {
         /// The file.
         path: PathBuf,
@@ -43,7 +43,7 @@ pub enum ConfigError {
         message: String,
     },
     /// The file parsed, but its settings do not fit together.
-    #[error("{path}: {message}")]
+    #[error("CG-CONF-001 {path}: {message}")]
     Invalid {
         /// The file.
         path: PathBuf,
@@ -52,9 +52,46 @@ pub enum ConfigError {
     },
 }
 
+/// The configuration in force, shared by everything that reads it: read
+/// often, replaced whole when `consolegate reload` (or SIGHUP) succeeds.
+#[derive(Debug, Clone)]
+pub struct SharedConfig(std::sync::Arc<std::sync::RwLock<std::sync::Arc<Config>>>);
+
+impl SharedConfig {
+    /// Shares `config`.
+    pub fn new(config: std::sync::Arc<Config>) -> SharedConfig {
+        SharedConfig(std::sync::Arc::new(std::sync::RwLock::new(config)))
+    }
+
+    /// The configuration now in force.
+    pub fn get(&self) -> std::sync::Arc<Config> {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Puts `config` in force.
+    pub fn replace(&self, config: std::sync::Arc<Config>) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = config;
+    }
+}
+
+impl From<std::sync::Arc<Config>> for SharedConfig {
+    fn from(config: std::sync::Arc<Config>) -> Self {
+        SharedConfig::new(config)
+    }
+}
+
 /// The whole gateway configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The file it was read from (`None` when built from text), which a
+    /// reload reads again.
+    pub source: Option<PathBuf>,
     /// Where host keys and the SQLite database live.
     pub data_dir: PathBuf,
     /// The SSH data plane.
@@ -322,7 +359,7 @@ pub enum LogFormat {
 }
 
 /// One `[[instance]]`: a machine whose console the gateway serves.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InstanceConfig {
     /// The instance id users name in connection strings (letters, digits, `.`, `_`, `-`).
@@ -480,7 +517,26 @@ impl Config {
             error,
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Config::from_toml(&text, path, base)
+        let mut config = Config::from_toml(&text, path, base)?;
+        config.source = Some(path.to_owned());
+        Ok(config)
+    }
+
+    /// The data directory a config file names, read leniently (the rest
+    /// of the file may be invalid): what `consolegate reload` needs to find
+    /// the running gateway, whose own check of the file is the one that counts.
+    pub fn data_dir_of(path: &Path) -> PathBuf {
+        let base = path.parent().unwrap_or(Path::new("."));
+        let named = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| text.parse::<toml::Table>().ok())
+            .and_then(|t| t.get("data_dir")?.as_str().map(PathBuf::from))
+            .unwrap_or_else(default_data_dir);
+        if named.is_absolute() {
+            named
+        } else {
+            base.join(named)
+        }
     }
 
     /// Parses and validates config text; `origin` names it in errors and
@@ -667,6 +723,7 @@ impl Config {
             base.join(raw.data_dir)
         };
         Ok(Config {
+            source: None,
             data_dir,
             ssh: raw.ssh,
             log: raw.log,

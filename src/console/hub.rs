@@ -64,6 +64,9 @@ pub enum ConsoleEvent {
     Missed(u64),
     /// A message from the gateway.
     Notice(String),
+    /// The console was closed to sessions (its instance was removed or
+    /// changed by a reload); the session should end, saying why.
+    Closed(String),
 }
 
 /// Who a session is, as others see it.
@@ -184,7 +187,7 @@ pub struct SessionStatus {
 
 /// The hub has stopped (the gateway is shutting down).
 #[derive(Debug, thiserror::Error)]
-#[error("the console hub has stopped")]
+#[error("CG-OPS-001 the console hub has stopped (the gateway is shutting down)")]
 pub struct HubStopped;
 
 enum HubCommand {
@@ -198,6 +201,7 @@ enum HubCommand {
     Force(SessionId, oneshot::Sender<String>),
     Who(oneshot::Sender<Vec<WhoEntry>>),
     Status(oneshot::Sender<HubStatus>),
+    Retire(String),
     Replay(Replay, oneshot::Sender<Vec<u8>>),
 }
 
@@ -289,6 +293,12 @@ impl ConsoleHub {
     /// The backend's state, counters and the attached sessions.
     pub async fn status(&self) -> Result<HubStatus, HubStopped> {
         self.ask(HubCommand::Status).await
+    }
+
+    /// Ends every session with `reason` and stops the hub (its backend
+    /// connection closes).
+    pub async fn retire(&self, reason: String) {
+        let _ = self.commands.send(HubCommand::Retire(reason)).await;
     }
 
     /// Everyone attached.
@@ -460,6 +470,17 @@ impl Hub {
             reconnects: self.counters.reconnects,
             sessions,
         }
+    }
+
+    /// Tells every session the console is closed to it; dropping the hub
+    /// then ends their queues.
+    fn close_all(&mut self, reason: &str) {
+        tracing::info!(instance = %self.instance.id, sessions = self.sessions.len(), %reason,
+            "console hub retired");
+        for s in &self.sessions {
+            let _ = s.tx.try_send(ConsoleEvent::Closed(reason.to_owned()));
+        }
+        self.sessions.clear();
     }
 
     fn notify_all(&self, message: &str) {
@@ -695,6 +716,8 @@ impl Hub {
             HubCommand::Status(reply) => {
                 let _ = reply.send(self.status());
             }
+            // Taken by the run loop before it gets here.
+            HubCommand::Retire(reason) => self.close_all(&reason),
             HubCommand::Replay(replay, reply) => {
                 let _ = reply.send(self.history.select(replay));
             }
@@ -848,6 +871,10 @@ async fn pump(
                 Err(e) => return Some(e.to_string()),
             },
             command = commands.recv() => match command {
+                Some(HubCommand::Retire(reason)) => {
+                    hub.close_all(&reason);
+                    return None;
+                }
                 Some(command) => {
                     if let Err(e) = hub.handle(command, Some(conn)).await {
                         return Some(e);
@@ -874,6 +901,10 @@ async fn wait_disconnected(
         tokio::select! {
             () = &mut sleep => return true,
             command = commands.recv() => match command {
+                Some(HubCommand::Retire(reason)) => {
+                    hub.close_all(&reason);
+                    return false;
+                }
                 Some(command) => {
                     let _ = hub.handle(command, None).await;
                 }
@@ -884,49 +915,96 @@ async fn wait_disconnected(
     }
 }
 
-/// The hubs of all configured instances; cheap to clone.
-#[derive(Debug, Default, Clone)]
+/// The hubs of the configured instances; cheap to clone. Hubs are added
+/// and retired as a reload changes the instances; every hub task is
+/// tracked, and [`ConsoleHubs::stop`] ends them all.
+#[derive(Debug, Clone, Default)]
 pub struct ConsoleHubs {
-    hubs: std::collections::HashMap<String, ConsoleHub>,
+    inner: Arc<HubsInner>,
+}
+
+#[derive(Debug, Default)]
+struct HubsInner {
+    hubs: std::sync::RwLock<std::collections::HashMap<String, ConsoleHub>>,
+    tasks: tokio_util::task::TaskTracker,
+    shutdown: CancellationToken,
 }
 
 impl ConsoleHubs {
-    /// Starts one hub per instance; their tasks go into `tasks`.
-    pub fn start(
-        instances: &[InstanceConfig],
-        shutdown: &CancellationToken,
-        tasks: &mut tokio::task::JoinSet<()>,
-    ) -> ConsoleHubs {
-        let mut hubs = std::collections::HashMap::new();
+    /// Starts one hub per instance; they stop with [`ConsoleHubs::stop`].
+    pub fn start(instances: &[InstanceConfig]) -> ConsoleHubs {
+        let hubs = ConsoleHubs::default();
         for instance in instances {
-            let (hub, task) = ConsoleHub::start(instance.clone(), shutdown.clone());
-            tasks.spawn(async move {
-                let _ = task.await;
-            });
-            hubs.insert(instance.id.clone(), hub);
+            hubs.add(instance.clone());
         }
-        ConsoleHubs { hubs }
+        hubs
+    }
+
+    fn map(&self) -> std::sync::RwLockReadGuard<'_, std::collections::HashMap<String, ConsoleHub>> {
+        self.inner
+            .hubs
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Starts a hub for `instance` (replacing none: retire the old one first).
+    pub fn add(&self, instance: InstanceConfig) {
+        let id = instance.id.clone();
+        let (tx, rx) = mpsc::channel(COMMAND_CAPACITY);
+        let instance = Arc::new(instance);
+        self.inner.tasks.spawn(run_hub(
+            instance.clone(),
+            rx,
+            self.inner.shutdown.child_token(),
+        ));
+        let hub = ConsoleHub {
+            instance,
+            commands: tx,
+        };
+        self.inner
+            .hubs
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id, hub);
+    }
+
+    /// Removes the hub of `instance_id`, ending its sessions with `reason`.
+    pub async fn retire(&self, instance_id: &str, reason: String) {
+        let hub = self
+            .inner
+            .hubs
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(instance_id);
+        if let Some(hub) = hub {
+            hub.retire(reason).await;
+        }
     }
 
     /// The hub of `instance_id`.
-    pub fn get(&self, instance_id: &str) -> Option<&ConsoleHub> {
-        self.hubs.get(instance_id)
+    pub fn get(&self, instance_id: &str) -> Option<ConsoleHub> {
+        self.map().get(instance_id).cloned()
     }
 
     /// Every hub's status, in instance order. A hub that does not answer
     /// within [`STATUS_TIMEOUT`] (held up by a slow viewer) is left out.
     pub async fn statuses(&self) -> Vec<HubStatus> {
-        let mut ids: Vec<&String> = self.hubs.keys().collect();
-        ids.sort();
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            if let Ok(Ok(status)) =
-                tokio::time::timeout(STATUS_TIMEOUT, self.hubs[id].status()).await
-            {
+        let mut hubs: Vec<ConsoleHub> = self.map().values().cloned().collect();
+        hubs.sort_by(|a, b| a.instance.id.cmp(&b.instance.id));
+        let mut out = Vec::with_capacity(hubs.len());
+        for hub in hubs {
+            if let Ok(Ok(status)) = tokio::time::timeout(STATUS_TIMEOUT, hub.status()).await {
                 out.push(status);
             }
         }
         out
+    }
+
+    /// Stops every hub and waits until their tasks have ended.
+    pub async fn stop(&self) {
+        self.inner.shutdown.cancel();
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
     }
 }
 

@@ -114,8 +114,11 @@ impl Recording {
     pub async fn finish(mut self) {
         let rest = String::from_utf8_lossy(&std::mem::take(&mut self.pending_output)).into_owned();
         self.event("o", rest).await;
-        if let Some(mut file) = self.file.take() {
-            let _ = file.flush().await;
+        if let Some(mut file) = self.file.take()
+            && let Err(e) = file.flush().await
+        {
+            tracing::error!(code = "CG-REC-002", path = %self.path.display(), error = %e,
+                "the end of a recording could not be written");
         }
     }
 }

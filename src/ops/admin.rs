@@ -16,6 +16,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use super::ReloadOutcome;
 use crate::console::hub::{ConsoleHubs, HubStatus};
 
 /// The socket's file name in the data directory.
@@ -38,7 +39,12 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
 pub enum AdminRequest {
     /// The gateway and every console hub.
     Status,
+    /// Re-read the config file (as SIGHUP does).
+    Reload,
 }
+
+/// A reload asked for on the admin socket, answered when it is done.
+pub type ReloadRequest = tokio::sync::oneshot::Sender<ReloadOutcome>;
 
 /// The answer to [`AdminRequest::Status`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -67,6 +73,7 @@ pub struct GatewayStatus {
 #[serde(rename_all = "camelCase")]
 enum AdminAnswer {
     Status(Box<GatewayStatus>),
+    Reload(ReloadOutcome),
     Error(String),
 }
 
@@ -141,6 +148,7 @@ pub async fn serve(
     listener: UnixListener,
     info: GatewayInfo,
     hubs: ConsoleHubs,
+    reloads: Option<tokio::sync::mpsc::Sender<ReloadRequest>>,
     shutdown: CancellationToken,
 ) {
     let path = listener
@@ -167,9 +175,9 @@ pub async fn serve(
             () = shutdown.cancelled() => break,
         };
         while tasks.try_join_next().is_some() {}
-        let (info, hubs) = (info.clone(), hubs.clone());
+        let (info, hubs, reloads) = (info.clone(), hubs.clone(), reloads.clone());
         tasks.spawn(async move {
-            let _ = tokio::time::timeout(IO_TIMEOUT, answer(stream, &info, &hubs)).await;
+            let _ = tokio::time::timeout(IO_TIMEOUT, answer(stream, &info, &hubs, reloads)).await;
             drop(permit);
         });
     }
@@ -179,7 +187,12 @@ pub async fn serve(
     }
 }
 
-async fn answer(stream: UnixStream, info: &GatewayInfo, hubs: &ConsoleHubs) {
+async fn answer(
+    stream: UnixStream,
+    info: &GatewayInfo,
+    hubs: &ConsoleHubs,
+    reloads: Option<tokio::sync::mpsc::Sender<ReloadRequest>>,
+) {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(read.take(MAX_REQUEST));
@@ -197,6 +210,21 @@ async fn answer(stream: UnixStream, info: &GatewayInfo, hubs: &ConsoleHubs) {
             host_key_fingerprints: info.host_key_fingerprints.clone(),
             instances: hubs.statuses().await,
         })),
+        Ok(AdminRequest::Reload) => match reloads {
+            Some(tx) => {
+                let (reply, done) = tokio::sync::oneshot::channel();
+                match tx.send(reply).await {
+                    Ok(()) => match done.await {
+                        Ok(outcome) => AdminAnswer::Reload(outcome),
+                        Err(_) => AdminAnswer::Error("CG-OPS-006 the reload was abandoned".into()),
+                    },
+                    Err(_) => AdminAnswer::Error("CG-OPS-006 the gateway is shutting down".into()),
+                }
+            }
+            None => AdminAnswer::Error(
+                "CG-OPS-006 this gateway was started without a config file to reload".into(),
+            ),
+        },
         Err(e) => AdminAnswer::Error(format!("CG-OPS-002 bad admin request: {e}")),
     };
     let mut text = serde_json::to_string(&answer).unwrap_or_default();
@@ -210,6 +238,16 @@ pub async fn status(data_dir: &Path) -> Result<GatewayStatus, AdminError> {
     match request(data_dir, &AdminRequest::Status).await? {
         AdminAnswer::Status(s) => Ok(*s),
         AdminAnswer::Error(e) => Err(AdminError::Protocol(e)),
+        AdminAnswer::Reload(_) => Err(AdminError::Protocol("a reload answer to status".into())),
+    }
+}
+
+/// Asks the gateway using `data_dir` to re-read its config file.
+pub async fn reload(data_dir: &Path) -> Result<ReloadOutcome, AdminError> {
+    match request(data_dir, &AdminRequest::Reload).await? {
+        AdminAnswer::Reload(outcome) => Ok(outcome),
+        AdminAnswer::Error(e) => Err(AdminError::Protocol(e)),
+        AdminAnswer::Status(_) => Err(AdminError::Protocol("a status answer to reload".into())),
     }
 }
 
@@ -274,6 +312,7 @@ mod tests {
             listener,
             info(),
             ConsoleHubs::default(),
+            None,
             shutdown.clone(),
         ));
         let s = status(dir.path()).await.unwrap();

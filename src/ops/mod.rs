@@ -6,7 +6,8 @@
 //!   listener or on `[metrics] listen`;
 //! - [`admin`]: the local admin socket (`consolegate status`, `doctor`);
 //! - [`status`]: `consolegate status`, as a table or JSON;
-//! - [`doctor`]: `consolegate doctor`, the runbook's checks in order.
+//! - [`doctor`]: `consolegate doctor`, the runbook's checks in order;
+//! - [`systemd`]: readiness notification for `Type=notify` services.
 //!
 //! Every finding carries its code in `docs/runbook.md`. Nothing here serves
 //! secrets: fingerprints, never keys; token counts, never tokens.
@@ -15,6 +16,7 @@ pub mod admin;
 pub mod doctor;
 pub mod metrics;
 pub mod status;
+pub mod systemd;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,9 +37,50 @@ use metrics::Metrics;
 pub struct Health {
     ssh_listening: AtomicBool,
     api_listening: AtomicBool,
+    last_reload: std::sync::Mutex<Option<ReloadOutcome>>,
+}
+
+/// What the last reload of the config file did.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReloadOutcome {
+    /// When it ran (RFC 3339).
+    pub at: String,
+    /// Whether the new file was put in force (false: the old config serves on).
+    pub ok: bool,
+    /// What happened, with its runbook code when it failed.
+    pub message: String,
+    /// Instances added.
+    pub added: Vec<String>,
+    /// Instances removed (their sessions were told and closed).
+    pub removed: Vec<String>,
+    /// Instances whose console settings changed (their sessions were told
+    /// and closed, their hub restarted).
+    pub changed: Vec<String>,
+    /// Instances whose session settings changed (name, compartment,
+    /// timeouts, recording): new sessions get them, attached ones go on.
+    pub updated: Vec<String>,
+    /// Changed settings that take effect only on restart.
+    pub needs_restart: Vec<String>,
 }
 
 impl Health {
+    /// Records a reload's outcome for `/readyz`.
+    pub fn set_last_reload(&self, outcome: ReloadOutcome) {
+        *self
+            .last_reload
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(outcome);
+    }
+
+    /// The last reload's outcome, if there was one.
+    pub fn last_reload(&self) -> Option<ReloadOutcome> {
+        self.last_reload
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     /// Records whether the SSH accept loop runs.
     pub fn set_ssh_listening(&self, up: bool) {
         self.ssh_listening.store(up, Ordering::Relaxed);
@@ -100,6 +143,7 @@ async fn readyz(State(state): State<OpsState>) -> Response {
         "ready": ready,
         "store": match &store { Ok(()) => "ok".to_owned(), Err(e) => e.clone() },
         "listeners": { "ssh": ssh, "api": api },
+        "reload": state.health.last_reload(),
         "backends": {
             "total": hubs.len(),
             "connected": hubs.len() - down.len(),

@@ -100,13 +100,13 @@ pub(super) async fn authorize(
     if fingerprint != record.fingerprint {
         return Err(AuthRefusal::WrongKey(fingerprint));
     }
-    let Some(instance) = ctx.instances.get(&record.instance_id) else {
+    let Some(instance) = ctx.instance(&record.instance_id) else {
         return Err(AuthRefusal::UnknownInstance(record.instance_id));
     };
     Ok(Authorized {
         connection_id: record.id,
         fingerprint,
-        instance: instance.clone(),
+        instance,
         peer,
     })
 }
@@ -141,7 +141,7 @@ impl Authorized {
         hop: &'static str,
         user_name: &str,
     ) {
-        let Some(hub) = ctx.hubs.get(&self.instance.id).cloned() else {
+        let Some(hub) = ctx.hubs.get(&self.instance.id) else {
             reply.reject(ChannelOpenFailure::ConnectFailed).await;
             return;
         };

@@ -154,15 +154,16 @@ pub(super) async fn serve(
                         b
                     }
                     Some(ConsoleEvent::Notice(n)) => notice(&n).into(),
+                    Some(ConsoleEvent::Closed(reason)) => return Cow::Owned(reason),
                     Some(ConsoleEvent::Missed(n)) => notice(&format!(
                         "CG-LAG-001 your connection fell behind this console: {n} bytes of output were skipped"
                     ))
                     .into(),
                     None if options.disconnect_when_lagging => {
                         let _ = out.write_all(notice("CG-LAG-002 your connection fell behind this console (lag=disconnect)").as_bytes()).await;
-                        return "CG-LAG-002 fell behind (lag=disconnect)";
+                        return Cow::Borrowed("CG-LAG-002 fell behind (lag=disconnect)");
                     }
-                    None => return "CG-OPS-001 the gateway is shutting down",
+                    None => return Cow::Borrowed("CG-OPS-001 the gateway is shutting down"),
                 },
                 Some(local) = local_rx.recv() => match local {
                     Local::Show(b) => b,
@@ -175,7 +176,7 @@ pub(super) async fn serve(
                 },
             };
             if out.write_all(&bytes).await.is_err() {
-                return "client gone";
+                return Cow::Borrowed("client gone");
             }
             bytes_out += bytes.len() as u64;
             if let Some(r) = &mut recording {
@@ -299,7 +300,7 @@ pub(super) async fn serve(
     };
 
     let reason: Cow<'static, str> = tokio::select! {
-        r = pump_output => r.into(),
+        r = pump_output => r,
         r = pump_input => r.into(),
         (kind, code, message) = timer => {
             ctx.metrics.session_cut(&who.instance.id, kind);

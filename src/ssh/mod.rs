@@ -51,9 +51,31 @@ pub struct SshContext {
     config: Arc<Config>,
     hubs: ConsoleHubs,
     outer: Arc<RusshConfig>,
-    inner: HashMap<String, Arc<RusshConfig>>,
-    /// Configured instances, shared by every connection authorised for one.
+    /// The configured instances; a reload replaces the table whole.
+    instances: std::sync::RwLock<Arc<InstanceTable>>,
+}
+
+/// The instances SSH connections may reach, with their inner-hop servers.
+#[derive(Default)]
+struct InstanceTable {
+    /// Shared by every connection authorised for one.
     instances: HashMap<String, Arc<InstanceConfig>>,
+    inner: HashMap<String, Arc<RusshConfig>>,
+}
+
+impl InstanceTable {
+    fn new(instances: &[InstanceConfig], keys: HashMap<String, PrivateKey>) -> InstanceTable {
+        InstanceTable {
+            inner: keys
+                .into_iter()
+                .map(|(id, key)| (id, Arc::new(russh_config(vec![key], None))))
+                .collect(),
+            instances: instances
+                .iter()
+                .map(|i| (i.id.clone(), Arc::new(i.clone())))
+                .collect(),
+        }
+    }
 }
 
 impl SshContext {
@@ -74,24 +96,46 @@ impl SshContext {
             vec![host_keys.ed25519.clone(), host_keys.rsa.clone()],
             keepalive,
         ));
-        let inner = instance_keys
-            .into_iter()
-            .map(|(id, key)| (id, Arc::new(russh_config(vec![key], None))))
-            .collect();
-        let instances = config
-            .instances
-            .iter()
-            .map(|i| (i.id.clone(), Arc::new(i.clone())))
-            .collect();
+        let table = InstanceTable::new(&config.instances, instance_keys);
         SshContext {
             store,
             metrics,
             config,
             hubs,
             outer,
-            instances,
-            inner,
+            instances: std::sync::RwLock::new(Arc::new(table)),
         }
+    }
+
+    /// Puts a reloaded set of instances in force for new connections;
+    /// `instance_keys` holds each one's inner host key.
+    pub fn set_instances(
+        &self,
+        instances: &[InstanceConfig],
+        instance_keys: HashMap<String, PrivateKey>,
+    ) {
+        let table = Arc::new(InstanceTable::new(instances, instance_keys));
+        *self
+            .instances
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = table;
+    }
+
+    fn table(&self) -> Arc<InstanceTable> {
+        self.instances
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The configured instance `id`.
+    fn instance(&self, id: &str) -> Option<Arc<InstanceConfig>> {
+        self.table().instances.get(id).cloned()
+    }
+
+    /// The inner-hop server of instance `id`.
+    fn inner_config(&self, id: &str) -> Option<Arc<RusshConfig>> {
+        self.table().inner.get(id).cloned()
     }
 }
 

@@ -160,7 +160,7 @@ impl Handler for OuterHandler {
         };
         let to_instance = host == a.instance.id;
         if to_instance && INNER_PORTS.contains(&port) {
-            let Some(config) = self.ctx.inner.get(&a.instance.id).cloned() else {
+            let Some(config) = self.ctx.inner_config(&a.instance.id) else {
                 reply.reject(ChannelOpenFailure::ConnectFailed).await;
                 return Ok(());
             };

@@ -192,7 +192,7 @@ async fn a_stalled_viewer_is_skipped_and_told_what_it_missed() {
         match next(&mut reader).await {
             ConsoleEvent::Output(b) => got += b.len(),
             ConsoleEvent::Missed(n) => panic!("a reading viewer missed {n} bytes"),
-            ConsoleEvent::Notice(_) => {}
+            ConsoleEvent::Notice(_) | ConsoleEvent::Closed(_) => {}
         }
     }
     assert_eq!(got, TOTAL);
@@ -204,7 +204,7 @@ async fn a_stalled_viewer_is_skipped_and_told_what_it_missed() {
         match next(&mut stalled).await {
             ConsoleEvent::Output(b) => seen += b.len() as u64,
             ConsoleEvent::Missed(n) => missed += n,
-            ConsoleEvent::Notice(_) => {}
+            ConsoleEvent::Notice(_) | ConsoleEvent::Closed(_) => {}
         }
     }
     assert!(

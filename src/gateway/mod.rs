@@ -11,7 +11,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::ApiState;
-use crate::config::Config;
+use crate::config::{Config, SharedConfig};
 use crate::connections::ConsoleConnections;
 use crate::console::hub::ConsoleHubs;
 use crate::keys::{HostKeyError, HostKeys};
@@ -19,6 +19,10 @@ use crate::ops::metrics::Metrics;
 use crate::ops::{Health, OpsState};
 use crate::ssh::SshContext;
 use crate::store::{Store, StoreError};
+
+mod reload;
+use reload::Reloader;
+pub use reload::SetLogLevel;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -87,14 +91,43 @@ pub async fn bind(config: &Config) -> Result<Listeners, GatewayError> {
     })
 }
 
+/// How the binary runs the gateway beyond its config.
+#[derive(Default, Clone)]
+pub struct RunOptions {
+    /// Reload the config file on SIGHUP (the `serve` command; tests use
+    /// the admin socket instead, as `consolegate reload` does).
+    pub reload_on_sighup: bool,
+    /// Applies a reloaded `[log] level`.
+    pub set_log_level: Option<SetLogLevel>,
+}
+
+impl std::fmt::Debug for RunOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunOptions")
+            .field("reload_on_sighup", &self.reload_on_sighup)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Runs the gateway on already-bound listeners until `shutdown` is
 /// cancelled. If the config leaves `public_port` unset, connection strings
 /// use the SSH listener's actual port.
 pub async fn run(
-    mut config: Config,
+    config: Config,
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), GatewayError> {
+    run_with(config, listeners, shutdown, RunOptions::default()).await
+}
+
+/// [`run`], with the binary's options.
+pub async fn run_with(
+    mut config: Config,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+    options: RunOptions,
+) -> Result<(), GatewayError> {
+    let ssh_port = listeners.ssh.local_addr().ok().map(|a| a.port());
     if let Ok(addr) = listeners.ssh.local_addr() {
         config.ssh.public_port.get_or_insert(addr.port());
         tracing::info!(%addr, "SSH listening");
@@ -115,27 +148,26 @@ pub async fn run(
         let key = store.instance_host_key(&instance.id).await?;
         instance_keys.insert(instance.id.clone(), key);
     }
-    let mut tasks = JoinSet::new();
-    let hubs_shutdown = CancellationToken::new();
-    let hubs = ConsoleHubs::start(&config.instances, &hubs_shutdown, &mut tasks);
+    let hubs = ConsoleHubs::start(&config.instances);
     let config = Arc::new(config);
-    let connections = ConsoleConnections::new(store.clone(), config.clone(), &host_keys);
+    let shared = SharedConfig::new(config.clone());
+    let connections = ConsoleConnections::new(store.clone(), shared.clone(), &host_keys);
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
+    // Bound already: connections wait in its backlog until the accept loop runs.
+    health.set_ssh_listening(true);
     let api = ApiState::new(connections, hubs.clone(), metrics.clone())
         .map_err(GatewayError::ApiUsers)?;
-    tasks.spawn(lifecycle(
-        store.clone(),
-        config.clone(),
-        hubs_shutdown.clone(),
-    ));
+    let mut tasks = JoinSet::new();
+    let background = CancellationToken::new();
+    tasks.spawn(lifecycle(store.clone(), config.clone(), background.clone()));
     let ops = crate::ops::routes(OpsState {
         metrics: metrics.clone(),
         hubs: hubs.clone(),
         store: store.clone(),
         health: health.clone(),
     });
-    let mut app = crate::api::app(api);
+    let mut app = crate::api::app(api.clone());
     let mut http_tasks = JoinSet::new();
     match listeners.metrics {
         Some(listener) => {
@@ -150,6 +182,29 @@ pub async fn run(
         shutdown.clone(),
         Some(health.clone()),
     ));
+    let ctx = Arc::new(SshContext::new(
+        config.clone(),
+        store.clone(),
+        hubs.clone(),
+        metrics,
+        &host_keys,
+        instance_keys,
+    ));
+    let reloader = Reloader {
+        config: shared,
+        ssh_port,
+        hubs: hubs.clone(),
+        ssh: ctx.clone(),
+        api,
+        store: store.clone(),
+        health: health.clone(),
+        set_log_level: options.set_log_level.clone(),
+    };
+    let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
+    tasks.spawn(reloads(reloader, reload_rx, background.clone()));
+    if options.reload_on_sighup {
+        tasks.spawn(sighup(reload_tx.clone(), background.clone()));
+    }
     let info = crate::ops::admin::GatewayInfo {
         started: crate::connection::format_time(time::OffsetDateTime::now_utc()),
         ssh_listen: ssh_addr,
@@ -164,26 +219,67 @@ pub async fn run(
         admin_listener,
         info,
         hubs.clone(),
+        Some(reload_tx),
         shutdown.clone(),
     ));
-    let ctx = Arc::new(SshContext::new(
-        config.clone(),
-        store.clone(),
-        hubs,
-        metrics,
-        &host_keys,
-        instance_keys,
-    ));
-    health.set_ssh_listening(true);
+    crate::ops::systemd::tell("READY=1\nSTATUS=serving consoles");
+    let stopping = shutdown.clone();
+    tasks.spawn(async move {
+        stopping.cancelled().await;
+        crate::ops::systemd::tell("STOPPING=1");
+    });
     crate::ssh::serve(listeners.ssh, ctx, shutdown).await;
     health.set_ssh_listening(false);
     while http_tasks.join_next().await.is_some() {}
-    // Sessions are gone; now the consoles.
-    hubs_shutdown.cancel();
+    // Sessions are gone; now the background tasks and the consoles.
+    background.cancel();
     while tasks.join_next().await.is_some() {}
+    hubs.stop().await;
     store.close().await;
     tracing::info!("gateway stopped");
     Ok(())
+}
+
+/// Runs reloads one at a time, as the admin socket and SIGHUP ask.
+async fn reloads(
+    reloader: Reloader,
+    mut requests: tokio::sync::mpsc::Receiver<crate::ops::admin::ReloadRequest>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let reply = tokio::select! {
+            r = requests.recv() => match r { Some(r) => r, None => return },
+            () = shutdown.cancelled() => return,
+        };
+        let outcome = reloader.reload().await;
+        let _ = reply.send(outcome);
+    }
+}
+
+/// Turns each SIGHUP into a reload.
+async fn sighup(
+    reloads: tokio::sync::mpsc::Sender<crate::ops::admin::ReloadRequest>,
+    shutdown: CancellationToken,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(code = "CG-OPS-006", error = %e, "cannot listen for SIGHUP; use `consolegate reload`");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            got = hup.recv() => if got.is_none() { return },
+            () = shutdown.cancelled() => return,
+        }
+        tracing::info!("SIGHUP: reloading the configuration");
+        let (reply, _done) = tokio::sync::oneshot::channel();
+        if reloads.send(reply).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Serves an HTTP router until shutdown; `health` learns whether it serves.
