@@ -134,7 +134,19 @@ impl Answer {
     fn error(&self, status: StatusCode, code: &str) -> &str {
         assert_eq!(self.status, status, "{}", self.json);
         assert_eq!(self.json["code"], code, "{}", self.json);
-        self.json["message"].as_str().unwrap()
+        // Every error names its runbook entry, in a header and in the message.
+        let runbook = consolegate::api::error::runbook_code(status);
+        assert_eq!(
+            self.headers
+                .get(consolegate::api::error::CODE_HEADER)
+                .and_then(|v| v.to_str().ok()),
+            Some(runbook),
+            "{}",
+            self.json
+        );
+        let message = self.json["message"].as_str().unwrap();
+        assert!(message.starts_with(&format!("{runbook} ")), "{message}");
+        message
     }
 }
 

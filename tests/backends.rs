@@ -153,7 +153,7 @@ async fn backend_restart_is_survived() {
 
     // The machine goes away; the still-attached session is told.
     drop(console);
-    term.expect("console connection lost").await;
+    term.expect("CG-CONS-002 console connection lost").await;
     term.expect("reconnecting]").await;
 
     // The gateway comes back on its own, and the same session carries on.
@@ -239,8 +239,10 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     term.send(b"&B").await;
-    term.expect(&format!("backend ({target}) cannot carry a serial break"))
-        .await;
+    term.expect(&format!(
+        "CG-BRK-001 this console's backend ({target}) cannot carry a serial break"
+    ))
+    .await;
     term.send(b"after\r").await;
     assert_eq!(read_n(console, 6).await, b"after\r");
 }

@@ -168,7 +168,7 @@ async fn unreachable_backend_says_so_instead_of_hanging() {
     let conn = gw.create("vm1", &key).await;
     let mut term = Terminal::spawn(&conn.ssh_argv(&key)).await;
     term.expect("serial console of vm1").await;
-    term.expect("console unix:/nonexistent/vm1.serial is unavailable")
+    term.expect("CG-CONS-001 console unix:/nonexistent/vm1.serial is unavailable")
         .await;
     term.send(b"&B").await;
     term.expect("not connected").await;

@@ -70,14 +70,15 @@ async fn exclusive_console_has_one_writer_until_another_forces() {
 
     // The second cannot type; it is told so.
     b.send(b"from-b\r").await;
-    b.expect("you are read-only here").await;
+    b.expect("CG-INPUT-001 you are read-only here").await;
 
     // It forces: the first is told and becomes read-only.
     b.send(b"&F").await;
     b.expect("you hold write access").await;
+    a.expect("CG-INPUT-002 ").await;
     a.expect("took write access; you are read-only now").await;
     a.send(b"a-again\r").await;
-    a.expect("you are read-only here").await;
+    a.expect("CG-INPUT-001 you are read-only here").await;
     b.send(b"b-now\r").await;
     assert_eq!(
         read_exactly(&mut console, 6).await,
@@ -103,7 +104,7 @@ async fn killing_the_writer_releases_write_access_at_once() {
     let (mut a, ..) = attach(&gw, "alice", None).await;
     let (mut b, ..) = attach(&gw, "bob", None).await;
     b.send(b"x\r").await;
-    b.expect("you are read-only here").await;
+    b.expect("CG-INPUT-001 you are read-only here").await;
 
     a.kill().await;
     // No holding period: as soon as the hub has seen the session go, the
@@ -201,7 +202,7 @@ async fn a_viewer_that_never_reads_does_not_slow_one_that_does() {
     let mut console = accept(&listener).await;
 
     // A viewer in a terminal nobody reads: ssh blocks, its window fills.
-    let (_stalled, ..) = attach(&gw, "stalled", None).await;
+    let (mut stalled, ..) = attach(&gw, "stalled", None).await;
 
     // A viewer that reads everything, through a pipe.
     let key = Key::ed25519(gw.dir.path(), "reader");
@@ -265,8 +266,29 @@ async fn a_viewer_that_never_reads_does_not_slow_one_that_does() {
     })
     .await
     .expect("the reading viewer was held back");
-    let _console = flood.await.unwrap();
+    let mut console = flood.await.unwrap();
     peak = peak.max(rss_kib());
+    // The stalled viewer, reading again, is told how much it missed (on the
+    // console's next output).
+    let mut told = false;
+    for n in 0..100 {
+        console
+            .write_all(format!("after-the-flood {n}\n").as_bytes())
+            .await
+            .unwrap();
+        if stalled
+            .saw_within(
+                "CG-LAG-001 your connection fell behind this console: ",
+                Duration::from_millis(300),
+            )
+            .await
+        {
+            told = true;
+            break;
+        }
+    }
+    assert!(told, "the stalled viewer was never told it missed output");
+    stalled.expect(" bytes of output were skipped]").await;
     // The non-reading viewer's backlog is bounded (its queue holds shared
     // buffers), so 50 MiB of output does not become 50 MiB of memory.
     assert!(

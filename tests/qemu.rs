@@ -200,7 +200,7 @@ async fn a_qemu_guest_through_consolegate() {
     // sees the new boot.
     qemu.kill().await.unwrap();
     let _ = qemu.wait().await;
-    term.expect("console connection lost").await;
+    term.expect("CG-CONS-002 console connection lost").await;
     let mut qemu = boot(&workdir, telnet_port, &vnc_socket);
     term.expect("console connected").await;
     term.expect("Linux version").await;

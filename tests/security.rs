@@ -219,6 +219,7 @@ async fn deleting_a_connection_ends_its_sessions_and_its_id() {
 
     // The live session is closed (the gateway re-checks every second here;
     // GUARD only stops a hung test).
+    term.expect("CG-AUTH-003 console connection").await;
     term.expect("has been deleted").await;
     let status = term.wait().await;
     assert!(!status.success());

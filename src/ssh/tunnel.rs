@@ -26,7 +26,7 @@ pub(super) async fn forward_vnc(
     let mut display = match connect_vnc(&target).await {
         Ok(s) => s,
         Err(e) => {
-            tracing::warn!(code = "CG-VNC-001", %connection, %target, error = %e,
+            tracing::warn!(code = "CG-VNC-001", %connection, instance = %who.instance.id, %target, error = %e,
                 "VNC target unavailable");
             reply.reject(ChannelOpenFailure::ConnectFailed).await;
             return;

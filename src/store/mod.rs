@@ -183,12 +183,28 @@ impl Store {
         })
     }
 
-    /// Checks that the database answers a read of its own tables.
+    /// Checks that the database answers and would take a write: a read of
+    /// its own tables inside a write transaction that is rolled back (so a
+    /// file another process holds locked, or that became read-only, fails).
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT count(*) FROM console_connections WHERE id = ''")
-            .fetch_one(self.pool())
+        let mut conn = self.pool().acquire().await?;
+        // Answer within 2 s (not the 10 s writers wait), then put it back.
+        sqlx::query("PRAGMA busy_timeout = 2000")
+            .execute(&mut *conn)
             .await?;
-        Ok(())
+        let probe = async {
+            sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+            let read = sqlx::query("SELECT count(*) FROM console_connections WHERE id = ''")
+                .fetch_one(&mut *conn)
+                .await;
+            sqlx::query("ROLLBACK").execute(&mut *conn).await?;
+            read.map(drop)
+        }
+        .await;
+        sqlx::query("PRAGMA busy_timeout = 10000")
+            .execute(&mut *conn)
+            .await?;
+        Ok(probe?)
     }
 
     /// The schema migrations this build has that the database lacks
