@@ -657,3 +657,56 @@ async fn doctor_reports_a_broken_config_and_exits_non_zero() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("[FAIL] CG-CONF-001 config:"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_web_console_session_times_out_like_an_ssh_one() {
+    let Some(python) = python() else { return };
+    let gw = Gateway::start(&format!(
+        "{}idle_timeout_secs = 2\ntimeout_warning_secs = 1\n",
+        instance("vm1", "simulator", None)
+    ))
+    .await;
+    // A console token, as the Nova API would issue one.
+    let token = "web-idle-test-token-0123456789";
+    let config = consolegate::config::Config::load(&gw.config_path).unwrap();
+    let (store, _) = consolegate::gateway::open_state(&config).await.unwrap();
+    let record = consolegate::store::ConsoleToken {
+        instance_id: "vm1".into(),
+        protocol: "serial".into(),
+        single_use: false,
+        expires_at_ms: (time::OffsetDateTime::now_utc().unix_timestamp() + 600) * 1000,
+    };
+    store
+        .create_console_token(&consolegate::api::nova::token_hash(token), &record)
+        .await
+        .unwrap();
+    store.close().await;
+    let url = format!("ws://127.0.0.1:{}/serial?token={token}", gw.api_port);
+    let out = tokio::process::Command::new(&python)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/serial_ws.py"))
+        .args([&url, "", "CG-SESS-002"])
+        .output()
+        .await
+        .unwrap();
+    let result: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let received = result["received"].as_str().unwrap();
+    assert!(
+        received.contains("CG-SESS-001 this session has been idle for 1s"),
+        "{received}"
+    );
+    assert!(
+        received.contains("CG-SESS-002 idle for 2s (the idle timeout): session closed; bye]"),
+        "{received}"
+    );
+    let out = gw.cli(&["audit", "--instance", "vm1"]).await;
+    let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["event"] == "timeout"),
+        "{rows:#}"
+    );
+    gw.stop().await;
+}

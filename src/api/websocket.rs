@@ -24,7 +24,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::ApiState;
 use crate::audit::{AuditEvent, AuditKind};
 use crate::config::InstanceConfig;
+use crate::config::SessionTimeouts;
 use crate::console::hub::{ConsoleEvent, SessionInfo};
+use crate::console::timeouts::{Cut, SessionClock, announce};
 
 /// Largest WebSocket message accepted from a browser.
 const MAX_MESSAGE: usize = 64 * 1024;
@@ -166,19 +168,31 @@ pub async fn serial(
                 audit(AuditKind::Attach, &instance, peer, "web serial console"),
             )
             .await;
-            let (bytes_in, bytes_out) = serial_session(socket, hub, peer).await;
-            let mut e = audit(AuditKind::Detach, &instance, peer, "web serial console");
+            let timeouts = instance.session_timeouts();
+            let (bytes_in, bytes_out, cut) = serial_session(socket, hub, peer, timeouts).await;
+            let mut detail = "web serial console".to_owned();
+            if let Some(cut) = cut {
+                state.metrics().session_cut(&instance.id, cut.kind);
+                tracing::info!(code = cut.code, instance = %instance.id, %peer,
+                    "web session cut: {}", cut.message);
+                let row = audit(AuditKind::Timeout, &instance, peer, &cut.message);
+                crate::audit::record(&store, row).await;
+                detail = format!("{detail}: {}", cut.message);
+            }
+            let mut e = audit(AuditKind::Detach, &instance, peer, &detail);
             e.bytes_in = Some(bytes_in);
             e.bytes_out = Some(bytes_out);
             crate::audit::record(&store, e).await;
         })
 }
 
+/// Bytes in, bytes out, and the timeout that ended the session, if one did.
 async fn serial_session(
     mut socket: WebSocket,
     hub: crate::console::hub::ConsoleHub,
     peer: SocketAddr,
-) -> (u64, u64) {
+    timeouts: SessionTimeouts,
+) -> (u64, u64, Option<Cut>) {
     let info = SessionInfo {
         connection_id: "web-console".into(),
         fingerprint: "console token".into(),
@@ -188,7 +202,7 @@ async fn serial_session(
         disconnect_when_lagging: false,
     };
     let Ok(mut attachment) = hub.attach(info, None).await else {
-        return (0, 0);
+        return (0, 0, None);
     };
     let (mut bytes_in, mut bytes_out) = (0u64, 0u64);
     let mut first = attachment.replay.clone();
@@ -198,14 +212,41 @@ async fn serial_session(
     if !first.is_empty() {
         bytes_out += first.len() as u64;
         if socket.send(Message::Binary(first.into())).await.is_err() {
-            return (0, 0);
+            return (0, 0, None);
         }
     }
+    let started = std::time::Instant::now();
+    let mut clock = SessionClock::new(timeouts, started);
+    let mut last_activity = started;
+    let mut cut = None;
     loop {
+        let next = clock.next(last_activity).map(|(at, _)| at);
         tokio::select! {
+            () = sleep_until_or_never(next) => {
+                let now = std::time::Instant::now();
+                let Some(due) = clock.due(now, last_activity) else { continue };
+                let shown = match announce(due, timeouts, SessionClock::idle_for(now, last_activity)) {
+                    Ok(warning) => format!("\r\n[consolegate: {warning}]\r\n"),
+                    Err(c) => {
+                        let bye = format!("\r\n[consolegate: {}; bye]\r\n", c.message);
+                        cut = Some(c);
+                        bye
+                    }
+                };
+                bytes_out += shown.len() as u64;
+                if socket.send(Message::Binary(shown.into())).await.is_err() || cut.is_some() {
+                    break;
+                }
+            }
             event = attachment.recv() => {
                 let data: Bytes = match event {
-                    Some(ConsoleEvent::Output(b)) => b,
+                    Some(ConsoleEvent::Output(b)) => {
+                        // As over SSH: output keeps alive only a session that may type.
+                        if attachment.can_write() {
+                            last_activity = std::time::Instant::now();
+                        }
+                        b
+                    }
                     Some(ConsoleEvent::Notice(n)) => format!("\r\n[consolegate: {n}]\r\n").into(),
                     Some(ConsoleEvent::Missed(n)) => format!(
                         "\r\n[consolegate: CG-LAG-001 your connection fell behind this console: \
@@ -228,6 +269,9 @@ async fn serial_session(
             message = socket.recv() => match message {
                 Some(Ok(Message::Binary(data))) => {
                     bytes_in += data.len() as u64;
+                    if !data.is_empty() {
+                        last_activity = std::time::Instant::now();
+                    }
                     if hub.input(attachment.id, data).await.is_err() {
                         break;
                     }
@@ -235,6 +279,9 @@ async fn serial_session(
                 Some(Ok(Message::Text(text))) => {
                     let data = Bytes::copy_from_slice(text.as_str().as_bytes());
                     bytes_in += data.len() as u64;
+                    if !data.is_empty() {
+                        last_activity = std::time::Instant::now();
+                    }
                     if hub.input(attachment.id, data).await.is_err() {
                         break;
                     }
@@ -244,7 +291,15 @@ async fn serial_session(
             },
         }
     }
-    (bytes_in, bytes_out)
+    (bytes_in, bytes_out, cut)
+}
+
+/// Sleeps until `at`, or forever when there is nothing to wait for.
+async fn sleep_until_or_never(at: Option<std::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// `GET /websockify?token=…`.

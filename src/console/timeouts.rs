@@ -104,6 +104,55 @@ impl SessionClock {
     }
 }
 
+/// A session closed by its clock: what to tell, log and audit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cut {
+    /// `idle` or `max_session` (a metrics label).
+    pub kind: &'static str,
+    /// The runbook code.
+    pub code: &'static str,
+    /// What the user is told (it starts with the code).
+    pub message: String,
+}
+
+/// What a session is shown for a due `deadline`: `Ok(warning)`, or
+/// `Err(cut)` when the session ends. `idle_for` is how long it has been idle.
+pub fn announce(
+    deadline: Deadline,
+    timeouts: SessionTimeouts,
+    idle_for: Duration,
+) -> Result<String, Cut> {
+    let warn = human(timeouts.warning);
+    match deadline {
+        Deadline::IdleWarning => Ok(format!(
+            "CG-SESS-001 this session has been idle for {}; it will be closed in {warn} \
+             unless you type something",
+            human(idle_for)
+        )),
+        Deadline::MaxWarning => Ok(format!(
+            "CG-SESS-003 this session reaches its maximum duration of {} in {warn}; \
+             reconnect to go on after that",
+            human(timeouts.max_session.unwrap_or_default())
+        )),
+        Deadline::IdleCut => Err(Cut {
+            kind: "idle",
+            code: "CG-SESS-002",
+            message: format!(
+                "CG-SESS-002 idle for {} (the idle timeout): session closed",
+                human(timeouts.idle.unwrap_or_default())
+            ),
+        }),
+        Deadline::MaxCut => Err(Cut {
+            kind: "max_session",
+            code: "CG-SESS-004",
+            message: format!(
+                "CG-SESS-004 this session lasted its maximum duration of {}: session closed",
+                human(timeouts.max_session.unwrap_or_default())
+            ),
+        }),
+    }
+}
+
 /// A duration as people say it: `90s`, `25m`, `2h 5m`.
 pub fn human(d: Duration) -> String {
     let s = d.as_secs();

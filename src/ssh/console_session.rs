@@ -26,7 +26,7 @@ use crate::console::history::Replay;
 use crate::console::hub::{ConsoleEvent, ConsoleHub, SessionInfo};
 use crate::console::options::SessionOptions;
 use crate::console::recording::{Recording, RecordingHeader};
-use crate::console::timeouts::{Deadline, SessionClock, human};
+use crate::console::timeouts::{SessionClock, announce};
 
 /// Lines `&L` replays.
 const REPLAY_LINES: usize = 50;
@@ -261,55 +261,26 @@ pub(super) async fn serve(
             let Some(due) = clock.due(now, last) else {
                 continue;
             };
-            let t = clock.timeouts();
-            let warn = human(t.warning);
-            let message = match due {
-                Deadline::IdleWarning => format!(
-                    "CG-SESS-001 this session has been idle for {}; it will be closed in {warn} \
-                     unless you type something",
-                    human(SessionClock::idle_for(now, last))
-                ),
-                Deadline::MaxWarning => format!(
-                    "CG-SESS-003 this session reaches its maximum duration of {} in {warn}; \
-                     reconnect to go on after that",
-                    human(t.max_session.unwrap_or_default())
-                ),
-                Deadline::IdleCut => {
-                    return (
-                        "idle",
-                        "CG-SESS-002",
-                        format!(
-                            "CG-SESS-002 idle for {} (the idle timeout): session closed",
-                            human(t.idle.unwrap_or_default())
-                        ),
-                    );
+            match announce(due, clock.timeouts(), SessionClock::idle_for(now, last)) {
+                Ok(warning) => {
+                    let _ = timer_tx.try_send(Local::Show(Bytes::from(notice(&warning))));
                 }
-                Deadline::MaxCut => {
-                    return (
-                        "max_session",
-                        "CG-SESS-004",
-                        format!(
-                            "CG-SESS-004 this session lasted its maximum duration of {}: session closed",
-                            human(t.max_session.unwrap_or_default())
-                        ),
-                    );
-                }
-            };
-            let _ = timer_tx.try_send(Local::Show(Bytes::from(notice(&message))));
+                Err(cut) => return cut,
+            }
         }
     };
 
     let reason: Cow<'static, str> = tokio::select! {
         r = pump_output => r,
         r = pump_input => r.into(),
-        (kind, code, message) = timer => {
-            ctx.metrics.session_cut(&who.instance.id, kind);
-            tracing::info!(code, connection = %who.connection_id,
-                instance = %who.instance.id, peer = %who.peer, "session cut: {message}");
-            let mut cut = audit(AuditKind::Timeout);
-            cut.detail = Some(message.clone());
-            crate::audit::record(&ctx.store, cut).await;
-            message.into()
+        cut = timer => {
+            ctx.metrics.session_cut(&who.instance.id, cut.kind);
+            tracing::info!(code = cut.code, connection = %who.connection_id,
+                instance = %who.instance.id, peer = %who.peer, "session cut: {}", cut.message);
+            let mut row = audit(AuditKind::Timeout);
+            row.detail = Some(cut.message.clone());
+            crate::audit::record(&ctx.store, row).await;
+            cut.message.into()
         }
     };
     // Leave the hub at once: write access is free before anything else.
