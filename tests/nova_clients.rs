@@ -15,26 +15,6 @@ use serde_json::Value;
 const MEMBER: &str = "member-token-for-client-tests";
 const ADMIN: &str = "admin-token-for-client-tests";
 
-fn python() -> Option<std::path::PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    let ready = p.exists()
-        && std::process::Command::new(&p)
-            .args(["-c", "import novaclient, openstack, websocket"])
-            .status()
-            .is_ok_and(|s| s.success());
-    if ready {
-        return Some(p);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "python-novaclient/openstacksdk/websocket-client missing in .venv"
-    );
-    eprintln!(
-        "SKIPPED: .venv lacks python-novaclient, openstacksdk or websocket-client; run .ci/run"
-    );
-    None
-}
-
 async fn run_python(python: &Path, script: &str, args: &[&str], env: &[(&str, String)]) -> Value {
     let mut cmd = tokio::process::Command::new(python);
     cmd.arg(
@@ -62,7 +42,9 @@ async fn run_python(python: &Path, script: &str, args: &[&str], env: &[(&str, St
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn novaclient_and_openstacksdk_get_console_urls_that_work() {
-    let Some(python) = python() else { return };
+    let Some(python) = venv_python("novaclient, openstack, websocket") else {
+        return;
+    };
     let vnc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let vnc_port = vnc.local_addr().unwrap().port();
     let gw = Gateway::start(&format!(

@@ -11,44 +11,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// `GET path` on a local port; returns the status code and the body.
-async fn http_get(port: u16, path: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(GUARD, s.read_to_end(&mut answer))
-        .await
-        .expect("HTTP answer hung")
-        .unwrap();
-    let text = String::from_utf8_lossy(&answer).into_owned();
-    let status = text[9..12].parse().unwrap();
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
-
-/// The gateway's audit trail of one connection, as `consolegate audit` prints it.
-async fn audit(gw: &Gateway, connection: &str) -> Vec<Value> {
-    let out = gw.cli(&["audit", "--connection", connection]).await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice::<Value>(&out.stdout)
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .clone()
-}
+use tokio::io::AsyncWriteExt;
 
 async fn attach(
     gw: &Gateway,
@@ -81,7 +44,7 @@ async fn an_idle_session_is_warned_then_cut_and_audited() {
     term.expect("CG-SESS-002 idle for 3s (the idle timeout): session closed; bye]")
         .await;
     term.wait().await;
-    let rows = audit(&gw, &conn.id).await;
+    let rows = gw.audit(&conn.id).await;
     let kinds: Vec<&str> = rows.iter().map(|r| r["event"].as_str().unwrap()).collect();
     let cut = rows
         .iter()
@@ -141,7 +104,7 @@ async fn typing_keeps_a_session_and_a_read_only_viewer_idles_on_its_own_input() 
     writer.expect("still-here").await;
     let shown = String::from_utf8_lossy(&writer.transcript).into_owned();
     assert!(!shown.contains("CG-SESS-00"), "{shown}");
-    let rows = audit(&gw, &viewer_conn.id).await;
+    let rows = gw.audit(&viewer_conn.id).await;
     assert!(rows.iter().any(|r| r["event"] == "timeout"), "{rows:?}");
     gw.stop().await;
 }
@@ -170,7 +133,7 @@ async fn a_session_ends_at_its_maximum_duration_however_busy() {
     term.expect("CG-SESS-004 this session lasted its maximum duration of 3s: session closed")
         .await;
     term.wait().await;
-    let rows = audit(&gw, &conn.id).await;
+    let rows = gw.audit(&conn.id).await;
     assert!(
         rows.iter()
             .any(|r| r["event"] == "timeout"
@@ -178,24 +141,6 @@ async fn a_session_ends_at_its_maximum_duration_however_busy() {
         "{rows:?}"
     );
     gw.stop().await;
-}
-
-fn python() -> Option<std::path::PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    let ready = p.exists()
-        && std::process::Command::new(&p)
-            .args(["-c", "import prometheus_client"])
-            .status()
-            .is_ok_and(|s| s.success());
-    if ready {
-        return Some(p);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "prometheus_client missing in .venv"
-    );
-    eprintln!("SKIPPED: .venv lacks prometheus_client; run .ci/run");
-    None
 }
 
 /// `/metrics` parsed by the Prometheus project's own OpenMetrics parser.
@@ -239,7 +184,9 @@ fn sample(samples: &[Value], name: &str, labels: &[(&str, &str)]) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_parse_and_move_with_sessions_refusals_and_api_calls() {
-    let Some(python) = python() else { return };
+    let Some(python) = venv_python("prometheus_client") else {
+        return;
+    };
     let gw = Gateway::start(&instance("vm1", "simulator", None)).await;
     let before = scrape(&gw, &python).await;
     assert_eq!(
@@ -660,7 +607,9 @@ async fn doctor_reports_a_broken_config_and_exits_non_zero() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_web_console_session_times_out_like_an_ssh_one() {
-    let Some(python) = python() else { return };
+    let Some(python) = venv_python("websocket") else {
+        return;
+    };
     let gw = Gateway::start(&format!(
         "{}idle_timeout_secs = 2\ntimeout_warning_secs = 1\n",
         instance("vm1", "simulator", None)

@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::process::Stdio;
-
 use common::*;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -14,35 +12,9 @@ const TOKEN: &str = "reloaded-member-token";
 
 /// `GET path` with an X-Auth-Token; returns the status code.
 async fn nova_get(port: u16, path: &str, token: &str) -> u16 {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+    http_get_with(port, path, &format!("X-Auth-Token: {token}\r\n"))
         .await
-        .unwrap();
-    s.write_all(
-        format!(
-            "GET {path} HTTP/1.1\r\nHost: x\r\nX-Auth-Token: {token}\r\nConnection: close\r\n\r\n"
-        )
-        .as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(GUARD, s.read_to_end(&mut answer))
-        .await
-        .expect("HTTP answer hung")
-        .unwrap();
-    String::from_utf8_lossy(&answer)[9..12].parse().unwrap()
-}
-
-async fn readyz(port: u16) -> Value {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).await.unwrap();
-    serde_json::from_str(answer.split_once("\r\n\r\n").unwrap().1).unwrap()
+        .0
 }
 
 /// Rewrites the `[[instance]]` part of the gateway's config (and what follows it).
@@ -132,7 +104,7 @@ async fn reload_adds_and_removes_instances_and_users_while_sessions_go_on() {
         ])
         .await;
     assert!(!out.status.success());
-    let ready = readyz(gw.api_port).await;
+    let (_, ready) = readyz(gw.api_port).await;
     assert_eq!(ready["reload"]["ok"], true, "{ready}");
     on_vm1.send(b"&.").await;
     on_vm1.wait().await;
@@ -153,7 +125,7 @@ async fn a_broken_file_is_rejected_whole_and_the_old_config_serves_on() {
     assert!(!out.status.success());
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(e.contains("CG-OPS-006") && e.contains("colour"), "{e}");
-    let ready = readyz(gw.api_port).await;
+    let (_, ready) = readyz(gw.api_port).await;
     assert_eq!(ready["reload"]["ok"], false, "{ready}");
     assert!(
         ready["reload"]["message"]
@@ -217,18 +189,7 @@ async fn sighup_reloads_the_real_serve_process() {
         format!("{head}{}", instance("vm1", "simulator", None)),
     )
     .unwrap();
-    let mut child = tokio::process::Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(
-            std::fs::File::create(dir.path().join("serve.log")).unwrap(),
-        ))
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = spawn_serve(&config, &dir.path().join("serve.log"), &[]);
     drop(connect_eventually(port).await);
     // At level info, a junk SSH client leaves no debug line.
     junk_client(port).await;
@@ -242,12 +203,7 @@ async fn sighup_reloads_the_real_serve_process() {
         ),
     )
     .unwrap();
-    let pid = child.id().unwrap();
-    let sent = std::process::Command::new("sh")
-        .args(["-c", &format!("kill -HUP {pid}")])
-        .status()
-        .unwrap();
-    assert!(sent.success());
+    signal(&child, "HUP");
     let instances = tokio::time::timeout(GUARD, async {
         loop {
             let out = run_cli(&config, &["status", "--json"]).await;

@@ -14,26 +14,6 @@ fn two_instances() -> String {
     instance("vm1", "simulator", None) + &instance("vm2", "simulator", None)
 }
 
-/// `ssh -W host:port` straight to the outer hop as `user`.
-fn outer_w(
-    gw: &Gateway,
-    key: &Key,
-    known_hosts: &std::path::Path,
-    user: &str,
-    target: &str,
-) -> Vec<String> {
-    let mut argv = vec!["ssh".to_owned()];
-    argv.extend(client_options(key, known_hosts));
-    argv.extend([
-        "-W".to_owned(),
-        target.to_owned(),
-        "-p".to_owned(),
-        gw.port.to_string(),
-        format!("{user}@127.0.0.1"),
-    ]);
-    argv
-}
-
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }

@@ -67,24 +67,7 @@ async fn restart_keeps_records_and_host_keys_and_sigterm_is_graceful() {
 
     let first = serve(&config, dir.path().join("first.log"), port).await;
     let key = Key::ed25519(dir.path(), "user");
-    let out = run_cli(
-        &config,
-        &[
-            "connection",
-            "create",
-            "--instance",
-            "demo",
-            "--public-key-file",
-            key.public.to_str().unwrap(),
-        ],
-    )
-    .await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let conn = Connection::from_json(serde_json::from_slice(&out.stdout).unwrap(), dir.path());
+    let conn = create_connection(&config, "demo", &key, dir.path()).await;
     let mut term = Terminal::spawn(&conn.ssh_argv(&key)).await;
     term.expect("serial console of demo").await;
     term.send(b"\r&.").await;

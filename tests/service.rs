@@ -6,7 +6,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Stdio;
 
 use common::*;
 
@@ -103,16 +102,11 @@ async fn serve_tells_notify_socket_ready_then_stopping() {
         ),
     )
     .unwrap();
-    let mut child = tokio::process::Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("NOTIFY_SOCKET", &notify_path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = spawn_serve(
+        &config,
+        &dir.path().join("serve.log"),
+        &[("NOTIFY_SOCKET", notify_path.as_os_str())],
+    );
     let mut buf = vec![0u8; 512];
     let n = tokio::time::timeout(GUARD, notify.recv(&mut buf))
         .await
@@ -123,11 +117,7 @@ async fn serve_tells_notify_socket_ready_then_stopping() {
     // Ready means serving: the SSH port answers at once.
     let ssh = tokio::net::TcpStream::connect(("127.0.0.1", port)).await;
     assert!(ssh.is_ok(), "READY=1 before the SSH listener served");
-    let pid = child.id().unwrap();
-    std::process::Command::new("sh")
-        .args(["-c", &format!("kill -TERM {pid}")])
-        .status()
-        .unwrap();
+    signal(&child, "TERM");
     let n = tokio::time::timeout(GUARD, notify.recv(&mut buf))
         .await
         .expect("no STOPPING=1")

@@ -63,37 +63,10 @@ async fn logged(parts: &[&str]) -> String {
     })
 }
 
-async fn audit(gw: &Gateway, connection: &str) -> Vec<Value> {
-    let out = gw.cli(&["audit", "--connection", connection]).await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice::<Value>(&out.stdout)
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .clone()
-}
-
 fn refused_with(rows: &[Value], code: &str) -> bool {
     rows.iter().any(|r| {
         r["event"] == "refused" && r["detail"].as_str().is_some_and(|d| d.starts_with(code))
     })
-}
-
-fn outer_w(gw: &Gateway, key: &Key, known_hosts: &Path, user: &str, target: &str) -> Vec<String> {
-    let mut argv = vec!["ssh".to_owned()];
-    argv.extend(client_options(key, known_hosts));
-    argv.extend([
-        "-W".to_owned(),
-        target.to_owned(),
-        "-p".to_owned(),
-        gw.port.to_string(),
-        format!("{user}@127.0.0.1"),
-    ]);
-    argv
 }
 
 fn stderr(out: &std::process::Output) -> String {
@@ -124,7 +97,7 @@ async fn permission_denied_and_administratively_prohibited_are_told_apart_by_cod
         stderr(&out)
     );
     logged(&["CG-AUTH-004", &mallory.ssh_keygen_fingerprint()]).await;
-    assert!(refused_with(&audit(&gw, &conn.id).await, "CG-AUTH-004"));
+    assert!(refused_with(&gw.audit(&conn.id).await, "CG-AUTH-004"));
 
     // An id that never existed: CG-AUTH-002; a user name that is no id: CG-AUTH-001.
     let ghost = "ocid1.instanceconsoleconnection.oc1..ghostghostghostghostghostghostgh";
@@ -142,7 +115,7 @@ async fn permission_denied_and_administratively_prohibited_are_told_apart_by_cod
         "{}",
         stderr(&out)
     );
-    let rows = audit(&gw, &conn.id).await;
+    let rows = gw.audit(&conn.id).await;
     assert!(
         rows.iter().any(|r| r["event"] == "refused"
             && r["detail"]
@@ -157,7 +130,7 @@ async fn permission_denied_and_administratively_prohibited_are_told_apart_by_cod
     assert!(out.status.success());
     let out = ssh_batch(&conn.ssh_argv(&alice)).await;
     assert!(stderr(&out).contains("Permission denied (publickey)"));
-    assert!(refused_with(&audit(&gw, &conn.id).await, "CG-AUTH-003"));
+    assert!(refused_with(&gw.audit(&conn.id).await, "CG-AUTH-003"));
     gw.stop().await;
 }
 
@@ -322,14 +295,15 @@ async fn web_console_token_errors_carry_their_codes() {
             "{path}: {answer}"
         );
     }
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", gw.api_port))
-        .await
-        .unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut metrics = String::new();
-    s.read_to_string(&mut metrics).await.unwrap();
+    // Nova's own answers keep Nova's wording; the code rides in the header.
+    let (answer, header) = websocket_handshake(gw.api_port, "/v2.1/servers/vm1/consoles").await;
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert!(
+        answer.contains("requires authentication (X-Auth-Token)"),
+        "{answer}"
+    );
+    assert_eq!(header.as_deref(), Some("CG-API-401"));
+    let (_, metrics) = http_get(gw.api_port, "/metrics").await;
     assert!(
         metrics.contains(r#"consolegate_console_tokens_total{result="refused"} 3"#),
         "{metrics}"
@@ -362,25 +336,6 @@ async fn lock_database(path: &Path) -> tokio::process::Child {
         .unwrap();
     assert_eq!(&buf, b"locked\n");
     child
-}
-
-async fn readyz(port: u16) -> (u16, Value) {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = String::new();
-    tokio::time::timeout(GUARD, s.read_to_string(&mut answer))
-        .await
-        .unwrap()
-        .unwrap();
-    let status = answer[9..12].parse().unwrap();
-    (
-        status,
-        serde_json::from_str(answer.split_once("\r\n\r\n").unwrap().1).unwrap(),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -433,6 +388,8 @@ async fn a_locked_database_is_unready_and_named_and_a_gone_one_is_named_by_docto
         gone["message"].as_str().unwrap().contains("does not exist"),
         "{gone}"
     );
+    // The gateway does not quietly recreate it empty and unmigrated.
+    assert!(!db.exists(), "a removed database came back");
     term.send(b"&.").await;
     term.wait().await;
     gw.stop().await;
@@ -479,16 +436,7 @@ async fn a_full_disk_stops_the_console_log_with_its_code_and_the_console_goes_on
     )
     .unwrap();
     let log_path = dir.path().join("serve.log");
-    let mut child = tokio::process::Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(std::fs::File::create(&log_path).unwrap()))
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = spawn_serve(&config, &log_path, &[]);
     let (mut console, _) = tokio::time::timeout(GUARD, machine.accept())
         .await
         .unwrap()
@@ -515,24 +463,7 @@ async fn a_full_disk_stops_the_console_log_with_its_code_and_the_console_goes_on
     );
     // The console still works for its users.
     let key = Key::ed25519(dir.path(), "alice");
-    let out = run_cli(
-        &config,
-        &[
-            "connection",
-            "create",
-            "--instance",
-            "vm1",
-            "--public-key-file",
-            key.public.to_str().unwrap(),
-        ],
-    )
-    .await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let conn = Connection::from_json(serde_json::from_slice(&out.stdout).unwrap(), dir.path());
+    let conn = create_connection(&config, "vm1", &key, dir.path()).await;
     let mut term = Terminal::spawn(&conn.ssh_argv(&key)).await;
     term.expect("&? for help]").await;
     console
@@ -544,4 +475,33 @@ async fn a_full_disk_stops_the_console_log_with_its_code_and_the_console_goes_on
     term.wait().await;
     child.kill().await.unwrap();
     let _ = child.wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_key_file_replaced_under_a_running_gateway_shows_as_changed_host_key() {
+    let gw = Gateway::start(&instance("vm1", "simulator", None)).await;
+    let alice = Key::ed25519(gw.dir.path(), "alice");
+    // Someone restores an old backup of the host key while the gateway runs:
+    // new connections advertise the file's key, the gateway presents its own.
+    let other = Key::ed25519(gw.dir.path(), "other-host-key");
+    std::fs::copy(&other.private, gw.path("data/ssh_host_ed25519_key")).unwrap();
+    let conn = gw.create("vm1", &alice).await;
+    let out = ssh_batch(&conn.ssh_argv(&alice)).await;
+    let said = stderr(&out);
+    assert!(!out.status.success());
+    assert!(
+        said.contains("REMOTE HOST IDENTIFICATION HAS CHANGED"),
+        "{said}"
+    );
+    let out = run_cli(&gw.config_path, &["doctor", "--json", "--instance", "vm1"]).await;
+    assert!(!out.status.success());
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let changed = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["code"] == "CG-HOSTKEY-002")
+        .unwrap_or_else(|| panic!("{report:#}"));
+    assert_eq!(changed["outcome"], "fail");
+    gw.stop().await;
 }

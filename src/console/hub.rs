@@ -21,6 +21,9 @@
 //!
 //! Sessions talk to the hub through [`ConsoleHub`]; all state lives in the
 //! task, so there are no locks.
+//!
+//! Beside this file: `hub/status.rs`, what a hub reports ([`HubStatus`]),
+//! and `hub/registry.rs`, the hubs of all instances ([`ConsoleHubs`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,7 +39,6 @@ use super::backend::BackendConnection;
 use super::history::{History, Replay};
 use super::logfile::ConsoleLog;
 use crate::config::{InputPolicy, InstanceConfig};
-use crate::connection::format_time;
 
 /// Events a session may have queued before it counts as falling behind.
 const SESSION_QUEUE: usize = 128;
@@ -129,60 +131,6 @@ pub struct WhoEntry {
     pub role: &'static str,
     /// How long it has been attached.
     pub attached_for: Duration,
-}
-
-/// What a hub is doing, for `consolegate status` and `/metrics`.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct HubStatus {
-    /// The instance.
-    pub instance: String,
-    /// The serial target.
-    pub target: String,
-    /// Whether the backend is connected.
-    pub connected: bool,
-    /// `connected`, or why not (with its runbook code).
-    pub state: String,
-    /// When the backend entered this state (RFC 3339).
-    pub since: String,
-    /// When the machine last printed something (RFC 3339).
-    pub last_output: Option<String>,
-    /// Bytes the machine printed since the gateway started.
-    pub bytes_from_console: u64,
-    /// Bytes typed into the machine since the gateway started.
-    pub bytes_to_console: u64,
-    /// Output bytes that slow sessions skipped.
-    pub skipped_bytes: u64,
-    /// Times the backend connection was re-established after a loss.
-    pub reconnects: u64,
-    /// The attached sessions.
-    pub sessions: Vec<SessionStatus>,
-}
-
-/// One attached session, as `consolegate status` shows it.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SessionStatus {
-    /// Its id within the hub.
-    pub id: SessionId,
-    /// Its console connection.
-    pub connection_id: String,
-    /// Its client key's fingerprint.
-    pub fingerprint: String,
-    /// Where it connects from.
-    pub peer: String,
-    /// `writer`, `read-write` or `read-only`.
-    pub role: String,
-    /// When it attached (RFC 3339).
-    pub since: String,
-    /// Output bytes queued for it.
-    pub bytes_out: u64,
-    /// Bytes it typed.
-    pub bytes_in: u64,
-    /// Times it fell behind and had output skipped.
-    pub lag_drops: u64,
-    /// Output bytes it skipped.
-    pub skipped_bytes: u64,
 }
 
 /// The hub has stopped (the gateway is shutting down).
@@ -334,15 +282,6 @@ struct Session {
     counters: SessionCounters,
 }
 
-/// What a session moved, for `consolegate status`.
-#[derive(Debug, Default, Clone, Copy)]
-struct SessionCounters {
-    bytes_out: u64,
-    bytes_in: u64,
-    lag_drops: u64,
-    skipped_bytes: u64,
-}
-
 impl Session {
     fn label(&self) -> String {
         let id = &self.info.connection_id;
@@ -375,33 +314,6 @@ struct Hub {
     counters: HubCounters,
 }
 
-/// The hub's own figures, for `consolegate status` and `/metrics`.
-#[derive(Debug)]
-struct HubCounters {
-    state_since: time::OffsetDateTime,
-    last_output: Option<time::OffsetDateTime>,
-    bytes_from_console: u64,
-    bytes_to_console: u64,
-    skipped_bytes: u64,
-    reconnects: u64,
-    /// Whether the backend was ever connected (a later connect is a reconnect).
-    ever_connected: bool,
-}
-
-impl Default for HubCounters {
-    fn default() -> Self {
-        HubCounters {
-            state_since: time::OffsetDateTime::now_utc(),
-            last_output: None,
-            bytes_from_console: 0,
-            bytes_to_console: 0,
-            skipped_bytes: 0,
-            reconnects: 0,
-            ever_connected: false,
-        }
-    }
-}
-
 impl Hub {
     fn live(&self, id: SessionId) -> Option<&Session> {
         self.sessions
@@ -431,44 +343,6 @@ impl Hub {
         for s in &self.sessions {
             s.can_write
                 .store(self.session_can_write(s), Ordering::Relaxed);
-        }
-    }
-
-    fn status(&mut self) -> HubStatus {
-        self.prune();
-        let who = self.who();
-        let sessions = self
-            .sessions
-            .iter()
-            .zip(who)
-            .map(|(s, w)| SessionStatus {
-                id: s.id,
-                connection_id: s.info.connection_id.clone(),
-                fingerprint: s.info.fingerprint.clone(),
-                peer: s.info.peer.to_string(),
-                role: w.role.to_owned(),
-                since: format_time(s.since_wall),
-                bytes_out: s.counters.bytes_out,
-                bytes_in: s.counters.bytes_in,
-                lag_drops: s.counters.lag_drops,
-                skipped_bytes: s.counters.skipped_bytes,
-            })
-            .collect();
-        HubStatus {
-            instance: self.instance.id.clone(),
-            target: self.instance.serial.to_string(),
-            connected: self.unavailable.is_none(),
-            state: self
-                .unavailable
-                .clone()
-                .unwrap_or_else(|| "connected".to_owned()),
-            since: format_time(self.counters.state_since),
-            last_output: self.counters.last_output.map(format_time),
-            bytes_from_console: self.counters.bytes_from_console,
-            bytes_to_console: self.counters.bytes_to_console,
-            skipped_bytes: self.counters.skipped_bytes,
-            reconnects: self.counters.reconnects,
-            sessions,
         }
     }
 
@@ -915,98 +789,11 @@ async fn wait_disconnected(
     }
 }
 
-/// The hubs of the configured instances; cheap to clone. Hubs are added
-/// and retired as a reload changes the instances; every hub task is
-/// tracked, and [`ConsoleHubs::stop`] ends them all.
-#[derive(Debug, Clone, Default)]
-pub struct ConsoleHubs {
-    inner: Arc<HubsInner>,
-}
-
-#[derive(Debug, Default)]
-struct HubsInner {
-    hubs: std::sync::RwLock<std::collections::HashMap<String, ConsoleHub>>,
-    tasks: tokio_util::task::TaskTracker,
-    shutdown: CancellationToken,
-}
-
-impl ConsoleHubs {
-    /// Starts one hub per instance; they stop with [`ConsoleHubs::stop`].
-    pub fn start(instances: &[InstanceConfig]) -> ConsoleHubs {
-        let hubs = ConsoleHubs::default();
-        for instance in instances {
-            hubs.add(instance.clone());
-        }
-        hubs
-    }
-
-    fn map(&self) -> std::sync::RwLockReadGuard<'_, std::collections::HashMap<String, ConsoleHub>> {
-        self.inner
-            .hubs
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Starts a hub for `instance` (replacing none: retire the old one first).
-    pub fn add(&self, instance: InstanceConfig) {
-        let id = instance.id.clone();
-        let (tx, rx) = mpsc::channel(COMMAND_CAPACITY);
-        let instance = Arc::new(instance);
-        self.inner.tasks.spawn(run_hub(
-            instance.clone(),
-            rx,
-            self.inner.shutdown.child_token(),
-        ));
-        let hub = ConsoleHub {
-            instance,
-            commands: tx,
-        };
-        self.inner
-            .hubs
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(id, hub);
-    }
-
-    /// Removes the hub of `instance_id`, ending its sessions with `reason`.
-    pub async fn retire(&self, instance_id: &str, reason: String) {
-        let hub = self
-            .inner
-            .hubs
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(instance_id);
-        if let Some(hub) = hub {
-            hub.retire(reason).await;
-        }
-    }
-
-    /// The hub of `instance_id`.
-    pub fn get(&self, instance_id: &str) -> Option<ConsoleHub> {
-        self.map().get(instance_id).cloned()
-    }
-
-    /// Every hub's status, in instance order. A hub that does not answer
-    /// within [`STATUS_TIMEOUT`] (held up by a slow viewer) is left out.
-    pub async fn statuses(&self) -> Vec<HubStatus> {
-        let mut hubs: Vec<ConsoleHub> = self.map().values().cloned().collect();
-        hubs.sort_by(|a, b| a.instance.id.cmp(&b.instance.id));
-        let mut out = Vec::with_capacity(hubs.len());
-        for hub in hubs {
-            if let Ok(Ok(status)) = tokio::time::timeout(STATUS_TIMEOUT, hub.status()).await {
-                out.push(status);
-            }
-        }
-        out
-    }
-
-    /// Stops every hub and waits until their tasks have ended.
-    pub async fn stop(&self) {
-        self.inner.shutdown.cancel();
-        self.inner.tasks.close();
-        self.inner.tasks.wait().await;
-    }
-}
+mod registry;
+mod status;
+pub use registry::ConsoleHubs;
+use status::{HubCounters, SessionCounters};
+pub use status::{HubStatus, SessionStatus};
 
 #[cfg(test)]
 mod tests;

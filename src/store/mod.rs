@@ -142,20 +142,32 @@ impl Store {
         };
         let options = SqliteConnectOptions::new()
             .filename(path)
-            .create_if_missing(true)
+            .create_if_missing(false)
             .journal_mode(SqliteJournalMode::Wal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
+        let open_error = |error| StoreError::Open {
+            path: path.display().to_string(),
+            error,
+        };
+        // Create and migrate once, here. The pool never creates the file: a
+        // database removed under a running gateway must fail loudly
+        // (CG-STORE-002), not come back empty and unmigrated.
+        {
+            let first = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(options.clone().create_if_missing(true))
+                .await
+                .map_err(open_error)?;
+            restrict_permissions(path);
+            SQLITE_MIGRATIONS.run(&first).await?;
+            first.close().await;
+        }
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options)
             .await
-            .map_err(|error| StoreError::Open {
-                path: path.display().to_string(),
-                error,
-            })?;
-        restrict_permissions(path);
-        SQLITE_MIGRATIONS.run(&pool).await?;
+            .map_err(open_error)?;
         drop(lock);
         Ok(Store {
             backend: Backend::Sqlite(pool),

@@ -98,25 +98,7 @@ impl Gateway {
 
     /// Creates a console connection with the CLI; panics if that fails.
     pub async fn create(&self, instance: &str, key: &Key) -> Connection {
-        let out = self
-            .cli(&[
-                "connection",
-                "create",
-                "--instance",
-                instance,
-                "--public-key-file",
-                key.public.to_str().unwrap(),
-            ])
-            .await;
-        assert!(
-            out.status.success(),
-            "connection create failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Connection::from_json(
-            serde_json::from_slice(&out.stdout).expect("create printed no JSON"),
-            self.dir.path(),
-        )
+        create_connection(&self.config_path, instance, key, self.dir.path()).await
     }
 
     /// A path inside the gateway's directory.
@@ -150,6 +132,32 @@ pub async fn run_cli(config: &Path, args: &[&str]) -> Output {
     .await
     .expect("CLI hung")
     .expect("cannot run consolegate")
+}
+
+/// Creates a console connection with the CLI against `config`; its
+/// known_hosts file goes into `dir`. Panics if that fails.
+pub async fn create_connection(config: &Path, instance: &str, key: &Key, dir: &Path) -> Connection {
+    let out = run_cli(
+        config,
+        &[
+            "connection",
+            "create",
+            "--instance",
+            instance,
+            "--public-key-file",
+            key.public.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "connection create failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Connection::from_json(
+        serde_json::from_slice(&out.stdout).expect("create printed no JSON"),
+        dir,
+    )
 }
 
 /// A key pair made by `ssh-keygen`.
@@ -463,4 +471,126 @@ pub fn pseudo_random_bytes(len: usize, seed: u32) -> Vec<u8> {
             x as u8
         })
         .collect()
+}
+
+impl Gateway {
+    /// The audit trail of one connection, as `consolegate audit` prints it.
+    pub async fn audit(&self, connection: &str) -> Vec<Value> {
+        let out = self.cli(&["audit", "--connection", connection]).await;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+}
+
+/// `GET path` on a local port with extra header lines (`Name: value\r\n`
+/// each); returns the status code and the body.
+pub async fn http_get_with(port: u16, path: &str, headers: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}Connection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(GUARD, s.read_to_end(&mut answer))
+        .await
+        .expect("HTTP answer hung")
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text[9..12].parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// `GET path` on a local port; returns the status code and the body.
+pub async fn http_get(port: u16, path: &str) -> (u16, String) {
+    http_get_with(port, path, "").await
+}
+
+/// `/readyz`: its status code and its JSON body.
+pub async fn readyz(port: u16) -> (u16, Value) {
+    let (status, body) = http_get(port, "/readyz").await;
+    (status, serde_json::from_str(&body).unwrap())
+}
+
+/// `ssh -W host:port` straight to the outer hop as `user`.
+pub fn outer_w(
+    gw: &Gateway,
+    key: &Key,
+    known_hosts: &Path,
+    user: &str,
+    target: &str,
+) -> Vec<String> {
+    let mut argv = vec!["ssh".to_owned()];
+    argv.extend(client_options(key, known_hosts));
+    argv.extend([
+        "-W".to_owned(),
+        target.to_owned(),
+        "-p".to_owned(),
+        gw.port.to_string(),
+        format!("{user}@127.0.0.1"),
+    ]);
+    argv
+}
+
+/// The `.venv` python (installed by `.ci/run`) if it can import `modules`
+/// (comma-separated); without it the test says it skipped, except under
+/// CI, where a missing piece fails.
+pub fn venv_python(modules: &str) -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    let ready = p.exists()
+        && std::process::Command::new(&p)
+            .args(["-c", &format!("import {modules}")])
+            .status()
+            .is_ok_and(|s| s.success());
+    if ready {
+        return Some(p);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{modules} missing in .venv (run .ci/run)"
+    );
+    eprintln!("SKIPPED: .venv lacks {modules}; run .ci/run");
+    None
+}
+
+/// Starts the real `consolegate serve --config config`, its log (stderr) in
+/// `log`, with `env` added; killed when dropped.
+pub fn spawn_serve(config: &Path, log: &Path, env: &[(&str, &std::ffi::OsStr)]) -> Child {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--config"])
+        .arg(config)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(log).unwrap()))
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("cannot start consolegate serve")
+}
+
+/// Sends `signal` (TERM, HUP, …) to a child, with the shell's builtin kill.
+pub fn signal(child: &Child, signal: &str) {
+    let pid = child.id().expect("the process has exited");
+    let status = std::process::Command::new("sh")
+        .args(["-c", &format!("kill -{signal} {pid}")])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} {pid} failed");
 }
