@@ -659,3 +659,59 @@ async fn a_web_console_session_times_out_like_an_ssh_one() {
     );
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_on_their_own_listener_leave_the_api_listener_and_doctor_finds_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, metrics_port) = (free_port().await, free_port().await);
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"data\"\n[ssh]\nlisten = \"127.0.0.1:{port}\"\n[api]\nlisten = \"127.0.0.1:0\"\n\
+             [metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n\n{}",
+            instance("vm1", "simulator", None)
+        ),
+    )
+    .unwrap();
+    let mut child = spawn_serve(&config, &dir.path().join("serve.log"), &[]);
+    drop(connect_eventually(port).await);
+    drop(connect_eventually(metrics_port).await);
+    let (status, text) = http_get(metrics_port, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        text.contains("consolegate_backend_up{instance=\"vm1\"} 1"),
+        "{text}"
+    );
+    assert_eq!(http_get(metrics_port, "/healthz").await.0, 200);
+    assert_eq!(readyz(metrics_port).await.0, 200);
+    // The API listener (port 0 in the config: ask the gateway where it is)
+    // no longer serves them.
+    let out = run_cli(&config, &["status", "--json"]).await;
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let api_port: u16 = status["apiListen"]
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(status["metricsListen"], format!("127.0.0.1:{metrics_port}"));
+    assert_eq!(http_get(api_port, "/metrics").await.0, 404);
+    assert_eq!(http_get(api_port, "/openapi.json").await.0, 200);
+    let out = run_cli(&config, &["doctor", "--json"]).await;
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(out.status.success(), "{report:#}");
+    for code in ["CG-API-001", "CG-OPS-004", "CG-SSH-002"] {
+        assert!(
+            report["findings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f["code"] == code && f["outcome"] == "ok"),
+            "{code}: {report:#}"
+        );
+    }
+    child.kill().await.unwrap();
+}

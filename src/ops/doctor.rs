@@ -300,8 +300,15 @@ async fn check_gateway(config: &Config, report: &mut Report) -> Option<GatewaySt
             None
         }
     };
-    // What answers on the configured ports, whatever the admin socket says.
-    let ssh = probe_addr(config.ssh.listen);
+    // What answers on the ports: those the running gateway says it bound
+    // (a config may ask for port 0), else the configured ones.
+    let bound = |live: Option<&str>, configured: std::net::SocketAddr| {
+        probe_addr(live.and_then(|a| a.parse().ok()).unwrap_or(configured))
+    };
+    let ssh = bound(
+        gateway.as_ref().map(|g| g.ssh_listen.as_str()),
+        config.ssh.listen,
+    );
     match tokio::time::timeout(PROBE, ssh_identification(ssh)).await {
         Ok(Ok(id)) if id.starts_with("SSH-2.0-consolegate") => report.add(
             "SSH listener",
@@ -331,24 +338,57 @@ async fn check_gateway(config: &Config, report: &mut Report) -> Option<GatewaySt
             ),
         ),
     }
-    let api = probe_addr(config.api.listen);
-    match tokio::time::timeout(PROBE, http_get(api, "/healthz")).await {
+    let api = bound(
+        gateway.as_ref().map(|g| g.api_listen.as_str()),
+        config.api.listen,
+    );
+    http_check(report, "API listener", "CG-API-001", api, "/openapi.json").await;
+    let metrics = match gateway.as_ref() {
+        Some(g) => g.metrics_listen.as_deref().and_then(|a| a.parse().ok()),
+        None => config.metrics.listen,
+    };
+    if let Some(metrics) = metrics {
+        http_check(
+            report,
+            "metrics listener",
+            "CG-OPS-004",
+            probe_addr(metrics),
+            "/healthz",
+        )
+        .await;
+    }
+    gateway
+}
+
+/// Checks that `addr` answers `GET path` with 200.
+async fn http_check(
+    report: &mut Report,
+    check: &str,
+    code: &'static str,
+    addr: std::net::SocketAddr,
+    path: &str,
+) {
+    let (outcome, message) = match tokio::time::timeout(PROBE, http_get(addr, path)).await {
         Ok(Ok(answer)) if answer.starts_with("HTTP/1.1 200") => {
-            report.add("API listener", "CG-API-001", Outcome::Ok, format!("{api} answers /healthz"))
+            (Outcome::Ok, format!("{addr} answers {path}"))
         }
-        Ok(Ok(answer)) => report.add(
-            "API listener",
-            "CG-API-001",
+        Ok(Ok(answer)) => (
             Outcome::Fail,
             format!(
-                "{api} answers /healthz with {:?}: another server holds the port, or [metrics] listen moved /healthz",
+                "{addr} answers {path} with {:?}: another server holds the port",
                 answer.lines().next().unwrap_or("")
             ),
         ),
-        Ok(Err(e)) => report.add("API listener", "CG-API-001", Outcome::Fail, format!("nothing answers HTTP on {api} ({e})")),
-        Err(_) => report.add("API listener", "CG-API-001", Outcome::Fail, format!("{api} did not answer within {}s", PROBE.as_secs())),
-    }
-    gateway
+        Ok(Err(e)) => (
+            Outcome::Fail,
+            format!("nothing answers HTTP on {addr} ({e})"),
+        ),
+        Err(_) => (
+            Outcome::Fail,
+            format!("{addr} did not answer within {}s", PROBE.as_secs()),
+        ),
+    };
+    report.add(check, code, outcome, message);
 }
 
 /// Where to reach a listener bound to `addr` from this host.
