@@ -329,6 +329,12 @@ mod tests {
             .await
             .unwrap();
         assert!(line.contains("CG-OPS-002 bad admin request"), "{line}");
+        // An oversized request is cut at the limit and refused the same way.
+        let mut big = UnixStream::connect(socket_path(dir.path())).await.unwrap();
+        let _ = big.write_all(&vec![b'{'; 64 * 1024]).await;
+        let mut line = String::new();
+        BufReader::new(&mut big).read_line(&mut line).await.unwrap();
+        assert!(line.contains("CG-OPS-002 bad admin request"), "{line}");
         assert!(status(dir.path()).await.is_ok());
         shutdown.cancel();
         task.await.unwrap();
