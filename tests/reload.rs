@@ -260,3 +260,82 @@ async fn junk_client(port: u16) {
     let mut sink = Vec::new();
     let _ = tokio::time::timeout(GUARD, s.read_to_end(&mut sink)).await;
 }
+
+/// A signed `GET target` over a real socket, as the OCI SDK signs it;
+/// returns the status and the runbook code header.
+async fn signed_get(
+    port: u16,
+    target: &str,
+    key_id: &str,
+    key: &rsa::RsaPrivateKey,
+) -> (u16, String) {
+    use axum::http::{HeaderMap, HeaderValue, Method};
+    let host = format!("127.0.0.1:{port}");
+    let mut headers = HeaderMap::new();
+    headers.insert("host", HeaderValue::from_str(&host).unwrap());
+    consolegate::api::signature::sign(
+        &Method::GET,
+        target,
+        &mut headers,
+        b"",
+        key_id,
+        key,
+        std::time::SystemTime::now(),
+    )
+    .unwrap();
+    let lines: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {}\r\n", v.to_str().unwrap()))
+        .collect();
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(format!("GET {target} HTTP/1.1\r\n{lines}Connection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(GUARD, s.read_to_string(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let code = answer
+        .lines()
+        .find_map(|l| l.strip_prefix("x-consolegate-code: "))
+        .unwrap_or("")
+        .to_owned();
+    (answer[9..12].parse().unwrap(), code)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_user_removed_by_a_reload_is_refused_at_once() {
+    use rsa::pkcs8::{EncodePublicKey, LineEnding};
+    let key = rsa::RsaPrivateKey::new(&mut rand::rng(), 2048).unwrap();
+    let pem = key
+        .to_public_key()
+        .to_public_key_pem(LineEnding::LF)
+        .unwrap();
+    let tenancy = "ocid1.tenancy.oc1..aaaareload";
+    let user = "ocid1.user.oc1..operator";
+    let key_id = format!(
+        "{tenancy}/{user}/{}",
+        consolegate::api::signature::fingerprint(&key.to_public_key())
+    );
+    let api_user = format!(
+        "[[api_user]]\ntenancy = \"{tenancy}\"\nuser = \"{user}\"\npublic_key = \"\"\"{pem}\"\"\"\ncompartments = [\"test\"]\n"
+    );
+    let gw = Gateway::start(&format!("{}{api_user}", instance("vm1", "simulator", None))).await;
+    let target = "/20160918/instanceConsoleConnections?compartmentId=test";
+    assert_eq!(signed_get(gw.api_port, target, &key_id, &key).await.0, 200);
+    rewrite(&gw, &instance("vm1", "simulator", None));
+    let out = gw.cli(&["reload"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        signed_get(gw.api_port, target, &key_id, &key).await,
+        (401, "CG-API-401".to_owned())
+    );
+    gw.stop().await;
+}
