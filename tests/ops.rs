@@ -657,6 +657,28 @@ async fn a_web_console_session_times_out_like_an_ssh_one() {
             .any(|r| r["event"] == "timeout"),
         "{rows:#}"
     );
+    // The web session is named by its token's id, never by a placeholder
+    // connection or key, and never by the token itself.
+    let token_id = &consolegate::api::nova::token_hash(token)[..12];
+    let attach = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["event"] == "attach")
+        .unwrap();
+    assert_eq!(attach["connectionId"], Value::Null, "{attach}");
+    assert_eq!(attach["fingerprint"], Value::Null, "{attach}");
+    assert!(
+        attach["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("(console token {token_id})")),
+        "{attach}"
+    );
+    assert!(
+        !rows.to_string().contains(token),
+        "the token itself reached the audit trail"
+    );
     gw.stop().await;
 }
 

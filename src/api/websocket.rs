@@ -25,7 +25,7 @@ use super::ApiState;
 use crate::audit::{AuditEvent, AuditKind};
 use crate::config::InstanceConfig;
 use crate::config::SessionTimeouts;
-use crate::console::hub::{ConsoleEvent, SessionInfo};
+use crate::console::hub::{ConsoleEvent, Principal, SessionInfo};
 use crate::console::timeouts::{Cut, SessionClock, announce};
 
 /// Largest WebSocket message accepted from a browser.
@@ -52,12 +52,20 @@ fn store_unavailable(e: &crate::store::StoreError) -> Response {
         .into_response()
 }
 
-/// Checks the token for `protocol`; returns its instance.
+/// What a console token admits to.
+struct Admitted {
+    /// The token's instance.
+    instance: InstanceConfig,
+    /// The token's id: a prefix of its SHA-256 (never the token itself).
+    token_id: String,
+}
+
+/// Checks the token for `protocol`; returns what it admits to.
 async fn instance_for(
     state: &ApiState,
     params: &HashMap<String, String>,
     protocol: &str,
-) -> Result<InstanceConfig, Response> {
+) -> Result<Admitted, Response> {
     let found = token_instance(state, params, protocol).await;
     if found.is_err() {
         state.metrics().token_refused();
@@ -69,7 +77,7 @@ async fn token_instance(
     state: &ApiState,
     params: &HashMap<String, String>,
     protocol: &str,
-) -> Result<InstanceConfig, Response> {
+) -> Result<Admitted, Response> {
     let Some(token) = params
         .get("token")
         .filter(|t| !t.is_empty() && t.len() <= 256)
@@ -102,12 +110,16 @@ async fn token_instance(
         }
         Err(e) => return Err(store_unavailable(&e)),
     };
-    state
+    let instance = state
         .connections()
         .config()
         .instance(&token.instance_id)
         .cloned()
-        .ok_or_else(|| refuse("CG-WEB-004 the console token's instance is no longer configured"))
+        .ok_or_else(|| refuse("CG-WEB-004 the console token's instance is no longer configured"))?;
+    Ok(Admitted {
+        instance,
+        token_id: hash[..12].to_owned(),
+    })
 }
 
 fn peer(info: Option<Extension<ConnectInfo<SocketAddr>>>) -> SocketAddr {
@@ -117,12 +129,12 @@ fn peer(info: Option<Extension<ConnectInfo<SocketAddr>>>) -> SocketAddr {
     )
 }
 
-fn audit(kind: AuditKind, instance: &InstanceConfig, peer: SocketAddr, detail: &str) -> AuditEvent {
+/// An audit event of a web console: no connection or key, the token's id.
+fn audit(kind: AuditKind, admitted: &Admitted, peer: SocketAddr, detail: &str) -> AuditEvent {
     let mut e = AuditEvent::new(kind);
-    e.instance_id = Some(instance.id.clone());
+    e.instance_id = Some(admitted.instance.id.clone());
     e.peer = Some(peer.to_string());
-    e.fingerprint = Some("console token".into());
-    e.detail = Some(detail.to_owned());
+    e.detail = Some(format!("{detail} (console token {})", admitted.token_id));
     e
 }
 
@@ -151,11 +163,11 @@ pub async fn serial(
         }
         return axum::response::Html(SERIAL_PAGE).into_response();
     };
-    let instance = match instance_for(&state, &params, "serial").await {
-        Ok(i) => i,
+    let admitted = match instance_for(&state, &params, "serial").await {
+        Ok(a) => a,
         Err(r) => return r,
     };
-    let Some(hub) = state.hubs().get(&instance.id) else {
+    let Some(hub) = state.hubs().get(&admitted.instance.id) else {
         return refuse("CG-WEB-004 this instance has no console hub");
     };
     let peer = peer(info);
@@ -165,21 +177,26 @@ pub async fn serial(
             let store = state.connections().store().clone();
             crate::audit::record(
                 &store,
-                audit(AuditKind::Attach, &instance, peer, "web serial console"),
+                audit(AuditKind::Attach, &admitted, peer, "web serial console"),
             )
             .await;
-            let timeouts = instance.session_timeouts();
-            let (bytes_in, bytes_out, cut) = serial_session(socket, hub, peer, timeouts).await;
+            let principal = Principal::ConsoleToken {
+                id: admitted.token_id.clone(),
+            };
+            let timeouts = admitted.instance.session_timeouts();
+            let (bytes_in, bytes_out, cut) =
+                serial_session(socket, hub, principal, peer, timeouts).await;
             let mut detail = "web serial console".to_owned();
             if let Some(cut) = cut {
-                state.metrics().session_cut(&instance.id, cut.kind);
-                tracing::info!(code = cut.code, instance = %instance.id, %peer,
+                let instance = &admitted.instance.id;
+                state.metrics().session_cut(instance, cut.kind);
+                tracing::info!(code = cut.code, %instance, %peer,
                     "web session cut: {}", cut.message);
-                let row = audit(AuditKind::Timeout, &instance, peer, &cut.message);
+                let row = audit(AuditKind::Timeout, &admitted, peer, &cut.message);
                 crate::audit::record(&store, row).await;
                 detail = format!("{detail}: {}", cut.message);
             }
-            let mut e = audit(AuditKind::Detach, &instance, peer, &detail);
+            let mut e = audit(AuditKind::Detach, &admitted, peer, &detail);
             e.bytes_in = Some(bytes_in);
             e.bytes_out = Some(bytes_out);
             crate::audit::record(&store, e).await;
@@ -190,12 +207,12 @@ pub async fn serial(
 async fn serial_session(
     mut socket: WebSocket,
     hub: crate::console::hub::ConsoleHub,
+    principal: Principal,
     peer: SocketAddr,
     timeouts: SessionTimeouts,
 ) -> (u64, u64, Option<Cut>) {
     let info = SessionInfo {
-        connection_id: "web-console".into(),
-        fingerprint: "console token".into(),
+        principal,
         peer,
         read_only: false,
         force: false,
@@ -309,10 +326,11 @@ pub async fn websockify(
     info: Option<Extension<ConnectInfo<SocketAddr>>>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    let instance = match instance_for(&state, &params, "vnc").await {
-        Ok(i) => i,
+    let admitted = match instance_for(&state, &params, "vnc").await {
+        Ok(a) => a,
         Err(r) => return r,
     };
+    let instance = &admitted.instance;
     let Some(target) = instance.vnc.clone() else {
         return refuse("CG-VNC-002 this instance has no VNC display");
     };
@@ -336,11 +354,11 @@ pub async fn websockify(
             let store = state.connections().store().clone();
             crate::audit::record(
                 &store,
-                audit(AuditKind::VncOpen, &instance, peer, "websockify"),
+                audit(AuditKind::VncOpen, &admitted, peer, "websockify"),
             )
             .await;
             let (up, down) = vnc_session(socket, display).await;
-            let mut e = audit(AuditKind::VncClose, &instance, peer, "websockify");
+            let mut e = audit(AuditKind::VncClose, &admitted, peer, "websockify");
             e.bytes_in = Some(up);
             e.bytes_out = Some(down);
             crate::audit::record(&store, e).await;

@@ -25,7 +25,6 @@
 //! Beside this file: `hub/status.rs`, what a hub reports ([`HubStatus`]),
 //! and `hub/registry.rs`, the hubs of all instances ([`ConsoleHubs`]).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -71,23 +70,6 @@ pub enum ConsoleEvent {
     Closed(String),
 }
 
-/// Who a session is, as others see it.
-#[derive(Debug, Clone)]
-pub struct SessionInfo {
-    /// Its console connection.
-    pub connection_id: String,
-    /// Its client key's fingerprint.
-    pub fingerprint: String,
-    /// Where it connects from.
-    pub peer: SocketAddr,
-    /// Attach read-only.
-    pub read_only: bool,
-    /// Take write access on attach.
-    pub force: bool,
-    /// Disconnect rather than skip output when falling behind.
-    pub disconnect_when_lagging: bool,
-}
-
 /// What a session receives when it attaches.
 #[derive(Debug)]
 pub struct Attachment {
@@ -99,8 +81,8 @@ pub struct Attachment {
     pub unavailable: Option<String>,
     /// Everything from now on.
     pub events: mpsc::Receiver<ConsoleEvent>,
-    /// Where it stands (told in words to the user).
-    pub role: String,
+    /// Where it stands.
+    pub role: Role,
     progress: Arc<AtomicU64>,
     can_write: Arc<AtomicBool>,
 }
@@ -120,19 +102,6 @@ impl Attachment {
     }
 }
 
-/// A line of `who`.
-#[derive(Debug, Clone)]
-pub struct WhoEntry {
-    /// The session.
-    pub id: SessionId,
-    /// Who.
-    pub info: SessionInfo,
-    /// `writer`, `read-write` or `read-only`.
-    pub role: &'static str,
-    /// How long it has been attached.
-    pub attached_for: Duration,
-}
-
 /// The hub has stopped (the gateway is shutting down).
 #[derive(Debug, thiserror::Error)]
 #[error("CG-OPS-001 the console hub has stopped (the gateway is shutting down)")]
@@ -145,8 +114,8 @@ enum HubCommand {
         reply: oneshot::Sender<Attachment>,
     },
     Input(SessionId, Bytes),
-    Break(oneshot::Sender<Result<(), String>>),
-    Force(SessionId, oneshot::Sender<String>),
+    Break(oneshot::Sender<Result<(), BreakError>>),
+    Force(SessionId, oneshot::Sender<Option<Role>>),
     Who(oneshot::Sender<Vec<WhoEntry>>),
     Status(oneshot::Sender<HubStatus>),
     Retire(String),
@@ -226,15 +195,14 @@ impl ConsoleHub {
             .map_err(|_| HubStopped)
     }
 
-    /// Sends a serial break; the error says why it could not be sent.
-    pub async fn send_break(&self) -> Result<(), String> {
-        self.ask(HubCommand::Break)
-            .await
-            .map_err(|e| e.to_string())?
+    /// Sends a serial break.
+    pub async fn send_break(&self) -> Result<(), BreakError> {
+        self.ask(HubCommand::Break).await?
     }
 
-    /// Takes write access for `session`; returns what happened, in words.
-    pub async fn force(&self, session: SessionId) -> Result<String, HubStopped> {
+    /// Takes write access for `session`: its role now, or `None` if it is
+    /// no longer attached.
+    pub async fn force(&self, session: SessionId) -> Result<Option<Role>, HubStopped> {
         self.ask(|reply| HubCommand::Force(session, reply)).await
     }
 
@@ -284,11 +252,11 @@ struct Session {
 
 impl Session {
     fn label(&self) -> String {
-        let id = &self.info.connection_id;
-        let tail = &id[id.len().saturating_sub(8)..];
         format!(
-            "session {} (…{tail}, {}, from {})",
-            self.id, self.info.fingerprint, self.info.peer
+            "session {} ({}, from {})",
+            self.id,
+            self.info.principal.label(),
+            self.info.peer
         )
     }
 
@@ -405,17 +373,17 @@ impl Hub {
             counters: SessionCounters::default(),
         });
         let role = if force {
-            self.force(id)
+            self.force(id).unwrap_or(Role::ReadOnlyAsked)
         } else if !wants_write {
-            "read-only, as asked (&F takes write access)".to_owned()
+            Role::ReadOnlyAsked
         } else {
             match self.instance.input {
-                InputPolicy::Shared => "read-write (input shared by all sessions)".to_owned(),
+                InputPolicy::Shared => Role::ReadWrite,
                 InputPolicy::Exclusive => match self.writer.and_then(|w| self.live(w)) {
-                    Some(w) => format!("read-only: {} has write access (&F takes it)", w.label()),
+                    Some(w) => Role::ReadOnlyWhile(w.label()),
                     None => {
                         self.writer = Some(id);
-                        "read-write (you hold write access)".to_owned()
+                        Role::Writer
                     }
                 },
             }
@@ -458,16 +426,14 @@ impl Hub {
         }
     }
 
-    fn force(&mut self, id: SessionId) -> String {
+    fn force(&mut self, id: SessionId) -> Option<Role> {
         self.prune();
-        let Some(index) = self.sessions.iter().position(|s| s.id == id) else {
-            return "you are no longer attached".into();
-        };
+        let index = self.sessions.iter().position(|s| s.id == id)?;
         self.sessions[index].wants_write = true;
         self.sessions[index].told_read_only = false;
         let label = self.sessions[index].label();
         if self.instance.input == InputPolicy::Shared {
-            return "read-write (input shared by all sessions)".into();
+            return Some(Role::ReadWrite);
         }
         let previous = self.writer.replace(id);
         if let Some(old) = previous.filter(|&o| o != id)
@@ -486,7 +452,27 @@ impl Hub {
         {
             s.notify(format!("{label} now has write access"));
         }
-        "you hold write access".into()
+        Some(Role::Writer)
+    }
+
+    /// Where `s` stands now.
+    fn role_of(&self, s: &Session) -> Role {
+        let writer = self.writer.and_then(|w| self.live(w));
+        if self.writer == Some(s.id) {
+            Role::Writer
+        } else if s.wants_write && self.instance.input == InputPolicy::Shared {
+            Role::ReadWrite
+        } else if s.wants_write || !s.info.read_only {
+            // Exclusive input: another session writes (or took write access
+            // from this one); with no writer, the next typist takes it.
+            match writer {
+                Some(w) => Role::ReadOnlyWhile(w.label()),
+                None if s.wants_write => Role::ReadWrite,
+                None => Role::ReadOnlyAsked,
+            }
+        } else {
+            Role::ReadOnlyAsked
+        }
     }
 
     fn who(&mut self) -> Vec<WhoEntry> {
@@ -496,13 +482,7 @@ impl Hub {
             .map(|s| WhoEntry {
                 id: s.id,
                 info: s.info.clone(),
-                role: if self.writer == Some(s.id) {
-                    "writer"
-                } else if s.wants_write && self.instance.input == InputPolicy::Shared {
-                    "read-write"
-                } else {
-                    "read-only"
-                },
+                role: self.role_of(s),
                 attached_for: s.since.elapsed(),
             })
             .collect()
@@ -574,10 +554,8 @@ impl Hub {
                     tokio::time::sleep(quiet).await;
                 }
                 let result = match conn {
-                    Some(conn) => conn.send_break().await.map_err(|e| e.to_string()),
-                    None => Err(
-                        "CG-BRK-002 the console is not connected; the break was not sent".into(),
-                    ),
+                    Some(conn) => conn.send_break().await.map_err(BreakError::from),
+                    None => Err(BreakError::NotConnected),
                 };
                 let _ = reply.send(result);
             }
@@ -791,9 +769,11 @@ async fn wait_disconnected(
 
 mod registry;
 mod status;
+mod who;
 pub use registry::ConsoleHubs;
 use status::{HubCounters, SessionCounters};
 pub use status::{HubStatus, SessionStatus};
+pub use who::{BreakError, Principal, Role, SessionInfo, WhoEntry};
 
 #[cfg(test)]
 mod tests;

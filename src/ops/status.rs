@@ -56,19 +56,19 @@ pub fn table(status: &GatewayStatus) -> String {
             "ID", "ROLE", "CONNECTION", "KEY", "FROM", "SINCE", "BYTES OUT", "IN", "LAGS"
         );
         for s in &i.sessions {
-            let id = &s.connection_id;
+            // An SSH session shows its connection and key; a web one its token.
+            let (who, key) = match (&s.connection_id, &s.console_token) {
+                (Some(id), _) => (
+                    format!("…{}", &id[id.len().saturating_sub(11)..]),
+                    s.fingerprint.clone().unwrap_or_default(),
+                ),
+                (None, Some(token)) => ("web".to_owned(), format!("console token {token}")),
+                (None, None) => (String::new(), String::new()),
+            };
             let _ = writeln!(
                 out,
-                "  {:<4} {:<10} …{:<11} {:<45} {:<21} {:<24} {:>10} {:>8} {:>5}",
-                s.id,
-                s.role,
-                &id[id.len().saturating_sub(11)..],
-                s.fingerprint,
-                s.peer,
-                s.since,
-                s.bytes_out,
-                s.bytes_in,
-                s.lag_drops
+                "  {:<4} {:<10} {:<12} {:<45} {:<21} {:<24} {:>10} {:>8} {:>5}",
+                s.id, s.role, who, key, s.peer, s.since, s.bytes_out, s.bytes_in, s.lag_drops
             );
         }
     }
@@ -103,8 +103,9 @@ mod tests {
                 reconnects: 3,
                 sessions: vec![SessionStatus {
                     id: 1,
-                    connection_id: "ocid1.instanceconsoleconnection.oc1..abcdefghijk".into(),
-                    fingerprint: "SHA256:abc".into(),
+                    connection_id: Some("ocid1.instanceconsoleconnection.oc1..abcdefghijk".into()),
+                    fingerprint: Some("SHA256:abc".into()),
+                    console_token: None,
                     peer: "127.0.0.1:5000".into(),
                     role: "writer".into(),
                     since: "t2".into(),

@@ -23,7 +23,7 @@ use crate::audit::{AuditEvent, AuditKind};
 use crate::config::RecordMode;
 use crate::console::escape::{EscapeAction, EscapeParser, HELP, Segment};
 use crate::console::history::Replay;
-use crate::console::hub::{ConsoleEvent, ConsoleHub, SessionInfo};
+use crate::console::hub::{ConsoleEvent, ConsoleHub, Principal, Role, SessionInfo};
 use crate::console::options::SessionOptions;
 use crate::console::recording::{Recording, RecordingHeader};
 use crate::console::timeouts::{SessionClock, announce};
@@ -86,8 +86,10 @@ pub(super) async fn serve(
         }
     };
     let info = SessionInfo {
-        connection_id: who.connection_id.clone(),
-        fingerprint: who.fingerprint.clone(),
+        principal: Principal::Key {
+            connection_id: who.connection_id.clone(),
+            fingerprint: who.fingerprint.clone(),
+        },
         peer: who.peer,
         read_only: options.read_only,
         force: options.force,
@@ -106,7 +108,7 @@ pub(super) async fn serve(
         e.read_only = Some(options.read_only);
         e
     };
-    let mut greeting = banner(&hub, &attachment.role).into_bytes();
+    let mut greeting = banner(&hub, &role_text(&attachment.role)).into_bytes();
     if !attachment.replay.is_empty() {
         greeting.extend_from_slice(b"[recent console output follows]\r\n");
         greeting.extend_from_slice(&attachment.replay);
@@ -119,7 +121,7 @@ pub(super) async fn serve(
         return;
     }
     let mut attach = audit(AuditKind::Attach);
-    attach.detail = Some(format!("{hop} hop, {}", attachment.role));
+    attach.detail = Some(format!("{hop} hop, {}", role_text(&attachment.role)));
     crate::audit::record(&ctx.store, attach).await;
     let mut recording = start_recording(&who, &terminal, attachment.id).await;
     if let Some(r) = &mut recording {
@@ -222,16 +224,21 @@ pub(super) async fn serve(
                                 crate::audit::record(&ctx.store, audit(AuditKind::Break)).await;
                                 "break sent".to_owned()
                             }
-                            Err(reason) => reason,
+                            Err(reason) => reason.to_string(),
                         };
                         show(notice(&message));
                     }
-                    Segment::Action(EscapeAction::Force) => {
-                        if let Ok(role) = hub.force(session_id).await {
+                    Segment::Action(EscapeAction::Force) => match hub.force(session_id).await {
+                        Ok(Some(role)) => {
                             crate::audit::record(&ctx.store, audit(AuditKind::Force)).await;
-                            show(notice(&role));
+                            show(notice(match role {
+                                Role::Writer => "you hold write access",
+                                _ => "read-write (input shared by all sessions)",
+                            }));
                         }
-                    }
+                        Ok(None) => show(notice("you are no longer attached")),
+                        Err(_) => {}
+                    },
                     Segment::Action(EscapeAction::Who) => {
                         if let Ok(list) = hub.who().await {
                             show(who_text(&list, session_id));
@@ -357,18 +364,28 @@ fn banner(hub: &ConsoleHub, role: &str) -> String {
     )
 }
 
+/// Where a session stands, as its user reads it.
+fn role_text(role: &Role) -> String {
+    match role {
+        Role::Writer => "read-write (you hold write access)".to_owned(),
+        Role::ReadWrite => "read-write (input shared by all sessions)".to_owned(),
+        Role::ReadOnlyAsked => "read-only, as asked (&F takes write access)".to_owned(),
+        Role::ReadOnlyWhile(writer) => {
+            format!("read-only: {writer} has write access (&F takes it)")
+        }
+    }
+}
+
 fn who_text(list: &[crate::console::hub::WhoEntry], me: u64) -> String {
     let mut text = format!("\r\n[{} session(s) attached:\r\n", list.len());
     for w in list {
-        let id = &w.info.connection_id;
         text.push_str(&format!(
-            " {}{} …{} {} from {}, {}, {}s\r\n",
+            " {}{} {} from {}, {}, {}s\r\n",
             if w.id == me { "*" } else { " " },
             w.id,
-            &id[id.len().saturating_sub(8)..],
-            w.info.fingerprint,
+            w.info.principal.label(),
             w.info.peer,
-            w.role,
+            w.role.as_str(),
             w.attached_for.as_secs()
         ));
     }

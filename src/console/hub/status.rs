@@ -1,7 +1,7 @@
 //! What a hub reports about itself, for `consolegate status` and
 //! `/metrics`: the backend's state and counters, and each attached session.
 
-use super::{Hub, SessionId};
+use super::{Hub, Principal, SessionId};
 use crate::connection::format_time;
 
 /// What a hub is doing, for `consolegate status` and `/metrics`.
@@ -38,10 +38,12 @@ pub struct HubStatus {
 pub struct SessionStatus {
     /// Its id within the hub.
     pub id: SessionId,
-    /// Its console connection.
-    pub connection_id: String,
-    /// Its client key's fingerprint.
-    pub fingerprint: String,
+    /// Its console connection (SSH sessions).
+    pub connection_id: Option<String>,
+    /// Its client key's fingerprint (SSH sessions).
+    pub fingerprint: Option<String>,
+    /// Its console token's id (web sessions).
+    pub console_token: Option<String>,
     /// Where it connects from.
     pub peer: String,
     /// `writer`, `read-write` or `read-only`.
@@ -104,10 +106,20 @@ impl Hub {
             .zip(who)
             .map(|(s, w)| SessionStatus {
                 id: s.id,
-                connection_id: s.info.connection_id.clone(),
-                fingerprint: s.info.fingerprint.clone(),
+                connection_id: match &s.info.principal {
+                    Principal::Key { connection_id, .. } => Some(connection_id.clone()),
+                    Principal::ConsoleToken { .. } => None,
+                },
+                fingerprint: match &s.info.principal {
+                    Principal::Key { fingerprint, .. } => Some(fingerprint.clone()),
+                    Principal::ConsoleToken { .. } => None,
+                },
+                console_token: match &s.info.principal {
+                    Principal::ConsoleToken { id } => Some(id.clone()),
+                    Principal::Key { .. } => None,
+                },
                 peer: s.info.peer.to_string(),
-                role: w.role.to_owned(),
+                role: w.role.as_str().to_owned(),
                 since: format_time(s.since_wall),
                 bytes_out: s.counters.bytes_out,
                 bytes_in: s.counters.bytes_in,
