@@ -648,15 +648,24 @@ async fn a_web_console_session_times_out_like_an_ssh_one() {
         received.contains("CG-SESS-002 idle for 2s (the idle timeout): session closed; bye]"),
         "{received}"
     );
-    let out = gw.cli(&["audit", "--instance", "vm1"]).await;
-    let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(
-        rows.as_array()
-            .unwrap()
-            .iter()
-            .any(|r| r["event"] == "timeout"),
-        "{rows:#}"
-    );
+    // The gateway writes the cut's audit row as the socket closes: wait for it.
+    let rows = tokio::time::timeout(GUARD, async {
+        loop {
+            let out = gw.cli(&["audit", "--instance", "vm1"]).await;
+            let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
+            if rows
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["event"] == "timeout")
+            {
+                return rows;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("no timeout row in the audit trail");
     // The web session is named by its token's id, never by a placeholder
     // connection or key, and never by the token itself.
     let token_id = &consolegate::api::nova::token_hash(token)[..12];

@@ -17,6 +17,17 @@ async fn nova_get(port: u16, path: &str, token: &str) -> u16 {
         .0
 }
 
+/// `consolegate reload` against the gateway, which must succeed; its outcome.
+async fn reload(gw: &Gateway) -> Value {
+    let out = gw.cli(&["reload"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// Rewrites the `[[instance]]` part of the gateway's config (and what follows it).
 fn rewrite(gw: &Gateway, tail: &str) {
     let text = std::fs::read_to_string(&gw.config_path).unwrap();
@@ -61,13 +72,7 @@ async fn reload_adds_and_removes_instances_and_users_while_sessions_go_on() {
             instance("vm3", "simulator", None)
         ),
     );
-    let out = gw.cli(&["reload"]).await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let outcome: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let outcome = reload(&gw).await;
     assert_eq!(outcome["ok"], true, "{outcome}");
     assert_eq!(outcome["added"], serde_json::json!(["vm3"]));
     assert_eq!(outcome["removed"], serde_json::json!(["vm2"]));
@@ -155,13 +160,7 @@ async fn a_broken_file_is_rejected_whole_and_the_old_config_serves_on() {
         .to_owned()
         + &instance("vm1", "simulator", None);
     std::fs::write(&gw.config_path, fixed).unwrap();
-    let out = gw.cli(&["reload"]).await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let outcome: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let outcome = reload(&gw).await;
     assert_eq!(
         outcome["needsRestart"],
         serde_json::json!(["[ssh]"]),
@@ -327,12 +326,7 @@ async fn an_api_user_removed_by_a_reload_is_refused_at_once() {
     let target = "/20160918/instanceConsoleConnections?compartmentId=test";
     assert_eq!(signed_get(gw.api_port, target, &key_id, &key).await.0, 200);
     rewrite(&gw, &instance("vm1", "simulator", None));
-    let out = gw.cli(&["reload"]).await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    reload(&gw).await;
     assert_eq!(
         signed_get(gw.api_port, target, &key_id, &key).await,
         (401, "CG-API-401".to_owned())

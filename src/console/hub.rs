@@ -143,16 +143,23 @@ impl ConsoleHub {
         instance: InstanceConfig,
         shutdown: CancellationToken,
     ) -> (ConsoleHub, tokio::task::JoinHandle<()>) {
+        let (hub, task) = ConsoleHub::new(instance, shutdown);
+        (hub, tokio::spawn(task))
+    }
+
+    /// A handle and the hub task behind it, for the caller to spawn (and own).
+    fn new(
+        instance: InstanceConfig,
+        shutdown: CancellationToken,
+    ) -> (ConsoleHub, impl Future<Output = ()> + Send + 'static) {
         let instance = Arc::new(instance);
         let (tx, rx) = mpsc::channel(COMMAND_CAPACITY);
-        let task = tokio::spawn(run_hub(instance.clone(), rx, shutdown));
-        (
-            ConsoleHub {
-                instance,
-                commands: tx,
-            },
-            task,
-        )
+        let task = run_hub(instance.clone(), rx, shutdown);
+        let hub = ConsoleHub {
+            instance,
+            commands: tx,
+        };
+        (hub, task)
     }
 
     /// The instance this hub serves.

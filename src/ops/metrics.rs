@@ -10,7 +10,6 @@
 //! fixed reasons, route templates), never by a client: nothing a stranger
 //! sends can grow the set of series, and no key material or token appears.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -304,9 +303,6 @@ fn set_counter(counter: &Counter, total: u64) {
         .inner()
         .store(total, std::sync::atomic::Ordering::Relaxed);
 }
-
-/// Shared metrics.
-pub type SharedMetrics = Arc<Metrics>;
 
 #[cfg(test)]
 mod tests {

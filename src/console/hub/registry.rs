@@ -3,10 +3,9 @@
 
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{COMMAND_CAPACITY, ConsoleHub, HubStatus, STATUS_TIMEOUT, run_hub};
+use super::{ConsoleHub, HubStatus, STATUS_TIMEOUT};
 use crate::config::InstanceConfig;
 
 /// The hubs of the configured instances; cheap to clone. Hubs are added
@@ -44,17 +43,8 @@ impl ConsoleHubs {
     /// Starts a hub for `instance` (replacing none: retire the old one first).
     pub fn add(&self, instance: InstanceConfig) {
         let id = instance.id.clone();
-        let (tx, rx) = mpsc::channel(COMMAND_CAPACITY);
-        let instance = Arc::new(instance);
-        self.inner.tasks.spawn(run_hub(
-            instance.clone(),
-            rx,
-            self.inner.shutdown.child_token(),
-        ));
-        let hub = ConsoleHub {
-            instance,
-            commands: tx,
-        };
+        let (hub, task) = ConsoleHub::new(instance, self.inner.shutdown.child_token());
+        self.inner.tasks.spawn(task);
         self.inner
             .hubs
             .write()
