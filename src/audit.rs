@@ -1,6 +1,6 @@
 //! The audit trail: every attach, detach, write-access force, break and
 //! refused attempt, as a structured log line (target `consolegate::audit`)
-//! and a row in the store.
+//! and a row in the store (`Store::record_audit` writes both).
 //!
 //! Refused attempts are stored only when they name an existing console
 //! connection (a wrong key for a real id, a channel its holder may not
@@ -8,8 +8,6 @@
 //! so strangers cannot grow the database.
 
 use serde::Serialize;
-
-use crate::store::Store;
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -84,7 +82,7 @@ impl AuditEvent {
     pub fn new(kind: AuditKind) -> AuditEvent {
         AuditEvent {
             id: 0,
-            time: crate::connection::format_time(time::OffsetDateTime::now_utc()),
+            time: crate::timefmt::format_time(time::OffsetDateTime::now_utc()),
             event: kind,
             connection_id: None,
             instance_id: None,
@@ -96,26 +94,5 @@ impl AuditEvent {
             duration_ms: None,
             detail: None,
         }
-    }
-}
-
-/// Writes audit events to the log and the store.
-pub async fn record(store: &Store, event: AuditEvent) {
-    tracing::info!(
-        target: "consolegate::audit",
-        event = event.event.as_str(),
-        connection = event.connection_id.as_deref(),
-        instance = event.instance_id.as_deref(),
-        fingerprint = event.fingerprint.as_deref(),
-        peer = event.peer.as_deref(),
-        read_only = event.read_only,
-        bytes_in = event.bytes_in,
-        bytes_out = event.bytes_out,
-        duration_ms = event.duration_ms,
-        detail = event.detail.as_deref(),
-        "audit"
-    );
-    if let Err(e) = store.insert_audit(&event).await {
-        tracing::error!(code = "CG-STORE-002", error = %e, "could not store an audit event");
     }
 }

@@ -10,9 +10,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::config::{Config, ConfigError};
-use crate::connection::{ConnectionRecord, ConnectionView};
+use crate::connections::ConnectionView;
 use crate::connections::{ConnectionError, ConsoleConnections, NewConnection};
 use crate::store::ConnectionFilter;
+use crate::store::ConnectionRecord;
 
 /// Why a command failed; the message says what to do.
 #[derive(Debug, thiserror::Error)]

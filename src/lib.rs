@@ -6,19 +6,30 @@
 //!
 //! # Layout
 //!
+//! From the bottom up; a module imports only from those above it in this
+//! list.
+//!
 //! - [`config`]: `gateway.toml`, parsed strictly.
-//! - [`keys`]: client key validation and fingerprints; host keys.
-//! - [`ids`]: unguessable identifiers.
-//! - [`connection`]: the connection record and the resource users see.
-//! - [`connections`]: the console-connection operations and their rules.
-//! - [`store`]: persistent state (SQLite), the one place SQL runs.
-//! - [`audit`]: the audit trail of console use.
-//! - [`console`]: console hubs, serial backends, escapes, the demo simulator.
-//! - [`ssh`]: the SSH data plane (outer hop, nested inner hop, VNC tunnels).
-//! - [`api`]: the HTTP control plane (OCI-compatible).
+//! - [`ids`]: unguessable identifiers. [`timefmt`]: times as printed.
+//!   [`codes`]: runbook codes on the wire.
+//! - [`keys`]: client key validation and fingerprints; the gateway's host keys.
+//! - [`audit`]: the audit trail's events.
+//! - [`store`]: persistent state (SQLite), the one place SQL runs, and the
+//!   records it keeps (console connections, console tokens, audit rows,
+//!   instance host keys).
+//! - [`console`]: console hubs, serial backends, escapes, timeouts,
+//!   recordings, the demo simulator.
+//! - [`connections`]: the console-connection and console-token operations
+//!   and their rules, the resource users see, the instances' host keys.
 //! - [`ops`]: operating the gateway: metrics, health, the admin socket,
-//!   `status`, `doctor` and reload.
-//! - [`gateway`]: wiring it all together for `consolegate serve`.
+//!   `status` and `doctor`.
+//! - [`sessions`]: the data plane: [`Sessions`](sessions::Sessions), the one
+//!   owner of every session; the attach core; the VNC copy; the SSH front
+//!   end (outer hop, nested inner hop, VNC tunnels) and the web front end
+//!   (the serial console and websockify behind Nova's console URLs).
+//! - [`api`]: the HTTP control plane (OCI- and Nova-compatible).
+//! - [`gateway`]: wiring it all together for `consolegate serve`: the
+//!   shutdown order, reload.
 //! - [`cli`]: the `connection` and `check` subcommands.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -26,13 +37,14 @@
 pub mod api;
 pub mod audit;
 pub mod cli;
+pub mod codes;
 pub mod config;
-pub mod connection;
 pub mod connections;
 pub mod console;
 pub mod gateway;
 pub mod ids;
 pub mod keys;
 pub mod ops;
-pub mod ssh;
+pub mod sessions;
 pub mod store;
+pub mod timefmt;

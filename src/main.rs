@@ -6,8 +6,8 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use consolegate::cli::Context;
 use consolegate::config::{Config, LogFormat};
-use consolegate::connection::LifecycleState;
 use consolegate::store::ConnectionFilter;
+use consolegate::store::LifecycleState;
 use tokio_util::sync::CancellationToken;
 
 /// SSH serial-console gateway for virtual machines.

@@ -33,7 +33,8 @@ fn rsa_key(n: usize) -> &'static RsaPrivateKey {
 struct Api {
     _dir: tempfile::TempDir,
     app: Router,
-    state: ApiState,
+    /// The store the API's operations use (the lifecycle task's, in a gateway).
+    store: consolegate::store::Store,
 }
 
 /// A signer: one API user's key id and private key.
@@ -66,7 +67,7 @@ async fn setup(api_settings: &str) -> (Api, Signer, Signer) {
     std::fs::write(&path, text).unwrap();
     let config = Config::load(&path).unwrap();
     let (store, host_keys) = consolegate::gateway::open_state(&config).await.unwrap();
-    let connections = ConsoleConnections::new(store, Arc::new(config), &host_keys);
+    let connections = ConsoleConnections::new(store.clone(), Arc::new(config), &host_keys);
     let state = ApiState::new(connections, Default::default(), Default::default()).unwrap();
     let signer = |user: &str, n: usize| Signer {
         key_id: format!(
@@ -78,8 +79,8 @@ async fn setup(api_settings: &str) -> (Api, Signer, Signer) {
     (
         Api {
             _dir: dir,
-            app: consolegate::api::app(state.clone()),
-            state,
+            app: consolegate::api::app(state),
+            store,
         },
         signer("alice", 0),
         signer("bob", 1),
@@ -311,7 +312,7 @@ async fn create_get_list_update_delete_round_trip() {
     )
     .await;
     put.error(StatusCode::CONFLICT, "Conflict");
-    let store = api.state.connections().store();
+    let store = &api.store;
     store.advance_lifecycle(0, 60_000).await.unwrap();
     let got = call(
         &api,

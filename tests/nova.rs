@@ -7,9 +7,9 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use consolegate::api::ApiState;
-use consolegate::api::nova::token_hash;
 use consolegate::config::Config;
 use consolegate::connections::ConsoleConnections;
+use consolegate::connections::tokens::{ConsoleProtocol, TokenRefusal, token_hash};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -385,8 +385,11 @@ async fn discovery_is_unauthenticated_and_honest() {
 
 #[tokio::test]
 async fn tokens_are_bound_expire_and_can_be_single_use() {
-    let (_dir, app, state) = setup("single_use_tokens = true\ntoken_ttl_secs = 1").await;
-    let store = state.connections().store();
+    let (dir, app, state) = setup("single_use_tokens = true\ntoken_ttl_secs = 1").await;
+    let tokens = state.tokens();
+    let store = consolegate::store::Store::open_sqlite(&dir.path().join("data/consolegate.db"))
+        .await
+        .unwrap();
     let (_, body) = call(
         &app,
         Method::POST,
@@ -397,15 +400,28 @@ async fn tokens_are_bound_expire_and_can_be_single_use() {
     )
     .await;
     let token = token_of(body["console"]["url"].as_str().unwrap());
-    let hash = token_hash(&token);
-    let found = store.console_token(&hash).await.unwrap().unwrap();
+    let found = tokens.peek(&token).await.unwrap().unwrap();
     assert_eq!(
-        (found.instance_id.as_str(), found.protocol.as_str()),
-        ("vm1", "serial")
+        (found.instance_id.as_str(), found.protocol),
+        ("vm1", ConsoleProtocol::Serial)
     );
+    // Bound to its protocol: a VNC socket is refused, and does not spend it.
+    assert!(matches!(
+        tokens.redeem(Some(&token), ConsoleProtocol::Vnc).await,
+        Err(TokenRefusal::OtherProtocol)
+    ));
     // Single use: the first use takes it, a replay finds nothing.
-    assert!(store.use_console_token(&hash).await.unwrap().is_some());
-    assert!(store.use_console_token(&hash).await.unwrap().is_none());
+    let redeemed = tokens
+        .redeem(Some(&token), ConsoleProtocol::Serial)
+        .await
+        .unwrap();
+    assert_eq!(redeemed.instance.id, "vm1");
+    assert_eq!(redeemed.token_id, token_hash(&token)[..12]);
+    assert!(matches!(
+        tokens.redeem(Some(&token), ConsoleProtocol::Serial).await,
+        Err(TokenRefusal::Invalid)
+    ));
+    assert!(tokens.peek(&token).await.unwrap().is_none());
     // Expiry: a 1-second token is gone once its second has passed.
     let (_, body) = call(
         &app,
@@ -416,9 +432,9 @@ async fn tokens_are_bound_expire_and_can_be_single_use() {
         r#"{"os-getSerialConsole": {"type": "serial"}}"#,
     )
     .await;
-    let hash = token_hash(&token_of(body["console"]["url"].as_str().unwrap()));
+    let second = token_of(body["console"]["url"].as_str().unwrap());
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    assert!(store.console_token(&hash).await.unwrap().is_none());
+    assert!(tokens.peek(&second).await.unwrap().is_none());
     assert_eq!(store.purge_console_tokens().await.unwrap(), 2);
     // Tokens never stored in the clear.
     assert!(store.console_token(&token).await.unwrap().is_none());

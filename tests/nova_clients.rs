@@ -9,7 +9,7 @@ mod common;
 use std::path::Path;
 
 use common::*;
-use consolegate::api::nova::token_hash;
+use consolegate::connections::tokens::token_hash;
 use serde_json::Value;
 
 const MEMBER: &str = "member-token-for-client-tests";

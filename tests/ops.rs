@@ -6,6 +6,7 @@
 
 mod common;
 
+use consolegate::connections::tokens::ConsoleProtocol;
 use std::path::Path;
 use std::time::Duration;
 
@@ -615,21 +616,7 @@ async fn a_web_console_session_times_out_like_an_ssh_one() {
         instance("vm1", "simulator", None)
     ))
     .await;
-    // A console token, as the Nova API would issue one.
-    let token = "web-idle-test-token-0123456789";
-    let config = consolegate::config::Config::load(&gw.config_path).unwrap();
-    let (store, _) = consolegate::gateway::open_state(&config).await.unwrap();
-    let record = consolegate::store::ConsoleToken {
-        instance_id: "vm1".into(),
-        protocol: "serial".into(),
-        single_use: false,
-        expires_at_ms: (time::OffsetDateTime::now_utc().unix_timestamp() + 600) * 1000,
-    };
-    store
-        .create_console_token(&consolegate::api::nova::token_hash(token), &record)
-        .await
-        .unwrap();
-    store.close().await;
+    let token = &gw.console_token("vm1", ConsoleProtocol::Serial).await;
     let url = format!("ws://127.0.0.1:{}/serial?token={token}", gw.api_port);
     let out = tokio::process::Command::new(&python)
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/serial_ws.py"))
@@ -668,7 +655,7 @@ async fn a_web_console_session_times_out_like_an_ssh_one() {
     .expect("no timeout row in the audit trail");
     // The web session is named by its token's id, never by a placeholder
     // connection or key, and never by the token itself.
-    let token_id = &consolegate::api::nova::token_hash(token)[..12];
+    let token_id = &consolegate::connections::tokens::token_id(token);
     let attach = rows
         .as_array()
         .unwrap()

@@ -102,7 +102,7 @@ async fn a_qemu_guest_through_consolegate() {
         "[[nova_token]]\ntoken_sha256 = \"{}\"\nproject = \"test\"\nrole = \"member\"\n\n\
          [[instance]]\nid = \"guest\"\ncompartment = \"test\"\nserial = \"telnet:127.0.0.1:{telnet_port}\"\n\
          vnc = \"unix:{}\"\nlog_file = \"{}\"\nreplay = \"all\"\n",
-        consolegate::api::nova::token_hash(NOVA_TOKEN),
+        consolegate::connections::tokens::token_hash(NOVA_TOKEN),
         vnc_socket.display(),
         log.display()
     ))

@@ -62,7 +62,7 @@ async fn reload_adds_and_removes_instances_and_users_while_sessions_go_on() {
 
     // vm2 goes, vm3 comes, vm1 stays; a Nova token is added; vm1 gets an
     // idle timeout, which applies to new sessions only.
-    let sha = consolegate::api::nova::token_hash(TOKEN);
+    let sha = consolegate::connections::tokens::token_hash(TOKEN);
     rewrite(
         &gw,
         &format!(

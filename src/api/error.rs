@@ -9,8 +9,7 @@ use serde::Serialize;
 use crate::connections::ConnectionError;
 use crate::store::StoreError;
 
-/// The response header that carries an error's runbook code (`docs/runbook.md`).
-pub const CODE_HEADER: &str = "x-consolegate-code";
+pub use crate::codes::CODE_HEADER;
 
 /// The runbook entry for an error answer with this status: the codes are
 /// the statuses, so an operator can look up any failed call.

@@ -2,7 +2,6 @@
 //!
 //! - [`oci`]: the OCI-compatible `instanceConsoleConnections` endpoints;
 //! - [`nova`]: the Nova-compatible console API (X-Auth-Token);
-//! - [`websocket`]: the serial and VNC WebSocket proxies behind Nova's console URLs;
 //! - [`auth`]: API users, request-signature verification, request ids;
 //! - [`signature`]: OCI HTTP request signatures (verify and sign);
 //! - [`error`]: OCI's error model.
@@ -17,7 +16,6 @@ pub mod error;
 pub mod nova;
 pub mod oci;
 pub mod signature;
-pub mod websocket;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,7 +32,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::config::ApiConfig;
-use crate::connections::ConsoleConnections;
+use crate::connections::{ConsoleConnections, ConsoleTokens};
 use crate::console::hub::ConsoleHubs;
 use crate::ops::metrics::Metrics;
 use auth::ApiUsers;
@@ -49,6 +47,7 @@ pub struct ApiState {
 #[derive(Debug)]
 struct ApiShared {
     connections: ConsoleConnections,
+    tokens: ConsoleTokens,
     /// Replaced whole by a reload.
     users: std::sync::RwLock<Arc<ApiUsers>>,
     config: ApiConfig,
@@ -77,6 +76,7 @@ impl ApiState {
             .to_owned();
         Ok(ApiState {
             shared: Arc::new(ApiShared {
+                tokens: connections.tokens(),
                 connections,
                 users: std::sync::RwLock::new(Arc::new(users)),
                 config,
@@ -87,7 +87,7 @@ impl ApiState {
         })
     }
 
-    /// The console hubs (for the WebSocket proxies).
+    /// The console hubs (a console URL is refused while the console is down).
     pub fn hubs(&self) -> &ConsoleHubs {
         &self.shared.hubs
     }
@@ -105,6 +105,11 @@ impl ApiState {
     /// The console-connection operations.
     pub fn connections(&self) -> &ConsoleConnections {
         &self.shared.connections
+    }
+
+    /// The console tokens the Nova API issues.
+    pub fn tokens(&self) -> &ConsoleTokens {
+        &self.shared.tokens
     }
 
     /// The `[api]` settings.
@@ -159,6 +164,12 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 
 /// The whole HTTP API.
 pub fn app(state: ApiState) -> Router {
+    app_with(state, Router::new())
+}
+
+/// The HTTP API with `more` routes served beside it (the web consoles),
+/// under the same limits, request ids and metrics.
+pub fn app_with(state: ApiState, more: Router) -> Router {
     let config = state.config().clone();
     let (api, doc) = routes().split_for_parts();
     let doc_json = doc.to_pretty_json().unwrap_or_default();
@@ -176,8 +187,6 @@ pub fn app(state: ApiState) -> Router {
         .route("/", axum::routing::get(nova::versions))
         .route("/v2.1", axum::routing::get(nova::version))
         .route("/v2.1/", axum::routing::get(nova::version))
-        .route("/serial", axum::routing::get(websocket::serial))
-        .route("/websockify", axum::routing::get(websocket::websockify))
         .nest_service("/novnc", static_dir(&novnc_dir, "novnc"))
         .nest_service(
             "/xterm",
@@ -206,8 +215,9 @@ pub fn app(state: ApiState) -> Router {
                 "This path does not support that method; see /openapi.json.",
             )
         })
-        .route_layer(axum::middleware::from_fn(note_route))
         .with_state(state.clone())
+        .merge(more)
+        .route_layer(axum::middleware::from_fn(note_route))
         .layer(
             ServiceBuilder::new()
                 .layer(axum::middleware::from_fn_with_state(state, count_request))

@@ -9,7 +9,7 @@
 //! project is the instance's compartment), an admin token all of them. A
 //! console URL carries a fresh console token (160 random bits, stored
 //! hashed, bound to one instance and one protocol, `[nova] token_ttl_secs`
-//! long) for the gateway's own WebSocket proxies ([`super::websocket`]).
+//! long) for the gateway's own web consoles (`/serial`, `/websockify`).
 //! Errors use Nova's body, `{"itemNotFound": {"message", "code"}}`.
 
 use std::collections::HashMap;
@@ -23,11 +23,10 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 use super::ApiState;
 use crate::config::{InstanceConfig, NovaRole, SerialTarget, VncTarget};
-use crate::store::ConsoleToken;
+use crate::connections::tokens::ConsoleProtocol;
 
 /// Lowest microversion served.
 pub const MIN_VERSION: (u32, u32) = (2, 1);
@@ -89,14 +88,6 @@ impl NovaCaller {
     }
 }
 
-/// SHA-256 of a token, lower-case hex.
-pub fn token_hash(token: &str) -> String {
-    Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// Checks `X-Auth-Token`.
 pub async fn authenticate(
     State(state): State<ApiState>,
@@ -116,7 +107,7 @@ pub async fn authenticate(
         )
         .into_response();
     };
-    let hash = token_hash(token);
+    let hash = crate::connections::tokens::token_hash(token);
     let config = state.connections().config();
     let found = config
         .nova_tokens
@@ -278,42 +269,33 @@ fn visible_instance(
 async fn console_url(
     state: &ApiState,
     instance: &InstanceConfig,
-    protocol: &str,
+    protocol: ConsoleProtocol,
 ) -> Result<String, NovaError> {
     let token = issue_token(state, instance, protocol).await?;
     Ok(url_for(state, protocol, &token))
 }
 
 /// The console URL for `token`.
-fn url_for(state: &ApiState, protocol: &str, token: &str) -> String {
+fn url_for(state: &ApiState, protocol: ConsoleProtocol, token: &str) -> String {
     let base = state.public_url();
     let ws = base.replacen("http", "ws", 1);
     match protocol {
-        "serial" => format!("{ws}/serial?token={token}"),
-        _ => format!("{base}/novnc/vnc_lite.html?path=websockify%3Ftoken%3D{token}"),
+        ConsoleProtocol::Serial => format!("{ws}/serial?token={token}"),
+        ConsoleProtocol::Vnc => {
+            format!("{base}/novnc/vnc_lite.html?path=websockify%3Ftoken%3D{token}")
+        }
     }
 }
 
-/// Stores a new console token for `instance` and `protocol`.
+/// Issues a new console token for `instance` and `protocol`.
 async fn issue_token(
     state: &ApiState,
     instance: &InstanceConfig,
-    protocol: &str,
+    protocol: ConsoleProtocol,
 ) -> Result<String, NovaError> {
-    let token = crate::ids::random_token(20);
-    let nova = &state.connections().config().nova;
-    let record = ConsoleToken {
-        instance_id: instance.id.clone(),
-        protocol: protocol.to_owned(),
-        single_use: nova.single_use_tokens,
-        expires_at_ms: (time::OffsetDateTime::now_utc().unix_timestamp()
-            + nova.token_ttl_secs as i64)
-            * 1000,
-    };
-    state
-        .connections()
-        .store()
-        .create_console_token(&token_hash(&token), &record)
+    let token = state
+        .tokens()
+        .issue(&instance.id, protocol)
         .await
         .map_err(|e| {
             tracing::error!(code = "CG-STORE-002", error = %e, "cannot store a console token");
@@ -328,9 +310,10 @@ async fn issue_token(
 }
 
 /// Pairs Nova knows; the ones consolegate serves are vnc/novnc and serial/serial.
-fn check_pair(protocol: &str, kind: &str) -> Result<(), NovaError> {
+fn check_pair(protocol: &str, kind: &str) -> Result<ConsoleProtocol, NovaError> {
     match (protocol, kind) {
-        ("vnc", "novnc") | ("serial", "serial") => Ok(()),
+        ("vnc", "novnc") => Ok(ConsoleProtocol::Vnc),
+        ("serial", "serial") => Ok(ConsoleProtocol::Serial),
         ("spice", "spice-html5") | ("rdp", "rdp-html5") | ("mks", "webmks") | ("vnc", "xvpvnc") => {
             Err(NovaError::new(
                 StatusCode::NOT_IMPLEMENTED,
@@ -352,17 +335,17 @@ fn check_pair(protocol: &str, kind: &str) -> Result<(), NovaError> {
 async fn open_console(
     state: &ApiState,
     instance: &InstanceConfig,
-    protocol: &str,
+    protocol: ConsoleProtocol,
 ) -> Result<String, NovaError> {
     match protocol {
-        "vnc" if instance.vnc.is_none() => {
+        ConsoleProtocol::Vnc if instance.vnc.is_none() => {
             return Err(NovaError::new(
                 StatusCode::NOT_IMPLEMENTED,
                 "notImplemented",
                 format!("Instance {} has no VNC console.", instance.id),
             ));
         }
-        "serial" => {
+        ConsoleProtocol::Serial => {
             if let Some(hub) = state.hubs().get(&instance.id)
                 && let Ok(status) = hub.status().await
                 && !status.connected
@@ -412,9 +395,9 @@ pub async fn remote_console(
             .get("type")
             .and_then(Value::as_str)
             .unwrap_or_default();
-        check_pair(protocol, kind)?;
+        let asked = check_pair(protocol, kind)?;
         let instance = visible_instance(&state, &caller, &params)?;
-        let url = open_console(&state, &instance, protocol).await?;
+        let url = open_console(&state, &instance, asked).await?;
         Ok((
             version,
             json!({"remote_console": {"protocol": protocol, "type": kind, "url": url}}),
@@ -449,7 +432,7 @@ pub async fn server_action(
             .to_owned();
         let protocol = match name.as_str() {
             "os-getVNCConsole" => match kind.as_str() {
-                "novnc" => "vnc",
+                "novnc" => ConsoleProtocol::Vnc,
                 "xvpvnc" => return Err(NovaError::bad_request("Unavailable console type xvpvnc.")),
                 _ => {
                     return Err(NovaError::bad_request(format!(
@@ -458,7 +441,7 @@ pub async fn server_action(
                 }
             },
             "os-getSerialConsole" => match kind.as_str() {
-                "serial" => "serial",
+                "serial" => ConsoleProtocol::Serial,
                 _ => {
                     return Err(NovaError::bad_request(format!(
                         "Invalid console type {kind}"
@@ -498,13 +481,7 @@ pub async fn token_lookup(
         .get("console_token")
         .map(String::as_str)
         .unwrap_or("");
-    let found = state
-        .connections()
-        .store()
-        .console_token(&token_hash(token))
-        .await
-        .ok()
-        .flatten();
+    let found = state.tokens().peek(token).await.ok().flatten();
     let instance = found.as_ref().and_then(|t| {
         state
             .connections()
@@ -517,13 +494,13 @@ pub async fn token_lookup(
         return NovaError::not_found("The console token is invalid or has expired.")
             .into_response();
     };
-    let (host, port, path) = match token.protocol.as_str() {
-        "vnc" => match &instance.vnc {
+    let (host, port, path) = match token.protocol {
+        ConsoleProtocol::Vnc => match &instance.vnc {
             Some(VncTarget::Tcp(h, p)) => (Some(h.clone()), Some(*p), None),
             Some(VncTarget::Unix(p)) => (None, None, Some(p.display().to_string())),
             None => (None, None, None),
         },
-        _ => match &instance.serial {
+        ConsoleProtocol::Serial => match &instance.serial {
             SerialTarget::Tcp(h, p) | SerialTarget::Telnet(h, p) => {
                 (Some(h.clone()), Some(*p), None)
             }
@@ -601,7 +578,11 @@ pub async fn show_console(
     let result: Result<Value, NovaError> = async {
         let instance = visible_instance(&state, &caller, &params)?;
         let (id, kind) = console_by_id(&instance, &params)?;
-        let protocol = if kind == "novnc" { "vnc" } else { "serial" };
+        let protocol = if kind == "novnc" {
+            ConsoleProtocol::Vnc
+        } else {
+            ConsoleProtocol::Serial
+        };
         let password = issue_token(&state, &instance, protocol).await?;
         let listen = state.connections().config().api.listen;
         Ok(json!({"console": {
@@ -629,12 +610,12 @@ pub async fn delete_console(
     let result: Result<(), NovaError> = async {
         let instance = visible_instance(&state, &caller, &params)?;
         let (_, kind) = console_by_id(&instance, &params)?;
-        let protocol = if kind == "novnc" { "vnc" } else { "serial" };
-        let _ = state
-            .connections()
-            .store()
-            .revoke_console_tokens(&instance.id, protocol)
-            .await;
+        let protocol = if kind == "novnc" {
+            ConsoleProtocol::Vnc
+        } else {
+            ConsoleProtocol::Serial
+        };
+        let _ = state.tokens().revoke(&instance.id, protocol).await;
         Ok(())
     }
     .await;
@@ -690,8 +671,11 @@ mod tests {
 
     #[test]
     fn protocol_type_pairs() {
-        assert!(check_pair("vnc", "novnc").is_ok());
-        assert!(check_pair("serial", "serial").is_ok());
+        assert_eq!(check_pair("vnc", "novnc").unwrap(), ConsoleProtocol::Vnc);
+        assert_eq!(
+            check_pair("serial", "serial").unwrap(),
+            ConsoleProtocol::Serial
+        );
         assert_eq!(
             check_pair("vnc", "serial").unwrap_err().status,
             StatusCode::BAD_REQUEST

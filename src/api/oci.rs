@@ -21,11 +21,11 @@ use sha2::{Digest, Sha256};
 use super::ApiState;
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
-use crate::connection::{
-    ConnectionRecord, ConnectionView, DefinedTags, FreeformTags, LifecycleState,
+use crate::connections::{ConnectionView, NewConnection};
+use crate::store::{
+    ConnectionFilter, ConnectionRecord, DefinedTags, FreeformTags, LifecycleState, PageKey,
+    RetryKey, StoreError,
 };
-use crate::connections::NewConnection;
-use crate::store::{ConnectionFilter, PageKey, RetryKey, StoreError};
 
 /// The details of a create.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -114,8 +114,7 @@ pub async fn create_connection(
     if let Some(retry) = &retry
         && let Some((hash, id)) = state
             .connections()
-            .store()
-            .find_retry_token(&retry.caller, &retry.token)
+            .find_retry(&retry.caller, &retry.token)
             .await
             .map_err(|e| ApiError::internal(&e))?
     {

@@ -17,9 +17,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::console::history::Replay;
-
+mod replay;
 mod targets;
+pub use replay::Replay;
 use targets::is_valid_host;
 pub use targets::{SerialTarget, VncTarget};
 
@@ -252,7 +252,9 @@ pub struct SshConfig {
     pub public_host: String,
     /// Port written into connection strings; defaults to the listen port.
     pub public_port: Option<u16>,
-    /// Most simultaneous SSH connections; further clients wait in the kernel backlog.
+    /// Most simultaneous sessions: SSH connections and web console sockets
+    /// together. Further SSH clients wait in the kernel backlog; further
+    /// web sockets are refused with 503 (CG-WEB-006).
     pub max_connections: usize,
     /// Seconds a client has to finish key exchange and authentication.
     pub handshake_timeout_secs: u64,
@@ -501,6 +503,202 @@ struct RawConfig {
     instance: Vec<InstanceConfig>,
 }
 
+/// Each `[[instance]]`: a valid, unique id and settings in range.
+fn check_instances(instances: &[InstanceConfig]) -> Result<(), String> {
+    let mut seen = HashSet::new();
+    for instance in instances {
+        validate_instance_id(&instance.id).map_err(|m| format!("[[instance]] id: {m}"))?;
+        if !seen.insert(instance.id.as_str()) {
+            return Err(format!(
+                "[[instance]] id `{}` appears twice; instance ids must be unique",
+                instance.id
+            ));
+        }
+        if instance.history_bytes == 0 || instance.history_bytes > 256 * 1024 * 1024 {
+            return Err(format!(
+                "[[instance]] `{}`: history_bytes must be from 1 to 268435456",
+                instance.id
+            ));
+        }
+        if instance.record != RecordMode::Off && instance.record_dir.is_none() {
+            return Err(format!(
+                "[[instance]] `{}`: record = \"{}\" needs record_dir",
+                instance.id,
+                if instance.record == RecordMode::Output {
+                    "output"
+                } else {
+                    "output+input"
+                }
+            ));
+        }
+        if instance.log_max_bytes < 1024 {
+            return Err(format!(
+                "[[instance]] `{}`: log_max_bytes must be at least 1024",
+                instance.id
+            ));
+        }
+        if instance.compartment.is_empty() || instance.compartment.len() > 255 {
+            return Err(format!(
+                "[[instance]] `{}`: compartment must be 1 to 255 characters",
+                instance.id
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `[ssh]`: a public host and port clients can use, limits of at least 1.
+fn check_ssh(ssh: &SshConfig) -> Result<(), String> {
+    if !is_valid_host(&ssh.public_host) {
+        return Err(format!(
+            "[ssh] public_host `{}` is not a host name or IP address",
+            ssh.public_host
+        ));
+    }
+    if ssh.public_port == Some(0) {
+        return Err("[ssh] public_port must be between 1 and 65535".into());
+    }
+    if ssh.max_connections == 0 {
+        return Err("[ssh] max_connections must be at least 1".into());
+    }
+    if ssh.handshake_timeout_secs == 0 || ssh.revalidate_interval_secs == 0 {
+        return Err(
+            "[ssh] handshake_timeout_secs and revalidate_interval_secs must be at least 1".into(),
+        );
+    }
+    Ok(())
+}
+
+/// `[api]`: limits of at least 1.
+fn check_api(api: &ApiConfig) -> Result<(), String> {
+    if api.max_body_bytes == 0
+        || api.request_timeout_secs == 0
+        || api.max_concurrent_requests == 0
+        || api.default_page_size == 0
+        || api.max_page_size < api.default_page_size
+    {
+        return Err(
+            "[api] max_body_bytes, request_timeout_secs, max_concurrent_requests and \
+             default_page_size must be at least 1, and max_page_size at least default_page_size"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// `[[api_user]]`: each with one key (a key file is read here, relative to
+/// `base`) and at least one compartment.
+fn load_api_users(
+    mut api_users: Vec<ApiUserConfig>,
+    base: &Path,
+) -> Result<Vec<ApiUserConfig>, String> {
+    for user in &mut api_users {
+        let who = format!("[[api_user]] {}", user.user);
+        if user.tenancy.is_empty() || user.user.is_empty() {
+            return Err("[[api_user]] tenancy and user must not be empty".into());
+        }
+        match (&user.public_key, &user.public_key_file) {
+            (Some(_), None) => {}
+            (None, Some(file)) => {
+                let path = if file.is_absolute() {
+                    file.clone()
+                } else {
+                    base.join(file)
+                };
+                let pem = std::fs::read_to_string(&path).map_err(|e| {
+                    format!("{who}: cannot read public_key_file {}: {e}", path.display())
+                })?;
+                user.public_key = Some(pem);
+            }
+            _ => {
+                return Err(format!(
+                    "{who}: give exactly one of public_key_file or public_key"
+                ));
+            }
+        }
+        if user.compartments.is_empty() {
+            return Err(format!(
+                "{who}: compartments is empty; list the compartments this user may use, or \"*\""
+            ));
+        }
+    }
+    Ok(api_users)
+}
+
+/// `[nova]` and `[[nova_token]]`: token hashes that can match, a token
+/// lifetime, the web consoles' directories relative to `base`.
+fn load_nova(
+    mut nova: NovaConfig,
+    tokens: &[NovaTokenConfig],
+    base: &Path,
+) -> Result<NovaConfig, String> {
+    for token in tokens {
+        if token.token_sha256.len() != 64
+            || !token.token_sha256.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Err(format!(
+                "[[nova_token]] of project `{}`: token_sha256 must be 64 hex digits \
+                 (printf %s TOKEN | sha256sum)",
+                token.project
+            ));
+        }
+    }
+    if nova.token_ttl_secs == 0 {
+        return Err("[nova] token_ttl_secs must be at least 1".into());
+    }
+    for dir in [&mut nova.novnc_dir, &mut nova.xterm_dir] {
+        if dir.is_relative() {
+            *dir = base.join(&*dir);
+        }
+    }
+    Ok(nova)
+}
+
+/// Fills each instance's session timeouts from `[session]` and checks the
+/// warning comes before them; resolves its paths against `base`.
+fn finish_instances(
+    mut instances: Vec<InstanceConfig>,
+    defaults: &SessionConfig,
+    base: &Path,
+) -> Result<Vec<InstanceConfig>, String> {
+    for instance in &mut instances {
+        instance
+            .idle_timeout_secs
+            .get_or_insert(defaults.idle_timeout_secs);
+        instance
+            .max_session_secs
+            .get_or_insert(defaults.max_session_secs);
+        instance
+            .timeout_warning_secs
+            .get_or_insert(defaults.timeout_warning_secs);
+        let t = instance.session_timeouts();
+        for (name, limit) in [
+            ("idle_timeout_secs", t.idle),
+            ("max_session_secs", t.max_session),
+        ] {
+            if let Some(limit) = limit
+                && t.warning >= limit
+            {
+                return Err(format!(
+                    "[[instance]] `{}`: timeout_warning_secs ({}) must be shorter than {name} ({})",
+                    instance.id,
+                    t.warning.as_secs(),
+                    limit.as_secs()
+                ));
+            }
+        }
+        for path in [&mut instance.log_file, &mut instance.record_dir]
+            .into_iter()
+            .flatten()
+        {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        }
+    }
+    Ok(instances)
+}
+
 fn default_audit_retention_days() -> u64 {
     90
 }
@@ -550,173 +748,12 @@ impl Config {
             path: origin.to_owned(),
             message,
         };
-        let mut seen = HashSet::new();
-        for instance in &raw.instance {
-            validate_instance_id(&instance.id)
-                .map_err(|m| invalid(format!("[[instance]] id: {m}")))?;
-            if !seen.insert(instance.id.as_str()) {
-                return Err(invalid(format!(
-                    "[[instance]] id `{}` appears twice; instance ids must be unique",
-                    instance.id
-                )));
-            }
-            if instance.history_bytes == 0 || instance.history_bytes > 256 * 1024 * 1024 {
-                return Err(invalid(format!(
-                    "[[instance]] `{}`: history_bytes must be from 1 to 268435456",
-                    instance.id
-                )));
-            }
-            if instance.record != RecordMode::Off && instance.record_dir.is_none() {
-                return Err(invalid(format!(
-                    "[[instance]] `{}`: record = \"{}\" needs record_dir",
-                    instance.id,
-                    if instance.record == RecordMode::Output {
-                        "output"
-                    } else {
-                        "output+input"
-                    }
-                )));
-            }
-            if instance.log_max_bytes < 1024 {
-                return Err(invalid(format!(
-                    "[[instance]] `{}`: log_max_bytes must be at least 1024",
-                    instance.id
-                )));
-            }
-            if instance.compartment.is_empty() || instance.compartment.len() > 255 {
-                return Err(invalid(format!(
-                    "[[instance]] `{}`: compartment must be 1 to 255 characters",
-                    instance.id
-                )));
-            }
-        }
-        let ssh = &raw.ssh;
-        if !is_valid_host(&ssh.public_host) {
-            return Err(invalid(format!(
-                "[ssh] public_host `{}` is not a host name or IP address",
-                ssh.public_host
-            )));
-        }
-        if ssh.public_port == Some(0) {
-            return Err(invalid(
-                "[ssh] public_port must be between 1 and 65535".into(),
-            ));
-        }
-        if ssh.max_connections == 0 {
-            return Err(invalid("[ssh] max_connections must be at least 1".into()));
-        }
-        if ssh.handshake_timeout_secs == 0 || ssh.revalidate_interval_secs == 0 {
-            return Err(invalid(
-                "[ssh] handshake_timeout_secs and revalidate_interval_secs must be at least 1"
-                    .into(),
-            ));
-        }
-        let api = &raw.api;
-        if api.max_body_bytes == 0
-            || api.request_timeout_secs == 0
-            || api.max_concurrent_requests == 0
-            || api.default_page_size == 0
-            || api.max_page_size < api.default_page_size
-        {
-            return Err(invalid(
-                "[api] max_body_bytes, request_timeout_secs, max_concurrent_requests and \
-                 default_page_size must be at least 1, and max_page_size at least default_page_size"
-                    .into(),
-            ));
-        }
-        let mut api_users = raw.api_user;
-        for user in &mut api_users {
-            let who = format!("[[api_user]] {}", user.user);
-            if user.tenancy.is_empty() || user.user.is_empty() {
-                return Err(invalid(
-                    "[[api_user]] tenancy and user must not be empty".into(),
-                ));
-            }
-            match (&user.public_key, &user.public_key_file) {
-                (Some(_), None) => {}
-                (None, Some(file)) => {
-                    let path = if file.is_absolute() {
-                        file.clone()
-                    } else {
-                        base.join(file)
-                    };
-                    let pem = std::fs::read_to_string(&path).map_err(|e| {
-                        invalid(format!(
-                            "{who}: cannot read public_key_file {}: {e}",
-                            path.display()
-                        ))
-                    })?;
-                    user.public_key = Some(pem);
-                }
-                _ => {
-                    return Err(invalid(format!(
-                        "{who}: give exactly one of public_key_file or public_key"
-                    )));
-                }
-            }
-            if user.compartments.is_empty() {
-                return Err(invalid(format!(
-                    "{who}: compartments is empty; list the compartments this user may use, or \"*\""
-                )));
-            }
-        }
-        for token in &raw.nova_token {
-            if token.token_sha256.len() != 64
-                || !token.token_sha256.bytes().all(|b| b.is_ascii_hexdigit())
-            {
-                return Err(invalid(format!(
-                    "[[nova_token]] of project `{}`: token_sha256 must be 64 hex digits \
-                     (printf %s TOKEN | sha256sum)",
-                    token.project
-                )));
-            }
-        }
-        if raw.nova.token_ttl_secs == 0 {
-            return Err(invalid("[nova] token_ttl_secs must be at least 1".into()));
-        }
-        let mut nova = raw.nova;
-        for dir in [&mut nova.novnc_dir, &mut nova.xterm_dir] {
-            if dir.is_relative() {
-                *dir = base.join(&*dir);
-            }
-        }
-        let mut instances = raw.instance;
-        for instance in &mut instances {
-            let defaults = &raw.session;
-            instance
-                .idle_timeout_secs
-                .get_or_insert(defaults.idle_timeout_secs);
-            instance
-                .max_session_secs
-                .get_or_insert(defaults.max_session_secs);
-            instance
-                .timeout_warning_secs
-                .get_or_insert(defaults.timeout_warning_secs);
-            let t = instance.session_timeouts();
-            for (name, limit) in [
-                ("idle_timeout_secs", t.idle),
-                ("max_session_secs", t.max_session),
-            ] {
-                if let Some(limit) = limit
-                    && t.warning >= limit
-                {
-                    return Err(invalid(format!(
-                        "[[instance]] `{}`: timeout_warning_secs ({}) must be shorter than {name} ({})",
-                        instance.id,
-                        t.warning.as_secs(),
-                        limit.as_secs()
-                    )));
-                }
-            }
-            for path in [&mut instance.log_file, &mut instance.record_dir]
-                .into_iter()
-                .flatten()
-            {
-                if path.is_relative() {
-                    *path = base.join(&*path);
-                }
-            }
-        }
+        check_instances(&raw.instance).map_err(invalid)?;
+        check_ssh(&raw.ssh).map_err(invalid)?;
+        check_api(&raw.api).map_err(invalid)?;
+        let api_users = load_api_users(raw.api_user, base).map_err(invalid)?;
+        let nova = load_nova(raw.nova, &raw.nova_token, base).map_err(invalid)?;
+        let instances = finish_instances(raw.instance, &raw.session, base).map_err(invalid)?;
         let data_dir = if raw.data_dir.is_absolute() {
             raw.data_dir
         } else {

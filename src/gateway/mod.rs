@@ -1,8 +1,10 @@
 //! `consolegate serve`: opens the store, loads or creates host keys, starts a
-//! console hub per instance, the SSH listener, the HTTP API and the
-//! connection lifecycle task, and stops them all in order on shutdown.
+//! console hub per instance, the SSH listener, the HTTP API with the web
+//! consoles, and the connection lifecycle task, and stops them all in order
+//! on shutdown: listeners first, then every session (each says why and
+//! writes its Detach row and recording), then the background tasks, the
+//! consoles, and last the store.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -17,7 +19,9 @@ use crate::console::hub::ConsoleHubs;
 use crate::keys::{HostKeyError, HostKeys};
 use crate::ops::metrics::Metrics;
 use crate::ops::{Health, OpsState};
-use crate::ssh::SshContext;
+use crate::sessions::Sessions;
+use crate::sessions::ssh::SshContext;
+use crate::sessions::web::WebState;
 use crate::store::{Store, StoreError};
 
 mod reload;
@@ -50,6 +54,10 @@ pub enum GatewayError {
     #[error(transparent)]
     Admin(#[from] crate::ops::admin::AdminError),
 }
+
+/// How long sessions get to end at shutdown (say why, write their Detach
+/// rows and recordings) before the store closes under them.
+const SESSIONS_GRACE: std::time::Duration = std::time::Duration::from_secs(8);
 
 /// The gateway's bound sockets.
 #[derive(Debug)]
@@ -143,16 +151,15 @@ pub async fn run_with(
     let (store, host_keys) = open_state(&config).await?;
     let admin_listener = crate::ops::admin::bind(&config.data_dir).await?;
     tracing::info!(fingerprint = %host_keys.fingerprint(), "gateway host key");
-    let mut instance_keys = HashMap::new();
-    for instance in &config.instances {
-        let key = store.instance_host_key(&instance.id).await?;
-        instance_keys.insert(instance.id.clone(), key);
-    }
     let hubs = ConsoleHubs::start(&config.instances);
     let config = Arc::new(config);
     let shared = SharedConfig::new(config.clone());
     let connections = ConsoleConnections::new(store.clone(), shared.clone(), &host_keys);
+    let instance_keys = connections.instance_keys().clone();
+    let inner_keys = instance_keys.get_all(&config.instances).await?;
+    let tokens = connections.tokens();
     let metrics = Arc::new(Metrics::new());
+    let sessions = Sessions::new(config.ssh.max_connections);
     let health = Arc::new(Health::default());
     // Bound already: connections wait in its backlog until the accept loop runs.
     health.set_ssh_listening(true);
@@ -167,7 +174,14 @@ pub async fn run_with(
         store: store.clone(),
         health: health.clone(),
     });
-    let mut app = crate::api::app(api.clone());
+    let web = WebState::new(
+        tokens,
+        hubs.clone(),
+        metrics.clone(),
+        sessions.clone(),
+        store.clone(),
+    );
+    let mut app = crate::api::app_with(api.clone(), crate::sessions::web::routes(web));
     let mut http_tasks = JoinSet::new();
     match listeners.metrics {
         Some(listener) => {
@@ -187,8 +201,9 @@ pub async fn run_with(
         store.clone(),
         hubs.clone(),
         metrics,
+        sessions.clone(),
         &host_keys,
-        instance_keys,
+        inner_keys,
     ));
     let reloader = Reloader {
         config: shared,
@@ -196,7 +211,7 @@ pub async fn run_with(
         hubs: hubs.clone(),
         ssh: ctx.clone(),
         api,
-        store: store.clone(),
+        instance_keys,
         health: health.clone(),
         set_log_level: options.set_log_level.clone(),
     };
@@ -206,7 +221,7 @@ pub async fn run_with(
         tasks.spawn(sighup(reload_tx.clone(), background.clone()));
     }
     let info = crate::ops::admin::GatewayInfo {
-        started: crate::connection::format_time(time::OffsetDateTime::now_utc()),
+        started: crate::timefmt::format_time(time::OffsetDateTime::now_utc()),
         ssh_listen: ssh_addr,
         api_listen: api_addr,
         metrics_listen: metrics_addr,
@@ -228,8 +243,11 @@ pub async fn run_with(
         stopping.cancelled().await;
         crate::ops::systemd::tell("STOPPING=1");
     });
-    crate::ssh::serve(listeners.ssh, ctx, shutdown).await;
+    crate::sessions::ssh::serve(listeners.ssh, ctx, shutdown).await;
     health.set_ssh_listening(false);
+    // No new sessions; end the running ones while the store still takes
+    // their last audit rows.
+    sessions.end_all(SESSIONS_GRACE).await;
     while http_tasks.join_next().await.is_some() {}
     // Sessions are gone; now the background tasks and the consoles.
     background.cancel();

@@ -10,16 +10,15 @@
 //! restart can change (listeners, the data directory, limits) keep their
 //! running values and are named in the log (CG-OPS-008).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::api::ApiState;
 use crate::api::auth::ApiUsers;
 use crate::config::{Config, InstanceConfig, SharedConfig};
+use crate::connections::InstanceKeys;
 use crate::console::hub::ConsoleHubs;
 use crate::ops::{Health, ReloadOutcome};
-use crate::ssh::SshContext;
-use crate::store::Store;
+use crate::sessions::ssh::SshContext;
 
 /// Sets the log filter (a `tracing` filter such as `info`); the binary
 /// provides it, since it owns the subscriber.
@@ -33,7 +32,7 @@ pub(super) struct Reloader {
     pub hubs: ConsoleHubs,
     pub ssh: Arc<SshContext>,
     pub api: ApiState,
-    pub store: Store,
+    pub instance_keys: InstanceKeys,
     pub health: Arc<Health>,
     pub set_log_level: Option<SetLogLevel>,
 }
@@ -54,7 +53,7 @@ impl Reloader {
             }
         };
         let outcome = ReloadOutcome {
-            at: crate::connection::format_time(time::OffsetDateTime::now_utc()),
+            at: crate::timefmt::format_time(time::OffsetDateTime::now_utc()),
             ..outcome
         };
         self.health.set_last_reload(outcome.clone());
@@ -77,15 +76,11 @@ impl Reloader {
             new.ssh.public_port.get_or_insert(port);
         }
         let users = ApiUsers::from_config(&new.api_users).map_err(|e| rejected(&e))?;
-        let mut keys = HashMap::new();
-        for instance in &new.instances {
-            let key = self
-                .store
-                .instance_host_key(&instance.id)
-                .await
-                .map_err(|e| rejected(&e))?;
-            keys.insert(instance.id.clone(), key);
-        }
+        let keys = self
+            .instance_keys
+            .get_all(&new.instances)
+            .await
+            .map_err(|e| rejected(&e))?;
         let needs_restart = keep_restart_only_settings(&old, &mut new);
         if new.log.level != old.log.level
             && let Some(set) = &self.set_log_level

@@ -17,9 +17,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::admin::{self, GatewayStatus};
 use crate::config::{Config, InstanceConfig, SerialTarget, VncTarget};
-use crate::connection::LifecycleState;
 use crate::console::backend::{BackendConnection, connect_vnc};
 use crate::keys::ClientKey;
+use crate::store::LifecycleState;
 use crate::store::Store;
 
 /// How long a probe of a port, backend or VNC target may take.
@@ -656,7 +656,7 @@ async fn check_connection(
                 "ACTIVE, for instance {}, key {}, created {}",
                 record.instance_id,
                 record.fingerprint,
-                crate::connection::format_time(record.time_created)
+                crate::timefmt::format_time(record.time_created)
             ),
         );
     }

@@ -6,6 +6,29 @@ use super::{Store, StoreError, now_ms};
 use crate::audit::{AuditEvent, AuditKind};
 
 impl Store {
+    /// Writes an audit event to the log (target `consolegate::audit`) and
+    /// the store. A store failure is logged, never returned: the audited
+    /// action goes on.
+    pub async fn record_audit(&self, event: AuditEvent) {
+        tracing::info!(
+            target: "consolegate::audit",
+            event = event.event.as_str(),
+            connection = event.connection_id.as_deref(),
+            instance = event.instance_id.as_deref(),
+            fingerprint = event.fingerprint.as_deref(),
+            peer = event.peer.as_deref(),
+            read_only = event.read_only,
+            bytes_in = event.bytes_in,
+            bytes_out = event.bytes_out,
+            duration_ms = event.duration_ms,
+            detail = event.detail.as_deref(),
+            "audit"
+        );
+        if let Err(e) = self.insert_audit(&event).await {
+            tracing::error!(code = "CG-STORE-002", error = %e, "could not store an audit event");
+        }
+    }
+
     /// Appends an audit event.
     pub async fn insert_audit(&self, e: &AuditEvent) -> Result<(), StoreError> {
         sqlx::query(
@@ -66,7 +89,7 @@ impl Store {
                     })?;
                 Ok(AuditEvent {
                     id: r.try_get("id")?,
-                    time: crate::connection::format_time(time),
+                    time: crate::timefmt::format_time(time),
                     event: kind,
                     connection_id: r.try_get("connection_id")?,
                     instance_id: r.try_get("instance_id")?,

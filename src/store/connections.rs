@@ -4,7 +4,7 @@
 use sqlx::Row;
 
 use super::{ConnectionFilter, Store, StoreError, from_ms, now_ms, to_json, to_ms};
-use crate::connection::{ConnectionRecord, DefinedTags, FreeformTags, LifecycleState};
+use super::{ConnectionRecord, DefinedTags, FreeformTags, LifecycleState};
 
 macro_rules! columns {
     () => {

@@ -20,13 +20,13 @@ use sqlx::Row;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use time::OffsetDateTime;
 
-use crate::connection::LifecycleState;
-
 mod audit;
 mod connections;
+mod record;
 mod tokens;
 pub use connections::{PageKey, RetryKey};
-pub use tokens::ConsoleToken;
+pub use record::{ConnectionRecord, DefinedTags, FreeformTags, LifecycleState};
+pub use tokens::{ConsoleProtocol, ConsoleToken};
 
 /// Store failures.
 #[derive(Debug, thiserror::Error)]
@@ -319,8 +319,8 @@ fn restrict_permissions(path: &Path) {
 
 #[cfg(test)]
 mod tests {
+    use super::ConnectionRecord;
     use super::*;
-    use crate::connection::ConnectionRecord;
 
     fn record(id: &str, instance: &str, fingerprint: &str) -> ConnectionRecord {
         ConnectionRecord {
@@ -539,5 +539,5 @@ mod tests {
         );
     }
 
-    type FreeformTagsForTest = crate::connection::FreeformTags;
+    type FreeformTagsForTest = crate::store::FreeformTags;
 }

@@ -5,13 +5,47 @@ use sqlx::Row;
 
 use super::{Store, StoreError, now_ms};
 
+/// Which console a token opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ConsoleProtocol {
+    /// The serial console (`/serial`).
+    Serial,
+    /// The VNC display (`/websockify`).
+    Vnc,
+}
+
+impl ConsoleProtocol {
+    /// The stored (and Nova) spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConsoleProtocol::Serial => "serial",
+            ConsoleProtocol::Vnc => "vnc",
+        }
+    }
+
+    /// The protocol spelled `s`, if it is one consolegate serves.
+    pub fn parse(s: &str) -> Option<ConsoleProtocol> {
+        match s {
+            "serial" => Some(ConsoleProtocol::Serial),
+            "vnc" => Some(ConsoleProtocol::Vnc),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ConsoleProtocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A console token as stored (its hash is the key).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsoleToken {
     /// The instance it opens.
     pub instance_id: String,
-    /// `serial` or `vnc`.
-    pub protocol: String,
+    /// The console it opens.
+    pub protocol: ConsoleProtocol,
     /// Whether it opens only one connection.
     pub single_use: bool,
     /// Expiry, Unix milliseconds.
@@ -31,7 +65,7 @@ impl Store {
         )
         .bind(token_sha256)
         .bind(&token.instance_id)
-        .bind(&token.protocol)
+        .bind(token.protocol.as_str())
         .bind(token.single_use)
         .bind(token.expires_at_ms)
         .bind(now_ms())
@@ -78,12 +112,12 @@ impl Store {
     pub async fn revoke_console_tokens(
         &self,
         instance_id: &str,
-        protocol: &str,
+        protocol: ConsoleProtocol,
     ) -> Result<u64, StoreError> {
         Ok(
             sqlx::query("DELETE FROM console_tokens WHERE instance_id = $1 AND protocol = $2")
                 .bind(instance_id)
-                .bind(protocol)
+                .bind(protocol.as_str())
                 .execute(self.pool())
                 .await?
                 .rows_affected(),
@@ -103,9 +137,13 @@ impl Store {
 }
 
 fn decode(r: &sqlx::sqlite::SqliteRow) -> Result<ConsoleToken, StoreError> {
+    let protocol: String = r.try_get("protocol")?;
     Ok(ConsoleToken {
         instance_id: r.try_get("instance_id")?,
-        protocol: r.try_get("protocol")?,
+        protocol: ConsoleProtocol::parse(&protocol).ok_or_else(|| StoreError::Corrupt {
+            table: "console_tokens",
+            message: format!("unknown protocol `{protocol}`"),
+        })?,
         single_use: r.try_get("single_use")?,
         expires_at_ms: r.try_get("expires_at")?,
     })

@@ -40,6 +40,11 @@ impl Gateway {
 
     /// Starts a gateway in `dir` (reusing its data) on `port` (0: any free port).
     pub async fn start_in(dir: TempDir, port: u16, instances: &str) -> Gateway {
+        Gateway::start_with(dir, port, "", instances).await
+    }
+
+    /// [`Gateway::start_in`], with more `[ssh]` settings (TOML lines).
+    pub async fn start_with(dir: TempDir, port: u16, ssh: &str, instances: &str) -> Gateway {
         let listener = bind_retrying(port).await;
         let port = listener.local_addr().unwrap().port();
         let api = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -48,7 +53,7 @@ impl Gateway {
         let text = format!(
             "data_dir = \"data\"\n\
              [ssh]\nlisten = \"127.0.0.1:{port}\"\npublic_host = \"127.0.0.1\"\npublic_port = {port}\n\
-             revalidate_interval_secs = 1\nhandshake_timeout_secs = 10\n\
+             revalidate_interval_secs = 1\nhandshake_timeout_secs = 10\n{ssh}\
              [api]\nlisten = \"127.0.0.1:{api_port}\"\n\
              [nova]\nxterm_dir = \"{}/web/node_modules/@xterm/xterm\"\n\
              [log]\nlevel = \"consolegate=debug,russh=warn\"\n\n{instances}",
@@ -71,6 +76,16 @@ impl Gateway {
                 .await
                 .expect("gateway failed");
         });
+        // Started once its admin socket exists: its store and host keys are
+        // loaded by then (a test may replace the key files next).
+        let admin = dir.path().join("data/admin.sock");
+        tokio::time::timeout(GUARD, async {
+            while !admin.exists() && !task.is_finished() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the gateway did not start");
         Gateway {
             dir,
             config_path,
@@ -474,20 +489,42 @@ pub fn pseudo_random_bytes(len: usize, seed: u32) -> Vec<u8> {
 }
 
 impl Gateway {
+    /// Issues a console token for `instance`'s `protocol` console, as the
+    /// Nova API does (the same service, on the gateway's store).
+    pub async fn console_token(
+        &self,
+        instance: &str,
+        protocol: consolegate::connections::tokens::ConsoleProtocol,
+    ) -> String {
+        let config = Config::load(&self.config_path).unwrap();
+        let (store, _) = consolegate::gateway::open_state(&config).await.unwrap();
+        let shared = consolegate::config::SharedConfig::new(std::sync::Arc::new(config));
+        let tokens = consolegate::connections::ConsoleTokens::new(store.clone(), shared);
+        let token = tokens.issue(instance, protocol).await.unwrap();
+        store.close().await;
+        token
+    }
+
     /// The audit trail of one connection, as `consolegate audit` prints it.
     pub async fn audit(&self, connection: &str) -> Vec<Value> {
-        let out = self.cli(&["audit", "--connection", connection]).await;
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<Value>(&out.stdout)
-            .unwrap()
-            .as_array()
-            .unwrap()
-            .clone()
+        audit_rows(&self.config_path, &["--connection", connection]).await
     }
+}
+
+/// `consolegate audit <filter>` with `config` (a running gateway's or a
+/// stopped one's): the rows.
+pub async fn audit_rows(config: &Path, filter: &[&str]) -> Vec<Value> {
+    let out = run_cli(config, &[&["audit"], filter].concat()).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice::<Value>(&out.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
 }
 
 /// `GET path` on a local port with extra header lines (`Name: value\r\n`

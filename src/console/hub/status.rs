@@ -2,7 +2,7 @@
 //! `/metrics`: the backend's state and counters, and each attached session.
 
 use super::{Hub, Principal, SessionId};
-use crate::connection::format_time;
+use crate::timefmt::format_time;
 
 /// What a hub is doing, for `consolegate status` and `/metrics`.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]

@@ -1,4 +1,4 @@
-//! The SSH data plane.
+//! The SSH front end of the data plane.
 //!
 //! - this file: the accept loop, per-connection supervision (handshake
 //!   deadline, periodic re-validation of the connection record, shutdown) and
@@ -6,14 +6,19 @@
 //! - [`outer`]: the gateway's own SSH server (user = connection id);
 //! - [`inner`]: the nested per-instance SSH server reached through
 //!   `direct-tcpip` to `<instance-id>:22`;
-//! - [`channels`]: what both hops share: authorising a key against a record
-//!   and routing session and `direct-tcpip` channels;
-//! - [`console_session`]: a session channel attached to a console hub;
-//! - [`tunnel`]: `direct-tcpip` to the instance's VNC target.
+//! - [`auth`]: checking a key against a connection record;
+//! - [`channels`]: what both hops share: routing session and `direct-tcpip`
+//!   channels, and the channel tasks of a connection;
+//! - [`console_session`]: a session channel, run through the attach core;
+//! - [`tunnel`]: `direct-tcpip` to the instance's VNC target, run through
+//!   the VNC copy.
 //!
-//! The gateway is never an open proxy: the only places a channel can lead are
-//! the record's instance console and its configured VNC target.
+//! Every connection and channel is a session of the gateway's
+//! [`Sessions`](crate::sessions::Sessions). The gateway is never an open
+//! proxy: the only places a channel can lead are the record's instance
+//! console and its configured VNC target.
 
+mod auth;
 mod channels;
 mod console_session;
 mod inner;
@@ -30,16 +35,18 @@ use russh::keys::{Algorithm, HashAlg, PrivateKey};
 use russh::server::Config as RusshConfig;
 use russh::{MethodKind, MethodSet, Preferred, SshId};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, oneshot};
-use tokio::task::JoinSet;
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, InstanceConfig};
-use crate::connection::LifecycleState;
 use crate::console::hub::ConsoleHubs;
 use crate::keys::HostKeys;
 use crate::ops::metrics::Metrics;
+use crate::sessions::Sessions;
+use crate::sessions::attach::AttachContext;
+use crate::store::LifecycleState;
 use crate::store::Store;
+use channels::ChannelTasks;
 
 /// How long a closing connection gets to say goodbye at shutdown.
 const GOODBYE_TIME: Duration = Duration::from_secs(3);
@@ -50,6 +57,8 @@ pub struct SshContext {
     metrics: Arc<Metrics>,
     config: Arc<Config>,
     hubs: ConsoleHubs,
+    sessions: Sessions,
+    attach: AttachContext,
     outer: Arc<RusshConfig>,
     /// The configured instances; a reload replaces the table whole.
     instances: std::sync::RwLock<Arc<InstanceTable>>,
@@ -64,11 +73,11 @@ struct InstanceTable {
 }
 
 impl InstanceTable {
-    fn new(instances: &[InstanceConfig], keys: HashMap<String, PrivateKey>) -> InstanceTable {
+    fn new(instances: &[InstanceConfig], keys: InstanceHostKeys) -> InstanceTable {
         InstanceTable {
             inner: keys
                 .into_iter()
-                .map(|(id, key)| (id, Arc::new(russh_config(vec![key], None))))
+                .map(|(id, key)| (id, Arc::new(russh_config(vec![(*key).clone()], None))))
                 .collect(),
             instances: instances
                 .iter()
@@ -78,15 +87,20 @@ impl InstanceTable {
     }
 }
 
+/// Each instance's inner host key, by instance id.
+pub type InstanceHostKeys = HashMap<String, Arc<PrivateKey>>;
+
 impl SshContext {
-    /// Builds the context; `instance_keys` holds each configured instance's inner host key.
+    /// Builds the context; `instance_keys` holds each configured instance's
+    /// inner host key; every connection is a session of `sessions`.
     pub fn new(
         config: Arc<Config>,
         store: Store,
         hubs: ConsoleHubs,
         metrics: Arc<Metrics>,
+        sessions: Sessions,
         host_keys: &HostKeys,
-        instance_keys: HashMap<String, PrivateKey>,
+        instance_keys: InstanceHostKeys,
     ) -> SshContext {
         let keepalive = match config.ssh.keepalive_interval_secs {
             0 => None,
@@ -97,11 +111,18 @@ impl SshContext {
             keepalive,
         ));
         let table = InstanceTable::new(&config.instances, instance_keys);
+        let attach = AttachContext {
+            store: store.clone(),
+            metrics: metrics.clone(),
+            ending: sessions.ending().clone(),
+        };
         SshContext {
             store,
             metrics,
             config,
             hubs,
+            sessions,
+            attach,
             outer,
             instances: std::sync::RwLock::new(Arc::new(table)),
         }
@@ -109,11 +130,7 @@ impl SshContext {
 
     /// Puts a reloaded set of instances in force for new connections;
     /// `instance_keys` holds each one's inner host key.
-    pub fn set_instances(
-        &self,
-        instances: &[InstanceConfig],
-        instance_keys: HashMap<String, PrivateKey>,
-    ) {
+    pub fn set_instances(&self, instances: &[InstanceConfig], instance_keys: InstanceHostKeys) {
         let table = Arc::new(InstanceTable::new(instances, instance_keys));
         *self
             .instances
@@ -126,6 +143,11 @@ impl SshContext {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
+    }
+
+    /// What console sessions need from the gateway.
+    fn attach_context(&self) -> &AttachContext {
+        &self.attach
     }
 
     /// The configured instance `id`.
@@ -189,20 +211,11 @@ fn russh_config(keys: Vec<PrivateKey>, keepalive: Option<Duration>) -> RusshConf
     }
 }
 
-/// Serves SSH on `listener` until `shutdown` is cancelled, then closes every
-/// connection (each is told why) and returns.
+/// Serves SSH on `listener` until `shutdown` is cancelled. Each connection
+/// is a session of the context's [`Sessions`], which ends them (each is
+/// told why) when the gateway ends its sessions.
 pub async fn serve(listener: TcpListener, ctx: Arc<SshContext>, shutdown: CancellationToken) {
-    let limit = Arc::new(Semaphore::new(ctx.config.ssh.max_connections));
-    let mut connections = JoinSet::new();
     loop {
-        // Take the permit before accepting: excess clients wait in the backlog.
-        let permit = tokio::select! {
-            p = limit.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            () = shutdown.cancelled() => break,
-        };
         let (socket, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -215,33 +228,30 @@ pub async fn serve(listener: TcpListener, ctx: Arc<SshContext>, shutdown: Cancel
             },
             () = shutdown.cancelled() => break,
         };
-        while connections.try_join_next().is_some() {}
+        // A place under the limit the web consoles share. While there is
+        // none, this one client waits and the rest wait in the backlog.
+        let admission = tokio::select! {
+            a = ctx.sessions.admit() => match a {
+                Some(a) => a,
+                None => break,
+            },
+            () = shutdown.cancelled() => break,
+        };
         ctx.metrics.ssh_connection();
-        let ctx = ctx.clone();
-        let shutdown = shutdown.clone();
-        connections.spawn(async move {
-            handle_connection(ctx, socket, peer, shutdown).await;
-            drop(permit);
+        let connection = handle_connection(ctx.clone(), socket, peer);
+        ctx.sessions.spawn(async move {
+            connection.await;
+            drop(admission);
         });
-    }
-    let drained = tokio::time::timeout(GOODBYE_TIME * 2, async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        connections.abort_all();
     }
 }
 
-async fn handle_connection(
-    ctx: Arc<SshContext>,
-    socket: TcpStream,
-    peer: SocketAddr,
-    shutdown: CancellationToken,
-) {
+async fn handle_connection(ctx: Arc<SshContext>, socket: TcpStream, peer: SocketAddr) {
     let _ = socket.set_nodelay(true);
+    let shutdown = ctx.sessions.ending().clone();
     let (auth_tx, auth_rx) = oneshot::channel();
-    let handler = outer::OuterHandler::new(ctx.clone(), peer, auth_tx);
+    let tasks = ChannelTasks::new(ctx.sessions.clone());
+    let handler = outer::OuterHandler::new(ctx.clone(), peer, auth_tx, tasks.clone());
     let deadline = tokio::time::Instant::now() + ctx.config.ssh.handshake_timeout();
     let session = match tokio::time::timeout_at(
         deadline,
@@ -319,6 +329,15 @@ async fn handle_connection(
                 }
             }
             () = shutdown.cancelled() => {
+                // Console sessions say goodbye in their own channels and
+                // write their Detach rows while the connection still runs.
+                tokio::select! {
+                    result = &mut session => {
+                        log_end(peer, Some(&connection_id), result);
+                        return;
+                    }
+                    () = tasks.wind_down(GOODBYE_TIME) => {}
+                }
                 goodbye("CG-OPS-001 the gateway is shutting down".into()).await;
                 let _ = tokio::time::timeout(GOODBYE_TIME, &mut session).await;
                 return;

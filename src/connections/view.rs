@@ -1,99 +1,14 @@
-//! Console connections: the stored record and the resource users see.
+//! The `InstanceConsoleConnection` resource users see.
 //!
-//! A [`ConnectionRecord`] is what the store keeps. [`ConnectionView`] is the
-//! `InstanceConsoleConnection` resource of the OCI API (the seed's shape, plus
+//! [`ConnectionView`] is the resource of the OCI API (the seed's shape, plus
 //! the inner hop's fingerprint and ready-made `known_hosts` lines), built from a
 //! record and the gateway's [`Endpoint`] facts. Connection strings are made
 //! here and nowhere else.
 
-use std::collections::BTreeMap;
-use std::fmt;
-use std::str::FromStr;
-
 use serde::Serialize;
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
-/// Free-form tags: string keys and values.
-pub type FreeformTags = BTreeMap<String, String>;
-/// Defined tags: namespace → key → value.
-pub type DefinedTags = BTreeMap<String, BTreeMap<String, serde_json::Value>>;
-
-/// The lifecycle of a console connection.
-///
-/// consolegate writes a record as ACTIVE in one step (it is usable the moment
-/// it is returned); deletion moves it to DELETED. CREATING, DELETING and FAILED
-/// exist because the OCI resource defines them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum LifecycleState {
-    /// Being set up.
-    Creating,
-    /// Usable.
-    Active,
-    /// Being torn down; no longer usable.
-    Deleting,
-    /// Gone; kept readable for a while.
-    Deleted,
-    /// Could not be set up.
-    Failed,
-}
-
-impl LifecycleState {
-    /// The OCI spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LifecycleState::Creating => "CREATING",
-            LifecycleState::Active => "ACTIVE",
-            LifecycleState::Deleting => "DELETING",
-            LifecycleState::Deleted => "DELETED",
-            LifecycleState::Failed => "FAILED",
-        }
-    }
-}
-
-impl fmt::Display for LifecycleState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for LifecycleState {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Ok(match s {
-            "CREATING" => LifecycleState::Creating,
-            "ACTIVE" => LifecycleState::Active,
-            "DELETING" => LifecycleState::Deleting,
-            "DELETED" => LifecycleState::Deleted,
-            "FAILED" => LifecycleState::Failed,
-            other => return Err(format!("unknown lifecycle state `{other}`")),
-        })
-    }
-}
-
-/// A console connection as stored.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ConnectionRecord {
-    /// Unguessable id; the outer hop's SSH user name.
-    pub id: String,
-    /// The instance's compartment.
-    pub compartment_id: String,
-    /// The instance.
-    pub instance_id: String,
-    /// Lifecycle state.
-    pub lifecycle_state: LifecycleState,
-    /// The registered client key, `<type> <base64>`.
-    pub public_key: String,
-    /// Its `SHA256:` fingerprint.
-    pub fingerprint: String,
-    /// Free-form tags.
-    pub freeform_tags: FreeformTags,
-    /// Defined tags.
-    pub defined_tags: DefinedTags,
-    /// When it was created.
-    pub time_created: OffsetDateTime,
-}
+use crate::store::{ConnectionRecord, DefinedTags, FreeformTags, LifecycleState};
+use crate::timefmt::format_time;
 
 /// What the gateway tells users about where and how to connect.
 #[derive(Debug, Clone)]
@@ -205,14 +120,6 @@ impl ConnectionView {
     }
 }
 
-/// RFC 3339 with millisecond precision, as OCI prints times.
-pub fn format_time(t: OffsetDateTime) -> String {
-    let t = t
-        .replace_nanosecond(t.millisecond() as u32 * 1_000_000)
-        .unwrap_or(t);
-    t.format(&Rfc3339).unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,19 +139,5 @@ mod tests {
             e.vnc_connection_string("ocid1.x..abc", "vm1"),
             "ssh -o ProxyCommand='ssh -W %h:%p -p 2222 ocid1.x..abc@gw.example' -N -L localhost:5900:vm1:5900 vm1"
         );
-    }
-
-    #[test]
-    fn lifecycle_states_round_trip() {
-        for s in ["CREATING", "ACTIVE", "DELETING", "DELETED", "FAILED"] {
-            assert_eq!(s.parse::<LifecycleState>().unwrap().as_str(), s);
-        }
-        assert!("active".parse::<LifecycleState>().is_err());
-    }
-
-    #[test]
-    fn times_are_rfc3339_with_milliseconds() {
-        let t = OffsetDateTime::from_unix_timestamp_nanos(1_700_000_000_123_456_789).unwrap();
-        assert_eq!(format_time(t), "2023-11-14T22:13:20.123Z");
     }
 }

@@ -19,15 +19,12 @@ use russh::{Channel, ChannelOpenFailure};
 use tokio::sync::oneshot;
 
 use super::SshContext;
-use super::channels::{
-    AuthRefusal, Authorized, ChannelTasks, authorize, console_session_requests, publickey_only,
-};
+use super::auth::{AuthRefusal, Authorized, authorize};
+use super::channels::{ChannelTasks, VNC_PORT, console_session_requests, publickey_only, truncate};
 use crate::audit::{AuditEvent, AuditKind};
 
 /// Inner-hop ports on the instance (22 for OpenSSH, 5905 for OCI's PuTTY strings).
 const INNER_PORTS: [u32; 2] = [22, 5905];
-/// The VNC port on the instance.
-pub(super) const VNC_PORT: u32 = 5900;
 
 pub(super) struct OuterHandler {
     ctx: Arc<SshContext>,
@@ -38,13 +35,18 @@ pub(super) struct OuterHandler {
 }
 
 impl OuterHandler {
-    pub fn new(ctx: Arc<SshContext>, peer: SocketAddr, on_auth: oneshot::Sender<String>) -> Self {
+    pub fn new(
+        ctx: Arc<SshContext>,
+        peer: SocketAddr,
+        on_auth: oneshot::Sender<String>,
+        tasks: ChannelTasks,
+    ) -> Self {
         OuterHandler {
             ctx,
             peer,
             authorized: None,
             on_auth: Some(on_auth),
-            tasks: ChannelTasks::default(),
+            tasks,
         }
     }
 }
@@ -68,7 +70,7 @@ impl OuterHandler {
                 "{} outer hop authentication: {reason}",
                 reason.code()
             ));
-            crate::audit::record(&self.ctx.store, e).await;
+            self.ctx.store.record_audit(e).await;
         }
     }
 }
@@ -130,7 +132,7 @@ impl Handler for OuterHandler {
     ) -> Result<(), Self::Error> {
         match &self.authorized {
             Some(a) => {
-                a.open_console(&self.ctx, channel, reply, &mut self.tasks, "outer", "")
+                a.open_console(&self.ctx, channel, reply, &self.tasks, "outer hop", "")
                     .await
             }
             None => {
@@ -169,10 +171,17 @@ impl Handler for OuterHandler {
                 return Ok(());
             }
             reply.accept().await;
-            let task = super::inner::serve(self.ctx.clone(), config, channel, a.clone());
+            let task = super::inner::serve(
+                self.ctx.clone(),
+                config,
+                channel,
+                a.clone(),
+                self.tasks.clone(),
+            );
             self.tasks.spawn(task);
         } else if to_instance && port == VNC_PORT {
-            a.open_vnc(&self.ctx, channel, reply, &mut self.tasks).await;
+            a.open_vnc(&self.ctx, channel, reply, &self.tasks, "outer hop")
+                .await;
         } else {
             let what = format!("{}:{port}", truncate(host));
             Box::pin(a.refuse(&self.ctx, reply, &what, "outer")).await;
@@ -208,9 +217,4 @@ impl Handler for OuterHandler {
     ) -> Result<bool, Self::Error> {
         Ok(false)
     }
-}
-
-/// Bounds what a client-chosen string can put in the log.
-pub(super) fn truncate(s: &str) -> String {
-    s.chars().take(100).flat_map(char::escape_default).collect()
 }

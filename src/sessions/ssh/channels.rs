@@ -1,131 +1,57 @@
-//! What the outer and inner hops share: checking a key against a connection
-//! record, and opening console sessions and VNC tunnels for an authorised
-//! connection.
+//! What the outer and inner hops share: opening console sessions and VNC
+//! tunnels for an authorised connection, refusing everything else, and the
+//! session-channel requests both answer alike.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use russh::Channel;
-use russh::keys::PublicKey;
 use russh::server::{ChannelOpenHandle, Msg, Session};
 use russh::{ChannelId, ChannelOpenFailure};
-use tokio::task::JoinSet;
+use tokio_util::task::TaskTracker;
 
 use super::SshContext;
-use crate::audit::{AuditEvent, AuditKind};
-use crate::config::InstanceConfig;
-use crate::connection::LifecycleState;
+use super::auth::Authorized;
+use crate::audit::AuditKind;
+use crate::sessions::Sessions;
+
+/// The VNC port on the instance.
+pub(super) const VNC_PORT: u32 = 5900;
 
 /// Most channels one SSH connection may have open at once.
 pub(super) const MAX_CHANNELS: usize = 16;
 
-/// A connection that passed public-key authentication.
+/// The channel tasks of one SSH connection, both hops together. They
+/// belong to the gateway's [`Sessions`]: dropping this (as russh drops a
+/// handler when its connection ends) does not stop them. Each ends by
+/// itself when its channel closes, which the connection's end does to
+/// all, so its Detach row and recording are always written.
 #[derive(Debug, Clone)]
-pub(super) struct Authorized {
-    pub connection_id: String,
-    pub fingerprint: String,
-    pub instance: Arc<InstanceConfig>,
-    pub peer: SocketAddr,
-}
-
-/// Why a key was refused. The client only hears "no" (`Permission denied
-/// (publickey)`); the log and the audit trail get this, with its runbook code.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(super) enum AuthRefusal {
-    /// The user name cannot be a connection id.
-    #[error("user name is not a connection id")]
-    NotAConnectionId,
-    /// No record has this id (never created, or purged).
-    #[error("no such console connection")]
-    UnknownConnection,
-    /// The record is DELETING or DELETED.
-    #[error("console connection is {0}")]
-    NotActive(LifecycleState),
-    /// Another key than the record's.
-    #[error("key {0} is not the connection's key")]
-    WrongKey(String),
-    /// The record's instance is not in this gateway's config.
-    #[error("instance {0} is not configured on this gateway")]
-    UnknownInstance(String),
-    /// The store could not be read.
-    #[error("store error: {0}")]
-    Store(String),
-}
-
-impl AuthRefusal {
-    /// The runbook entry.
-    pub fn code(&self) -> &'static str {
-        match self {
-            AuthRefusal::NotAConnectionId => "CG-AUTH-001",
-            AuthRefusal::UnknownConnection => "CG-AUTH-002",
-            AuthRefusal::NotActive(_) => "CG-AUTH-003",
-            AuthRefusal::WrongKey(_) => "CG-AUTH-004",
-            AuthRefusal::UnknownInstance(_) => "CG-AUTH-005",
-            AuthRefusal::Store(_) => "CG-STORE-002",
-        }
-    }
-
-    /// A short label for metrics.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            AuthRefusal::NotAConnectionId => "not_a_connection_id",
-            AuthRefusal::UnknownConnection => "unknown_connection",
-            AuthRefusal::NotActive(_) => "connection_not_active",
-            AuthRefusal::WrongKey(_) => "wrong_key",
-            AuthRefusal::UnknownInstance(_) => "unknown_instance",
-            AuthRefusal::Store(_) => "store_error",
-        }
-    }
-}
-
-/// Checks `key` against the record named `connection_id`.
-pub(super) async fn authorize(
-    ctx: &SshContext,
-    connection_id: &str,
-    key: &PublicKey,
-    peer: SocketAddr,
-) -> Result<Authorized, AuthRefusal> {
-    if !crate::ids::looks_like_connection_id(connection_id) {
-        return Err(AuthRefusal::NotAConnectionId);
-    }
-    let record = match ctx.store.get_connection(connection_id).await {
-        Ok(Some(r)) => r,
-        Ok(None) => return Err(AuthRefusal::UnknownConnection),
-        Err(e) => return Err(AuthRefusal::Store(e.to_string())),
-    };
-    if record.lifecycle_state != LifecycleState::Active {
-        return Err(AuthRefusal::NotActive(record.lifecycle_state));
-    }
-    let fingerprint = crate::keys::fingerprint(key);
-    if fingerprint != record.fingerprint {
-        return Err(AuthRefusal::WrongKey(fingerprint));
-    }
-    let Some(instance) = ctx.instance(&record.instance_id) else {
-        return Err(AuthRefusal::UnknownInstance(record.instance_id));
-    };
-    Ok(Authorized {
-        connection_id: record.id,
-        fingerprint,
-        instance,
-        peer,
-    })
-}
-
-/// Channel tasks of one SSH connection; dropping it stops them all.
-#[derive(Debug, Default)]
 pub(super) struct ChannelTasks {
-    tasks: JoinSet<()>,
+    sessions: Sessions,
+    connection: TaskTracker,
 }
 
 impl ChannelTasks {
-    /// Whether another channel may be opened.
-    pub fn has_room(&mut self) -> bool {
-        while self.tasks.try_join_next().is_some() {}
-        self.tasks.len() < MAX_CHANNELS
+    pub fn new(sessions: Sessions) -> ChannelTasks {
+        ChannelTasks {
+            sessions,
+            connection: TaskTracker::new(),
+        }
     }
 
-    pub fn spawn(&mut self, task: impl Future<Output = ()> + Send + 'static) {
-        self.tasks.spawn(task);
+    /// Whether another channel may be opened.
+    pub fn has_room(&self) -> bool {
+        self.connection.len() < MAX_CHANNELS
+    }
+
+    pub fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        self.sessions.spawn(self.connection.track_future(task));
+    }
+
+    /// Waits up to `grace` for every channel task to end.
+    pub async fn wind_down(&self, grace: std::time::Duration) {
+        self.connection.close();
+        let _ = tokio::time::timeout(grace, self.connection.wait()).await;
     }
 }
 
@@ -137,8 +63,8 @@ impl Authorized {
         ctx: &Arc<SshContext>,
         channel: Channel<Msg>,
         reply: ChannelOpenHandle,
-        tasks: &mut ChannelTasks,
-        hop: &'static str,
+        tasks: &ChannelTasks,
+        via: &'static str,
         user_name: &str,
     ) {
         let Some(hub) = ctx.hubs.get(&self.instance.id) else {
@@ -156,7 +82,7 @@ impl Authorized {
             ctx.clone(),
             hub,
             me,
-            hop,
+            via,
             user_name.to_owned(),
         ));
     }
@@ -167,7 +93,8 @@ impl Authorized {
         ctx: &Arc<SshContext>,
         channel: Channel<Msg>,
         reply: ChannelOpenHandle,
-        tasks: &mut ChannelTasks,
+        tasks: &ChannelTasks,
+        via: &'static str,
     ) {
         let Some(target) = self.instance.vnc.clone() else {
             tracing::info!(code = "CG-VNC-002", connection = %self.connection_id,
@@ -185,6 +112,7 @@ impl Authorized {
             reply,
             target,
             self.clone(),
+            via,
         ));
     }
 
@@ -197,17 +125,7 @@ impl Authorized {
         e.detail = Some(format!(
             "CG-CHAN-001 {hop} hop: channel to {what} refused (only the instance's console and VNC display are reachable)"
         ));
-        crate::audit::record(&ctx.store, e).await;
-    }
-
-    /// An audit event about this connection.
-    pub fn audit(&self, kind: AuditKind) -> AuditEvent {
-        let mut e = AuditEvent::new(kind);
-        e.connection_id = Some(self.connection_id.clone());
-        e.instance_id = Some(self.instance.id.clone());
-        e.fingerprint = Some(self.fingerprint.clone());
-        e.peer = Some(self.peer.to_string());
-        e
+        ctx.store.record_audit(e).await;
     }
 }
 
@@ -284,4 +202,9 @@ pub(super) fn publickey_only() -> russh::server::Auth {
         proceed_with_methods: Some(russh::MethodSet::from(&[russh::MethodKind::PublicKey][..])),
         partial_success: false,
     }
+}
+
+/// Bounds what a client-chosen string can put in the log.
+pub(super) fn truncate(s: &str) -> String {
+    s.chars().take(100).flat_map(char::escape_default).collect()
 }

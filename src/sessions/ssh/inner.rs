@@ -15,8 +15,8 @@ use russh::server::{
 };
 
 use super::SshContext;
-use super::channels::{Authorized, ChannelTasks, console_session_requests, publickey_only};
-use super::outer::{VNC_PORT, truncate};
+use super::auth::Authorized;
+use super::channels::{ChannelTasks, VNC_PORT, console_session_requests, publickey_only, truncate};
 use crate::audit::AuditKind;
 
 /// Runs the inner server over `channel` until the client leaves.
@@ -25,6 +25,7 @@ pub(super) async fn serve(
     config: Arc<Config>,
     channel: Channel<Msg>,
     outer: Authorized,
+    tasks: ChannelTasks,
 ) {
     let connection = outer.connection_id.clone();
     let handler = InnerHandler {
@@ -32,7 +33,7 @@ pub(super) async fn serve(
         outer,
         authenticated: false,
         user_name: String::new(),
-        tasks: ChannelTasks::default(),
+        tasks,
     };
     let handshake = ctx.config.ssh.handshake_timeout();
     let session = match tokio::time::timeout(
@@ -112,7 +113,7 @@ impl Handler for InnerHandler {
             e.fingerprint = Some(fingerprint);
             e.detail =
                 Some("CG-AUTH-006 inner hop authentication: not the connection's key".into());
-            Box::pin(crate::audit::record(&self.ctx.store, e)).await;
+            Box::pin(self.ctx.store.record_audit(e)).await;
             Ok(publickey_only())
         }
     }
@@ -129,8 +130,8 @@ impl Handler for InnerHandler {
                     &self.ctx,
                     channel,
                     reply,
-                    &mut self.tasks,
-                    "inner",
+                    &self.tasks,
+                    "inner hop",
                     &self.user_name,
                 )
                 .await;
@@ -154,7 +155,7 @@ impl Handler for InnerHandler {
         let to_instance = host == self.outer.instance.id || host == "localhost";
         if to_instance && port == VNC_PORT {
             self.outer
-                .open_vnc(&self.ctx, channel, reply, &mut self.tasks)
+                .open_vnc(&self.ctx, channel, reply, &self.tasks, "inner hop")
                 .await;
         } else {
             let what = format!("{}:{port}", truncate(host));

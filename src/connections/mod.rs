@@ -12,11 +12,18 @@ use std::collections::BTreeMap;
 use time::OffsetDateTime;
 
 use crate::config::{Config, SharedConfig};
-use crate::connection::{
-    ConnectionRecord, ConnectionView, DefinedTags, Endpoint, FreeformTags, LifecycleState,
-};
 use crate::keys::{ClientKey, HostKeys, KeyError};
-use crate::store::{ConnectionFilter, PageKey, RetryKey, Store, StoreError};
+use crate::store::{
+    ConnectionFilter, ConnectionRecord, DefinedTags, FreeformTags, LifecycleState, PageKey,
+    RetryKey, Store, StoreError,
+};
+
+mod host_keys;
+pub mod tokens;
+mod view;
+pub use host_keys::InstanceKeys;
+pub use tokens::ConsoleTokens;
+pub use view::{ConnectionView, Endpoint};
 
 /// Most tags of each kind on one connection.
 pub const MAX_TAGS: usize = 64;
@@ -77,6 +84,7 @@ pub struct ConsoleConnections {
     store: Store,
     config: SharedConfig,
     endpoint: Endpoint,
+    instance_keys: InstanceKeys,
 }
 
 impl ConsoleConnections {
@@ -93,6 +101,7 @@ impl ConsoleConnections {
             ],
         };
         ConsoleConnections {
+            instance_keys: InstanceKeys::new(store.clone()),
             store,
             config,
             endpoint,
@@ -104,14 +113,19 @@ impl ConsoleConnections {
         self.config.get()
     }
 
-    /// The store underneath.
-    pub fn store(&self) -> &Store {
-        &self.store
+    /// The console tokens of the same store and config.
+    pub fn tokens(&self) -> ConsoleTokens {
+        ConsoleTokens::new(self.store.clone(), self.config.clone())
+    }
+
+    /// The instances' inner host keys, shared with the SSH data plane.
+    pub fn instance_keys(&self) -> &InstanceKeys {
+        &self.instance_keys
     }
 
     /// The resource users see for `record`.
     pub async fn view(&self, record: &ConnectionRecord) -> Result<ConnectionView, ConnectionError> {
-        let key = self.store.instance_host_key(&record.instance_id).await?;
+        let key = self.instance_keys.get(&record.instance_id).await?;
         Ok(ConnectionView::new(
             record,
             &self.endpoint,
@@ -147,6 +161,16 @@ impl ConsoleConnections {
         };
         self.store.create_connection(&record, retry).await?;
         Ok(record)
+    }
+
+    /// The connection an earlier create made with `caller`'s retry token
+    /// `token`, as (request hash, connection id), while the token lives.
+    pub async fn find_retry(
+        &self,
+        caller: &str,
+        token: &str,
+    ) -> Result<Option<(String, String)>, ConnectionError> {
+        Ok(self.store.find_retry_token(caller, token).await?)
     }
 
     /// One connection, in any state.

@@ -1,0 +1,557 @@
+//! The one attach core: a console session, whichever front end it came in by.
+//!
+//! A front end (an SSH session channel, a WebSocket) authenticates its user,
+//! then hands this module the user's keystrokes (a [`Keyboard`]) and a
+//! writer for what the user sees. From there everything is done here, once:
+//! the banner and the replay, the `&` escapes, the idle and maximum-duration
+//! timeouts, the recording (output, and input if the instance records it)
+//! and the Attach, Force, Break, Timeout and Detach audit rows.
+//!
+//! Everything the user is shown goes through the one writer in one future,
+//! so the recording is exactly what the user received, and a user who stops
+//! reading only falls behind in their own queue. A session ends when the
+//! user leaves (or types `&.`), a timeout cuts it, the console is closed to
+//! it, or the gateway shuts down; on every one of those paths the user is
+//! told why, the recording is finished and the Detach row is written.
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::{AuditEvent, AuditKind};
+use crate::config::{InstanceConfig, RecordMode, Replay};
+use crate::console::escape::{EscapeAction, EscapeParser, HELP, Segment};
+use crate::console::hub::{
+    Attachment, ConsoleEvent, ConsoleHub, Principal, Role, SessionInfo, WhoEntry,
+};
+use crate::console::options::SessionOptions;
+use crate::console::recording::{Recording, RecordingHeader};
+use crate::console::timeouts::{SessionClock, announce};
+use crate::ops::metrics::Metrics;
+use crate::store::Store;
+
+/// Lines `&L` replays.
+const REPLAY_LINES: usize = 50;
+
+/// Why a session ended, when the gateway shuts down.
+pub const SHUTTING_DOWN: &str = "CG-OPS-001 the gateway is shutting down";
+
+/// The user's keystrokes, as a front end receives them.
+pub trait Keyboard: Send {
+    /// The next bytes typed; `None` once the user has gone.
+    fn typed(&mut self) -> impl Future<Output = Option<Bytes>> + Send;
+}
+
+/// The user's terminal, for the recording's header.
+#[derive(Debug, Clone)]
+pub struct Terminal {
+    /// Columns.
+    pub cols: u32,
+    /// Rows.
+    pub rows: u32,
+    /// `TERM`, if the client said.
+    pub term: Option<String>,
+}
+
+impl Default for Terminal {
+    fn default() -> Self {
+        Terminal {
+            cols: 80,
+            rows: 24,
+            term: None,
+        }
+    }
+}
+
+/// A session a front end has admitted, about to attach.
+#[derive(Debug)]
+pub struct Attach {
+    /// The instance's console.
+    pub hub: ConsoleHub,
+    /// The instance, as configured when the session was admitted.
+    pub instance: Arc<InstanceConfig>,
+    /// Who the session acts for.
+    pub principal: Principal,
+    /// The user's address.
+    pub peer: SocketAddr,
+    /// What the session asked for.
+    pub options: SessionOptions,
+    /// The way in, for the audit trail: `outer hop`, `inner hop`, `web`.
+    pub via: &'static str,
+    /// The user's terminal.
+    pub terminal: Terminal,
+}
+
+/// What every session needs from the gateway.
+#[derive(Debug, Clone)]
+pub struct AttachContext {
+    /// Where audit rows go.
+    pub store: Store,
+    /// Where timeouts are counted.
+    pub metrics: Arc<Metrics>,
+    /// Cancelled when the gateway shuts down.
+    pub ending: CancellationToken,
+}
+
+impl Attach {
+    /// An audit event about this session.
+    fn event(&self, kind: AuditKind, detail: Option<String>) -> AuditEvent {
+        audit_event(
+            kind,
+            &self.principal,
+            &self.instance.id,
+            self.peer,
+            Some(self.options.read_only),
+            detail,
+        )
+    }
+}
+
+/// An audit event about a session of `principal`'s: a key fills the
+/// connection and fingerprint fields; a console token, which has neither,
+/// is named by its id at the end of the detail.
+pub fn audit_event(
+    kind: AuditKind,
+    principal: &Principal,
+    instance_id: &str,
+    peer: SocketAddr,
+    read_only: Option<bool>,
+    detail: Option<String>,
+) -> AuditEvent {
+    let mut e = AuditEvent::new(kind);
+    e.instance_id = Some(instance_id.to_owned());
+    e.peer = Some(peer.to_string());
+    e.read_only = read_only;
+    match principal {
+        Principal::Key {
+            connection_id,
+            fingerprint,
+        } => {
+            e.connection_id = Some(connection_id.clone());
+            e.fingerprint = Some(fingerprint.clone());
+            e.detail = detail;
+        }
+        Principal::ConsoleToken { id } => {
+            e.detail = Some(match detail {
+                Some(d) => format!("{d} (console token {id})"),
+                None => format!("console token {id}"),
+            });
+        }
+    }
+    e
+}
+
+/// Runs a console session until it ends; `screen` is what the user sees.
+pub async fn run<K, W>(ctx: &AttachContext, session: Attach, keyboard: K, mut screen: W)
+where
+    K: Keyboard,
+    W: AsyncWrite + Unpin + Send,
+{
+    let Some(opened) = open(ctx, &session, &mut screen).await else {
+        return;
+    };
+    let started = opened.started;
+    let ended = pump(ctx, &session, opened, keyboard, &mut screen).await;
+    close(ctx, &session, started, ended, &mut screen).await;
+}
+
+/// An attached session, greeted and audited.
+struct Opened {
+    attachment: Attachment,
+    recording: Option<Recording>,
+    started: Instant,
+    bytes_out: u64,
+}
+
+/// A session that has left the hub, and why.
+struct Ended {
+    reason: Cow<'static, str>,
+    recording: Option<Recording>,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+/// Attaches to the hub, shows the greeting (banner, replay, the console's
+/// state), writes the Attach row and starts the recording; `None` if the
+/// user or the hub is already gone.
+async fn open<W>(ctx: &AttachContext, session: &Attach, screen: &mut W) -> Option<Opened>
+where
+    W: AsyncWrite + Unpin + Send,
+{
+    let info = SessionInfo {
+        principal: session.principal.clone(),
+        peer: session.peer,
+        read_only: session.options.read_only,
+        force: session.options.force,
+        disconnect_when_lagging: session.options.disconnect_when_lagging,
+    };
+    let hub = &session.hub;
+    let Ok(attachment) = hub.attach(info, session.options.replay).await else {
+        let _ = show(screen, notice(SHUTTING_DOWN).as_bytes()).await;
+        return None;
+    };
+    let started = Instant::now();
+    let mut greeting = banner(hub, &role_text(&attachment.role)).into_bytes();
+    if !attachment.replay.is_empty() {
+        greeting.extend_from_slice(b"[recent console output follows]\r\n");
+        greeting.extend_from_slice(&attachment.replay);
+    }
+    if let Some(reason) = &attachment.unavailable {
+        greeting.extend_from_slice(notice(reason).as_bytes());
+    }
+    // The user sees the console first; the bookkeeping follows.
+    if show(screen, &greeting).await.is_err() {
+        return None;
+    }
+    let attach_detail = format!("{}, {}", session.via, role_text(&attachment.role));
+    ctx.store
+        .record_audit(session.event(AuditKind::Attach, Some(attach_detail)))
+        .await;
+    let mut recording = start_recording(session, attachment.id).await;
+    if let Some(r) = &mut recording {
+        r.output(&greeting).await;
+    }
+    Some(Opened {
+        attachment,
+        recording,
+        started,
+        bytes_out: greeting.len() as u64,
+    })
+}
+
+/// Carries the session until it ends: console output and notices to the
+/// user, keystrokes and escapes to the hub, the timeouts; leaves the hub.
+async fn pump<K, W>(
+    ctx: &AttachContext,
+    session: &Attach,
+    opened: Opened,
+    mut keyboard: K,
+    screen: &mut W,
+) -> Ended
+where
+    K: Keyboard,
+    W: AsyncWrite + Unpin + Send,
+{
+    let Opened {
+        mut attachment,
+        mut recording,
+        started,
+        mut bytes_out,
+    } = opened;
+    let record_input = recording.is_some() && session.instance.record == RecordMode::OutputAndInput;
+    let hub = &session.hub;
+    // What the input side wants shown (or recorded), through the one writer.
+    let (local_tx, mut local_rx) = mpsc::channel::<Local>(16);
+    let mut bytes_in = 0u64;
+    let session_id = attachment.id;
+    let lag_disconnects = session.options.disconnect_when_lagging;
+    // Idle and maximum-duration timeouts: the last activity, in ms since `started`.
+    let activity = AtomicU64::new(0);
+    let touch = || activity.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    let last_activity = || started + Duration::from_millis(activity.load(Ordering::Relaxed));
+    let mut clock = SessionClock::new(session.instance.session_timeouts(), started);
+    let timer_tx = local_tx.clone();
+
+    let pump_output = async {
+        loop {
+            let bytes: Bytes = tokio::select! {
+                event = attachment.recv() => match event {
+                    Some(ConsoleEvent::Output(b)) => {
+                        // Output keeps a session alive only if it may type:
+                        // a read-only viewer's idleness is its own input alone.
+                        if attachment.can_write() {
+                            touch();
+                        }
+                        b
+                    }
+                    Some(ConsoleEvent::Notice(n)) => notice(&n).into(),
+                    Some(ConsoleEvent::Closed(reason)) => return Cow::Owned(reason),
+                    Some(ConsoleEvent::Missed(n)) => notice(&format!(
+                        "CG-LAG-001 your connection fell behind this console: {n} bytes of output were skipped"
+                    ))
+                    .into(),
+                    None if lag_disconnects => {
+                        let _ = show(screen, notice("CG-LAG-002 your connection fell behind this console (lag=disconnect)").as_bytes()).await;
+                        return Cow::Borrowed("CG-LAG-002 fell behind (lag=disconnect)");
+                    }
+                    None => return Cow::Borrowed(SHUTTING_DOWN),
+                },
+                Some(local) = local_rx.recv() => match local {
+                    Local::Show(b) => b,
+                    Local::Typed(b) => {
+                        if let Some(r) = &mut recording {
+                            r.input(&b).await;
+                        }
+                        continue;
+                    }
+                },
+            };
+            if show(screen, &bytes).await.is_err() {
+                return Cow::Borrowed("client gone");
+            }
+            bytes_out += bytes.len() as u64;
+            if let Some(r) = &mut recording {
+                r.output(&bytes).await;
+            }
+        }
+    };
+
+    let pump_input = async {
+        let mut escape = EscapeParser::new();
+        let show = |text: String| {
+            let _ = local_tx.try_send(Local::Show(Bytes::from(text)));
+        };
+        loop {
+            let Some(data) = keyboard.typed().await else {
+                return "client closed the session";
+            };
+            bytes_in += data.len() as u64;
+            if !data.is_empty() {
+                touch();
+            }
+            if record_input {
+                let _ = local_tx.send(Local::Typed(data.clone())).await;
+            }
+            for segment in escape.feed(&data) {
+                match segment {
+                    Segment::Data(bytes) => {
+                        if hub.input(session_id, Bytes::from(bytes)).await.is_err() {
+                            return SHUTTING_DOWN;
+                        }
+                    }
+                    Segment::Action(EscapeAction::Disconnect) => {
+                        return "disconnected by escape command";
+                    }
+                    Segment::Action(EscapeAction::Help) => show(HELP.to_owned()),
+                    Segment::Action(EscapeAction::Break) => {
+                        let message = match hub.send_break().await {
+                            Ok(()) => {
+                                ctx.store
+                                    .record_audit(session.event(AuditKind::Break, None))
+                                    .await;
+                                "break sent".to_owned()
+                            }
+                            Err(reason) => reason.to_string(),
+                        };
+                        show(notice(&message));
+                    }
+                    Segment::Action(EscapeAction::Force) => match hub.force(session_id).await {
+                        Ok(Some(role)) => {
+                            ctx.store
+                                .record_audit(session.event(AuditKind::Force, None))
+                                .await;
+                            show(notice(match role {
+                                Role::Writer => "you hold write access",
+                                _ => "read-write (input shared by all sessions)",
+                            }));
+                        }
+                        Ok(None) => show(notice("you are no longer attached")),
+                        Err(_) => {}
+                    },
+                    Segment::Action(EscapeAction::Who) => {
+                        if let Ok(list) = hub.who().await {
+                            show(who_text(&list, session_id));
+                        }
+                    }
+                    Segment::Action(EscapeAction::Replay) => {
+                        if let Ok(history) = hub.history(Replay::Lines(REPLAY_LINES)).await {
+                            let mut text =
+                                notice(&format!("last {REPLAY_LINES} lines")).into_bytes();
+                            text.extend_from_slice(&history);
+                            text.extend_from_slice(notice("end of replay").as_bytes());
+                            let _ = local_tx.try_send(Local::Show(Bytes::from(text)));
+                        }
+                    }
+                }
+            }
+        }
+    };
+
+    let timer = async {
+        loop {
+            let Some((at, _)) = clock.next(last_activity()) else {
+                return std::future::pending().await;
+            };
+            tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await;
+            let (now, last) = (Instant::now(), last_activity());
+            let Some(due) = clock.due(now, last) else {
+                continue;
+            };
+            match announce(due, clock.timeouts(), SessionClock::idle_for(now, last)) {
+                Ok(warning) => {
+                    let _ = timer_tx.try_send(Local::Show(Bytes::from(notice(&warning))));
+                }
+                Err(cut) => return cut,
+            }
+        }
+    };
+
+    let reason: Cow<'static, str> = tokio::select! {
+        r = pump_output => r,
+        r = pump_input => r.into(),
+        () = ctx.ending.cancelled() => SHUTTING_DOWN.into(),
+        cut = timer => {
+            ctx.metrics.session_cut(&session.instance.id, cut.kind);
+            tracing::info!(code = cut.code, principal = %session.principal.label(),
+                instance = %session.instance.id, peer = %session.peer, via = session.via,
+                "session cut: {}", cut.message);
+            ctx.store
+                .record_audit(session.event(AuditKind::Timeout, Some(cut.message.clone())))
+                .await;
+            cut.message.into()
+        }
+    };
+    // Leave the hub at once: write access is free before anything else.
+    drop(attachment);
+    Ended {
+        reason,
+        recording,
+        bytes_in,
+        bytes_out,
+    }
+}
+
+/// Says goodbye (if the user can still hear it), finishes the recording and
+/// writes the Detach row.
+async fn close<W>(
+    ctx: &AttachContext,
+    session: &Attach,
+    started: Instant,
+    ended: Ended,
+    screen: &mut W,
+) where
+    W: AsyncWrite + Unpin + Send,
+{
+    let Ended {
+        reason,
+        recording,
+        bytes_in,
+        bytes_out,
+    } = ended;
+    let bye = notice(&format!("{reason}; bye"));
+    // A user who has gone cannot be told; do not wait on them.
+    let _ = tokio::time::timeout(Duration::from_secs(1), show(screen, bye.as_bytes())).await;
+    if let Some(mut r) = recording {
+        r.output(bye.as_bytes()).await;
+        r.finish().await;
+    }
+    let mut detach = session.event(AuditKind::Detach, Some(reason.into_owned()));
+    detach.bytes_in = Some(bytes_in);
+    detach.bytes_out = Some(bytes_out);
+    detach.duration_ms = Some(started.elapsed().as_millis() as u64);
+    ctx.store.record_audit(detach).await;
+}
+
+/// Writes `bytes` and sends them on at once (a WebSocket holds a frame
+/// until flushed).
+async fn show<W: AsyncWrite + Unpin>(screen: &mut W, bytes: &[u8]) -> std::io::Result<()> {
+    screen.write_all(bytes).await?;
+    screen.flush().await
+}
+
+/// From the input side to the one writer.
+enum Local {
+    /// Show this to the user.
+    Show(Bytes),
+    /// The user typed this (for the recording).
+    Typed(Bytes),
+}
+
+async fn start_recording(session: &Attach, id: u64) -> Option<Recording> {
+    let instance = &session.instance;
+    let dir = instance.record_dir.as_ref()?;
+    if instance.record == RecordMode::Off {
+        return None;
+    }
+    let (name, title) = match &session.principal {
+        Principal::Key { connection_id, .. } => (
+            format!(
+                "{}-{id}",
+                &connection_id[connection_id.len().saturating_sub(12)..]
+            ),
+            format!("{} via {connection_id}", instance.id),
+        ),
+        Principal::ConsoleToken { id: token } => (
+            format!("web-{token}-{id}"),
+            format!("{} via console token {token}", instance.id),
+        ),
+    };
+    let header = RecordingHeader {
+        cols: session.terminal.cols,
+        rows: session.terminal.rows,
+        term: session.terminal.term.as_deref(),
+        title,
+    };
+    match Recording::create(
+        dir,
+        &instance.id,
+        &name,
+        header,
+        instance.record == RecordMode::OutputAndInput,
+    )
+    .await
+    {
+        Ok(r) => {
+            tracing::info!(path = %r.path().display(), "recording session");
+            Some(r)
+        }
+        Err(e) => {
+            tracing::error!(code = "CG-REC-001", dir = %dir.display(), error = %e,
+                "cannot start a recording; session goes on unrecorded");
+            None
+        }
+    }
+}
+
+fn banner(hub: &ConsoleHub, role: &str) -> String {
+    let instance = hub.instance();
+    let name = match &instance.display_name {
+        Some(n) => format!("{} ({n})", instance.id),
+        None => instance.id.clone(),
+    };
+    format!(
+        "[consolegate: serial console of {name}; you are {role}]\r\n\
+         [type &. at the start of a line to disconnect, &B to send a break, &? for help]\r\n"
+    )
+}
+
+/// Where a session stands, as its user reads it.
+fn role_text(role: &Role) -> String {
+    match role {
+        Role::Writer => "read-write (you hold write access)".to_owned(),
+        Role::ReadWrite => "read-write (input shared by all sessions)".to_owned(),
+        Role::ReadOnlyAsked => "read-only, as asked (&F takes write access)".to_owned(),
+        Role::ReadOnlyWhile(writer) => {
+            format!("read-only: {writer} has write access (&F takes it)")
+        }
+    }
+}
+
+fn who_text(list: &[WhoEntry], me: u64) -> String {
+    let mut text = format!("\r\n[{} session(s) attached:\r\n", list.len());
+    for w in list {
+        text.push_str(&format!(
+            " {}{} {} from {}, {}, {}s\r\n",
+            if w.id == me { "*" } else { " " },
+            w.id,
+            w.info.principal.label(),
+            w.info.peer,
+            w.role.as_str(),
+            w.attached_for.as_secs()
+        ));
+    }
+    text.push_str("]\r\n");
+    text
+}
+
+/// A message from the gateway, on a line of its own.
+pub fn notice(message: &str) -> String {
+    format!("\r\n[consolegate: {message}]\r\n")
+}

@@ -1,0 +1,119 @@
+//! The data plane: every way a user reaches a console or a VNC display.
+//!
+//! - [`ssh`]: the SSH front end (outer hop, nested inner hop, VNC tunnels);
+//! - [`web`]: the web front end behind Nova's console URLs (the serial
+//!   console and websockify over WebSockets), with its own router;
+//! - [`attach`]: the one attach core both front ends run a console session
+//!   through: what the user is shown, the `&` escapes, the timeouts, the
+//!   recording and the Attach/Detach audit;
+//! - [`proxy`]: the one VNC copy, for SSH tunnels and websockify alike;
+//! - this file: [`Sessions`], the one owner of every session.
+//!
+//! The gateway is never an open proxy: the only places a session can lead
+//! are its instance's console and its configured VNC target.
+
+pub mod attach;
+pub mod proxy;
+pub mod ssh;
+pub mod web;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// The owner of every session: SSH connections (and their channels), web
+/// consoles and VNC proxies are all tracked here, admitted under one limit
+/// (`[ssh] max_connections`), and ended through one cancellation, before
+/// the store closes. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Sessions {
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+    limit: Arc<Semaphore>,
+}
+
+/// A place under the connection limit; the session holds it until it ends.
+#[derive(Debug)]
+pub struct Admission {
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Sessions {
+    /// At most `max_connections` sessions at once.
+    pub fn new(max_connections: usize) -> Sessions {
+        Sessions {
+            tracker: TaskTracker::new(),
+            cancel: CancellationToken::new(),
+            limit: Arc::new(Semaphore::new(max_connections)),
+        }
+    }
+
+    /// Waits for a place (SSH: excess clients wait in the listen backlog);
+    /// `None` once sessions are ending.
+    pub async fn admit(&self) -> Option<Admission> {
+        tokio::select! {
+            permit = self.limit.clone().acquire_owned() => permit.ok().map(|p| Admission { _permit: p }),
+            () = self.cancel.cancelled() => None,
+        }
+    }
+
+    /// A place now, or `None` if every place is taken or sessions are
+    /// ending (web: the browser is told to retry).
+    pub fn try_admit(&self) -> Option<Admission> {
+        if self.cancel.is_cancelled() {
+            return None;
+        }
+        self.limit
+            .clone()
+            .try_acquire_owned()
+            .ok()
+            .map(|p| Admission { _permit: p })
+    }
+
+    /// Runs `session` as a tracked task.
+    pub fn spawn<F>(&self, session: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.tracker.spawn(session);
+    }
+
+    /// Tracks a session something else spawns (an upgraded WebSocket).
+    pub fn track<F: Future>(&self, session: F) -> tokio_util::task::task_tracker::TrackedFuture<F> {
+        self.tracker.track_future(session)
+    }
+
+    /// Cancelled when sessions must end.
+    pub fn ending(&self) -> &CancellationToken {
+        &self.cancel
+    }
+
+    /// Sessions running now (channels and tunnels of one SSH connection count apart).
+    pub fn running(&self) -> usize {
+        self.tracker.len()
+    }
+
+    /// Ends every session: each is told why and writes its Detach audit
+    /// row and recording; waits up to `grace` for them. Returns how many
+    /// were still running when the grace ran out.
+    pub async fn end_all(&self, grace: Duration) -> usize {
+        self.cancel.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            let left = self.tracker.len();
+            tracing::warn!(
+                code = "CG-OPS-010",
+                left,
+                "sessions still running after the shutdown grace"
+            );
+            return left;
+        }
+        0
+    }
+}

@@ -1,0 +1,94 @@
+//! A session channel attached to an instance's console hub: the SSH front
+//! end of the [attach core](crate::sessions::attach).
+//!
+//! Before the shell, the channel's requests are read for the terminal size
+//! (the handler answers them). Then the channel is split: its messages are
+//! drained all the time (russh stalls the whole SSH connection if one
+//! channel's queue fills) and become the session's keystrokes, and its
+//! flow-controlled writer is what the user sees.
+
+use russh::server::Msg;
+use russh::{Channel, ChannelMsg};
+use tokio::io::AsyncWriteExt;
+
+use super::SshContext;
+use super::auth::Authorized;
+use crate::console::hub::{ConsoleHub, Principal};
+use crate::console::options::SessionOptions;
+use crate::sessions::attach::{self, Attach, Keyboard, Terminal, notice};
+
+/// An SSH channel's data, as keystrokes.
+struct ChannelKeyboard(russh::ChannelReadHalf);
+
+impl Keyboard for ChannelKeyboard {
+    async fn typed(&mut self) -> Option<bytes::Bytes> {
+        loop {
+            match self.0.wait().await {
+                Some(ChannelMsg::Data { data }) => {
+                    return Some(bytes::Bytes::copy_from_slice(&data));
+                }
+                Some(ChannelMsg::Eof | ChannelMsg::Close) | None => return None,
+                Some(_) => {}
+            }
+        }
+    }
+}
+
+pub(super) async fn serve(
+    mut channel: Channel<Msg>,
+    ctx: std::sync::Arc<SshContext>,
+    hub: ConsoleHub,
+    who: Authorized,
+    via: &'static str,
+    user_name: String,
+) {
+    // Before the shell: remember the terminal; the handler answers requests.
+    let mut terminal = Terminal::default();
+    loop {
+        match channel.wait().await {
+            Some(ChannelMsg::RequestShell { .. }) => break,
+            Some(ChannelMsg::RequestPty {
+                term,
+                col_width,
+                row_height,
+                ..
+            }) => {
+                terminal = Terminal {
+                    cols: col_width,
+                    rows: row_height,
+                    term: Some(term.chars().take(64).collect()),
+                };
+            }
+            Some(ChannelMsg::Eof | ChannelMsg::Close) | None => return,
+            Some(_) => {}
+        }
+    }
+    let (reader, writer) = channel.split();
+    let mut out = writer.make_writer();
+    match SessionOptions::from_user_name(&user_name) {
+        Ok(options) => {
+            let session = Attach {
+                hub,
+                principal: Principal::Key {
+                    connection_id: who.connection_id.clone(),
+                    fingerprint: who.fingerprint.clone(),
+                },
+                instance: who.instance,
+                peer: who.peer,
+                options,
+                via,
+                terminal,
+            };
+            attach::run(ctx.attach_context(), session, ChannelKeyboard(reader), out).await;
+            let _ = writer.exit_status(0).await;
+        }
+        Err(e) => {
+            let _ = out
+                .write_all(notice(&format!("CG-OPT-001 {e}; bye")).as_bytes())
+                .await;
+            let _ = writer.exit_status(2).await;
+        }
+    }
+    let _ = writer.eof().await;
+    let _ = writer.close().await;
+}
