@@ -425,3 +425,89 @@ async fn web_sockets_count_in_the_connection_limit() {
     waiting.wait().await;
     gw.stop().await;
 }
+
+/// A stand-in VNC display: greets like RFB, then echoes what it receives.
+async fn echoing_display() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = format!("tcp:127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                socket.write_all(b"RFB 003.008\n").await.unwrap();
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = socket.read(&mut buf).await {
+                    if n == 0 || socket.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (target, task)
+}
+
+/// Reads binary frames until `want` bytes have arrived.
+async fn read_binary(socket: &mut Socket, want: usize) -> Vec<u8> {
+    let mut got = Vec::new();
+    tokio::time::timeout(GUARD, async {
+        while got.len() < want {
+            match socket.next().await {
+                Some(Ok(Message::Binary(b))) => got.extend_from_slice(&b),
+                Some(Ok(_)) => {}
+                other => panic!("socket ended: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("display bytes never came");
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockify_runs_through_the_one_vnc_copy_and_is_ended_at_shutdown() {
+    let (target, display) = echoing_display().await;
+    let gw = Gateway::start(&instance("vm1", "simulator", Some(&target))).await;
+    let config = gw.config_path.clone();
+    let token = gw.console_token("vm1", ConsoleProtocol::Vnc).await;
+    let mut first = web(&gw, &format!("/websockify?token={token}")).await;
+    assert_eq!(read_binary(&mut first, 12).await, b"RFB 003.008\n");
+    first
+        .send(Message::Binary(b"0123456789".to_vec().into()))
+        .await
+        .unwrap();
+    assert_eq!(read_binary(&mut first, 10).await, b"0123456789");
+    first.close(None).await.unwrap();
+    let rows = audit_until(&config, "vm1", "a vnc-close row", |r| {
+        r.iter().any(|r| r["event"] == "vnc-close")
+    })
+    .await;
+    let open = rows.iter().find(|r| r["event"] == "vnc-open").unwrap();
+    assert!(
+        detail(open).starts_with("websockify (console token "),
+        "{open}"
+    );
+    let closed = rows.iter().find(|r| r["event"] == "vnc-close").unwrap();
+    assert_eq!(closed["bytesIn"], 10, "{closed}");
+    assert_eq!(closed["bytesOut"], 22, "{closed}");
+    assert_eq!(closed["connectionId"], Value::Null);
+
+    // A proxy still open at shutdown is ended, and its close audited.
+    let token = gw.console_token("vm1", ConsoleProtocol::Vnc).await;
+    let mut second = web(&gw, &format!("/websockify?token={token}")).await;
+    read_binary(&mut second, 12).await;
+    let _dir = gw.stop().await;
+    let rows = audit_of(&config, "vm1").await;
+    let cut = rows
+        .iter()
+        .find(|r| r["event"] == "vnc-close" && detail(r).contains("CG-OPS-001"))
+        .unwrap_or_else(|| panic!("no vnc-close at shutdown: {rows:#?}"));
+    assert!(
+        detail(cut).starts_with("websockify: CG-OPS-001 the gateway is shutting down"),
+        "{cut}"
+    );
+    display.abort();
+}

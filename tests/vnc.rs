@@ -116,6 +116,27 @@ async fn vnc_connection_string_carries_64_mib_each_way_intact() {
     .expect("transfer hung");
     server.await.unwrap();
     ssh.kill().await.unwrap();
+    // The tunnel's close is audited with every byte each way.
+    let closed = tokio::time::timeout(GUARD, async {
+        loop {
+            let rows = gw.audit(&conn.id).await;
+            if let Some(row) = rows.into_iter().find(|r| r["event"] == "vnc-close") {
+                return row;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("no vnc-close row");
+    assert_eq!(closed["bytesIn"], PAYLOAD as u64, "{closed}");
+    assert_eq!(closed["bytesOut"], PAYLOAD as u64, "{closed}");
+    assert!(
+        closed["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("inner hop: "),
+        "{closed}"
+    );
     gw.stop().await;
 }
 
