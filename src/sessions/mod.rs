@@ -24,6 +24,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::ops::metrics::Metrics;
+use crate::store::Store;
+use attach::AttachContext;
+
 /// The owner of every session: SSH connections (and their channels), web
 /// consoles and VNC proxies are all tracked here, admitted under one limit
 /// (`[ssh] max_connections`), and ended through one cancellation, before
@@ -86,14 +90,19 @@ impl Sessions {
         self.tracker.track_future(session)
     }
 
+    /// What console sessions of this owner need: where their audit rows
+    /// go, where their timeouts are counted, when they must end.
+    pub fn attach_context(&self, store: Store, metrics: Arc<Metrics>) -> AttachContext {
+        AttachContext {
+            store,
+            metrics,
+            ending: self.cancel.clone(),
+        }
+    }
+
     /// Cancelled when sessions must end.
     pub fn ending(&self) -> &CancellationToken {
         &self.cancel
-    }
-
-    /// Sessions running now (channels and tunnels of one SSH connection count apart).
-    pub fn running(&self) -> usize {
-        self.tracker.len()
     }
 
     /// Ends every session: each is told why and writes its Detach audit

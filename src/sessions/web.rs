@@ -74,11 +74,7 @@ impl WebState {
         sessions: Sessions,
         store: crate::store::Store,
     ) -> WebState {
-        let attach = AttachContext {
-            store,
-            metrics: metrics.clone(),
-            ending: sessions.ending().clone(),
-        };
+        let attach = sessions.attach_context(store, metrics.clone());
         WebState {
             shared: Arc::new(WebShared {
                 tokens,
@@ -272,13 +268,11 @@ struct SocketKeyboard(ReadHalf<Frames>);
 
 impl Keyboard for SocketKeyboard {
     async fn typed(&mut self) -> Option<Bytes> {
-        let mut buf = vec![0u8; 4096];
-        match self.0.read(&mut buf).await {
+        // A browser sends a frame per keystroke; a paste comes in pieces.
+        let mut buf = bytes::BytesMut::with_capacity(4096);
+        match self.0.read_buf(&mut buf).await {
             Ok(0) | Err(_) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some(Bytes::from(buf))
-            }
+            Ok(_) => Some(buf.freeze()),
         }
     }
 }

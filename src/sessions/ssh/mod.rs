@@ -111,11 +111,7 @@ impl SshContext {
             keepalive,
         ));
         let table = InstanceTable::new(&config.instances, instance_keys);
-        let attach = AttachContext {
-            store: store.clone(),
-            metrics: metrics.clone(),
-            ending: sessions.ending().clone(),
-        };
+        let attach = sessions.attach_context(store.clone(), metrics.clone());
         SshContext {
             store,
             metrics,
