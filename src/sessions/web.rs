@@ -110,7 +110,16 @@ fn refused(state: &WebState, why: &TokenRefusal) -> Response {
     }
 }
 
-fn full() -> Response {
+/// No place for another session: every place is taken, or the gateway is
+/// shutting down.
+fn no_place(sessions: &Sessions) -> Response {
+    if sessions.ending().is_cancelled() {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "CG-OPS-001",
+            super::attach::SHUTTING_DOWN.to_owned(),
+        );
+    }
     refuse(
         StatusCode::SERVICE_UNAVAILABLE,
         "CG-WEB-006",
@@ -134,7 +143,8 @@ async fn admit(
 ) -> Result<(super::Admission, Redeemed), Response> {
     // A place first: a single-use token is not spent on a socket that
     // cannot be served.
-    let admission = state.shared.sessions.try_admit().ok_or_else(full)?;
+    let sessions = &state.shared.sessions;
+    let admission = sessions.try_admit().ok_or_else(|| no_place(sessions))?;
     let redeemed = state
         .shared
         .tokens
