@@ -14,7 +14,8 @@
 //!   [`codes`]: runbook codes on the wire.
 //! - [`keys`]: client key validation and fingerprints; the gateway's host keys.
 //! - [`audit`]: the audit trail's events.
-//! - [`store`]: persistent state (SQLite), the one place SQL runs, and the
+//! - [`store`]: persistent state (SQLite, or PostgreSQL for a fleet), the
+//!   one place SQL runs, and the
 //!   records it keeps (console connections, console tokens, audit rows,
 //!   instance host keys).
 //! - [`console`]: console hubs, serial backends, escapes, timeouts,

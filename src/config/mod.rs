@@ -92,8 +92,10 @@ pub struct Config {
     /// The file it was read from (`None` when built from text), which a
     /// reload reads again.
     pub source: Option<PathBuf>,
-    /// Where host keys and the SQLite database live.
+    /// Where host keys, the admin socket and the SQLite database live.
     pub data_dir: PathBuf,
+    /// Which database holds the gateway's state.
+    pub store: StoreConfig,
     /// The SSH data plane.
     pub ssh: SshConfig,
     /// Logging.
@@ -150,6 +152,26 @@ impl Default for ApiConfig {
             max_page_size: 1000,
             deleted_retention_secs: 3600,
         }
+    }
+}
+
+/// `[store]`: which database holds console connections, tokens, host keys
+/// and the audit trail.
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// A PostgreSQL URL (`postgres://user:password@host:port/database`),
+    /// for several gateway nodes sharing one store; unset, an SQLite file
+    /// in the data directory (one node).
+    pub url: Option<String>,
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print a password.
+        f.debug_struct("StoreConfig")
+            .field("url", &self.url.as_ref().map(|_| "…"))
+            .finish()
     }
 }
 
@@ -494,6 +516,8 @@ struct RawConfig {
     #[serde(default)]
     metrics: MetricsConfig,
     #[serde(default)]
+    store: StoreConfig,
+    #[serde(default)]
     api_user: Vec<ApiUserConfig>,
     #[serde(default)]
     nova: NovaConfig,
@@ -567,6 +591,18 @@ fn check_ssh(ssh: &SshConfig) -> Result<(), String> {
         );
     }
     Ok(())
+}
+
+/// `[store]`: a PostgreSQL URL, if any.
+fn check_store(store: &StoreConfig) -> Result<(), String> {
+    match &store.url {
+        Some(url) if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) => Err(
+            "[store] url must be a PostgreSQL URL (postgres://user:password@host:port/database); \
+             leave it out for the SQLite file in data_dir"
+                .into(),
+        ),
+        _ => Ok(()),
+    }
 }
 
 /// `[api]`: limits of at least 1.
@@ -751,6 +787,7 @@ impl Config {
         check_instances(&raw.instance).map_err(invalid)?;
         check_ssh(&raw.ssh).map_err(invalid)?;
         check_api(&raw.api).map_err(invalid)?;
+        check_store(&raw.store).map_err(invalid)?;
         let api_users = load_api_users(raw.api_user, base).map_err(invalid)?;
         let nova = load_nova(raw.nova, &raw.nova_token, base).map_err(invalid)?;
         let instances = finish_instances(raw.instance, &raw.session, base).map_err(invalid)?;
@@ -766,6 +803,7 @@ impl Config {
             log: raw.log,
             api: raw.api,
             metrics: raw.metrics,
+            store: raw.store,
             api_users,
             audit_retention_days: raw.audit_retention_days,
             session: raw.session,
@@ -821,6 +859,20 @@ mod tests {
         assert_eq!(c.ssh.advertised_port(), 2222);
         assert_eq!(c.data_dir, PathBuf::from("/etc/cg/data"));
         assert!(c.instances.is_empty());
+    }
+
+    #[test]
+    fn the_store_is_sqlite_unless_a_postgres_url_is_given() {
+        assert_eq!(parse("").unwrap().store.url, None);
+        let url = "postgres://cg:secret@db.example:5432/consolegate";
+        let c = parse(&format!("[store]\nurl = \"{url}\"\n")).unwrap();
+        assert_eq!(c.store.url.as_deref(), Some(url));
+        // The password never reaches a debug print of the config.
+        assert!(!format!("{c:?}").contains("secret"));
+        let e = parse("[store]\nurl = \"mysql://db/cg\"\n").unwrap_err();
+        assert!(e.to_string().contains("must be a PostgreSQL URL"), "{e}");
+        let e = parse("[store]\npath = \"x\"\n").unwrap_err();
+        assert!(e.to_string().contains("path"), "{e}");
     }
 
     #[test]

@@ -73,7 +73,7 @@ pub struct Listeners {
 /// Opens the store and the host keys named by `config` (creating them on first use).
 pub async fn open_state(config: &Config) -> Result<(Store, HostKeys), GatewayError> {
     crate::keys::create_private_dir(&config.data_dir)?;
-    let store = Store::open_sqlite(&config.database_path()).await?;
+    let store = Store::open(config).await?;
     let data_dir = config.data_dir.clone();
     // RSA key generation takes a moment: keep it off the async threads.
     let host_keys = tokio::task::spawn_blocking(move || HostKeys::load_or_generate(&data_dir))

@@ -221,7 +221,11 @@ fn check_data_dir(config: &Config, report: &mut Report) {
 async fn check_store(config: &Config, report: &mut Report) -> Option<Store> {
     let path = config.database_path();
     let check = "store";
-    if !path.exists() {
+    let name = match &config.store.url {
+        Some(url) => format!("PostgreSQL {}", crate::store::redact_url(url)),
+        None => path.display().to_string(),
+    };
+    if config.store.url.is_none() && !path.exists() {
         report.add(
             check,
             "CG-STORE-001",
@@ -233,7 +237,7 @@ async fn check_store(config: &Config, report: &mut Report) -> Option<Store> {
         );
         return None;
     }
-    let store = match Store::open_sqlite_existing(&path).await {
+    let store = match Store::open_existing(config).await {
         Ok(s) => s,
         Err(e) => {
             report.add(check, "CG-STORE-001", Outcome::Fail, e.to_string());
@@ -246,27 +250,21 @@ async fn check_store(config: &Config, report: &mut Report) -> Option<Store> {
     })
     .await
     {
-        Ok(Ok(missing)) if missing.is_empty() => (
-            Outcome::Ok,
-            format!("{} answers and is migrated", path.display()),
-        ),
+        Ok(Ok(missing)) if missing.is_empty() => {
+            (Outcome::Ok, format!("{name} answers and is migrated"))
+        }
         Ok(Ok(missing)) => (
             Outcome::Fail,
             format!(
-                "{} lacks migrations {}: start this version's `consolegate serve` once to apply them",
-                path.display(),
+                "{name} lacks migrations {}: start this version's `consolegate serve` once to apply them",
                 missing.join(", ")
             ),
         ),
-        Ok(Err(e)) => (
-            Outcome::Fail,
-            format!("{} does not answer: {e}", path.display()),
-        ),
+        Ok(Err(e)) => (Outcome::Fail, format!("{name} does not answer: {e}")),
         Err(_) => (
             Outcome::Fail,
             format!(
-                "{} did not answer within {}s (locked by another process?)",
-                path.display(),
+                "{name} did not answer within {}s (locked by another process?)",
                 PROBE.as_secs() * 2
             ),
         ),

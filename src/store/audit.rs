@@ -1,6 +1,6 @@
 //! Audit rows: append, list, purge.
 
-use sqlx::Row;
+use super::row::StoreRow;
 
 use super::{Store, StoreError, now_ms};
 use crate::audit::{AuditEvent, AuditKind};
@@ -31,7 +31,8 @@ impl Store {
 
     /// Appends an audit event.
     pub async fn insert_audit(&self, e: &AuditEvent) -> Result<(), StoreError> {
-        sqlx::query(
+        on_pool!(self, |pool| {
+            sqlx::query(
             "INSERT INTO audit_events (time, event, connection_id, instance_id, fingerprint, peer, \
              read_only, bytes_in, bytes_out, duration_ms, detail) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
@@ -47,9 +48,10 @@ impl Store {
         .bind(e.bytes_out.map(|n| n as i64))
         .bind(e.duration_ms.map(|n| n as i64))
         .bind(e.detail.as_deref())
-        .execute(self.pool())
+        .execute(pool)
         .await?;
-        Ok(())
+            Ok(())
+        })
     }
 
     /// The newest `limit` events, optionally of one connection or instance, oldest first.
@@ -59,60 +61,62 @@ impl Store {
         instance_id: Option<&str>,
         limit: usize,
     ) -> Result<Vec<AuditEvent>, StoreError> {
-        let rows = sqlx::query(
+        on_pool!(self, |pool| {
+            let rows = sqlx::query(
             "SELECT * FROM (SELECT id, time, event, connection_id, instance_id, fingerprint, peer, \
              read_only, bytes_in, bytes_out, duration_ms, detail FROM audit_events \
              WHERE ($1 IS NULL OR connection_id = $1) AND ($2 IS NULL OR instance_id = $2) \
-             ORDER BY id DESC LIMIT $3) ORDER BY id",
+             ORDER BY id DESC LIMIT $3) AS newest ORDER BY id",
         )
         .bind(connection_id)
         .bind(instance_id)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(self.pool())
+        .fetch_all(pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                let kind = match r.try_get::<String, _>("event")?.as_str() {
-                    "attach" => AuditKind::Attach,
-                    "detach" => AuditKind::Detach,
-                    "force" => AuditKind::Force,
-                    "break" => AuditKind::Break,
-                    "vnc-open" => AuditKind::VncOpen,
-                    "vnc-close" => AuditKind::VncClose,
-                    "timeout" => AuditKind::Timeout,
-                    _ => AuditKind::Refused,
-                };
-                let time =
-                    super::from_ms(r.try_get("time")?).map_err(|message| StoreError::Corrupt {
-                        table: "audit_events",
-                        message,
-                    })?;
-                Ok(AuditEvent {
-                    id: r.try_get("id")?,
-                    time: crate::timefmt::format_time(time),
-                    event: kind,
-                    connection_id: r.try_get("connection_id")?,
-                    instance_id: r.try_get("instance_id")?,
-                    fingerprint: r.try_get("fingerprint")?,
-                    peer: r.try_get("peer")?,
-                    read_only: r.try_get("read_only")?,
-                    bytes_in: r.try_get::<Option<i64>, _>("bytes_in")?.map(|n| n as u64),
-                    bytes_out: r.try_get::<Option<i64>, _>("bytes_out")?.map(|n| n as u64),
-                    duration_ms: r
-                        .try_get::<Option<i64>, _>("duration_ms")?
-                        .map(|n| n as u64),
-                    detail: r.try_get("detail")?,
+            rows.iter()
+                .map(|r| {
+                    let kind = match r.text("event")?.as_str() {
+                        "attach" => AuditKind::Attach,
+                        "detach" => AuditKind::Detach,
+                        "force" => AuditKind::Force,
+                        "break" => AuditKind::Break,
+                        "vnc-open" => AuditKind::VncOpen,
+                        "vnc-close" => AuditKind::VncClose,
+                        "timeout" => AuditKind::Timeout,
+                        _ => AuditKind::Refused,
+                    };
+                    let time =
+                        super::from_ms(r.int("time")?).map_err(|message| StoreError::Corrupt {
+                            table: "audit_events",
+                            message,
+                        })?;
+                    Ok(AuditEvent {
+                        id: r.int("id")?,
+                        time: crate::timefmt::format_time(time),
+                        event: kind,
+                        connection_id: r.maybe_text("connection_id")?,
+                        instance_id: r.maybe_text("instance_id")?,
+                        fingerprint: r.maybe_text("fingerprint")?,
+                        peer: r.maybe_text("peer")?,
+                        read_only: r.maybe_flag("read_only")?,
+                        bytes_in: r.maybe_int("bytes_in")?.map(|n| n as u64),
+                        bytes_out: r.maybe_int("bytes_out")?.map(|n| n as u64),
+                        duration_ms: r.maybe_int("duration_ms")?.map(|n| n as u64),
+                        detail: r.maybe_text("detail")?,
+                    })
                 })
-            })
-            .collect()
+                .collect()
+        })
     }
 
     /// Deletes audit events older than `age_ms`.
     pub async fn purge_audit(&self, age_ms: i64) -> Result<u64, StoreError> {
-        Ok(sqlx::query("DELETE FROM audit_events WHERE time <= $1")
-            .bind(now_ms() - age_ms)
-            .execute(self.pool())
-            .await?
-            .rows_affected())
+        on_pool!(self, |pool| {
+            Ok(sqlx::query("DELETE FROM audit_events WHERE time <= $1")
+                .bind(now_ms() - age_ms)
+                .execute(pool)
+                .await?
+                .rows_affected())
+        })
     }
 }

@@ -1,7 +1,7 @@
 //! Console-connection queries: create (with its retry token), read, list by
 //! pages, tag updates and the lifecycle (DELETING → DELETED → purged).
 
-use sqlx::Row;
+use super::row::StoreRow;
 
 use super::{ConnectionFilter, Store, StoreError, from_ms, now_ms, to_json, to_ms};
 use super::{ConnectionRecord, DefinedTags, FreeformTags, LifecycleState};
@@ -54,10 +54,11 @@ impl Store {
         record: &ConnectionRecord,
         retry: Option<&RetryKey>,
     ) -> Result<(), StoreError> {
-        let now = now_ms();
-        let mut tx = self.pool().begin().await?;
-        if let Some(retry) = retry {
-            let inserted = sqlx::query(
+        on_pool!(self, |pool| {
+            let now = now_ms();
+            let mut tx = pool.begin().await?;
+            if let Some(retry) = retry {
+                let inserted = sqlx::query(
                 "INSERT INTO retry_tokens (caller, token, request_hash, connection_id, time_created) \
                  VALUES ($1, $2, $3, $4, $5) ON CONFLICT (caller, token) DO NOTHING",
             )
@@ -68,23 +69,23 @@ impl Store {
             .bind(now)
             .execute(&mut *tx)
             .await?;
-            if inserted.rows_affected() == 0 {
-                drop(tx);
-                return Err(
-                    match self.find_retry_token(&retry.caller, &retry.token).await? {
-                        Some((hash, connection_id)) => StoreError::RetryTokenUsed {
-                            connection_id,
-                            same_request: hash == retry.request_hash,
+                if inserted.rows_affected() == 0 {
+                    drop(tx);
+                    return Err(
+                        match self.find_retry_token(&retry.caller, &retry.token).await? {
+                            Some((hash, connection_id)) => StoreError::RetryTokenUsed {
+                                connection_id,
+                                same_request: hash == retry.request_hash,
+                            },
+                            None => StoreError::Corrupt {
+                                table: "retry_tokens",
+                                message: "token vanished during insert".into(),
+                            },
                         },
-                        None => StoreError::Corrupt {
-                            table: "retry_tokens",
-                            message: "token vanished during insert".into(),
-                        },
-                    },
-                );
+                    );
+                }
             }
-        }
-        let result = sqlx::query(
+            let result = sqlx::query(
             "INSERT INTO console_connections (id, compartment_id, instance_id, lifecycle_state, \
              public_key, fingerprint, freeform_tags, defined_tags, time_created, time_updated) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
@@ -101,30 +102,32 @@ impl Store {
         .bind(now)
         .execute(&mut *tx)
         .await;
-        match result {
-            Ok(_) => {
-                tx.commit().await?;
-                Ok(())
-            }
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                drop(tx);
-                let existing = sqlx::query(
+            match result {
+                Ok(_) => {
+                    tx.commit().await?;
+                    Ok(())
+                }
+                Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                    drop(tx);
+                    let existing = sqlx::query(
                     "SELECT id FROM console_connections WHERE instance_id = $1 AND fingerprint = $2 \
                      AND lifecycle_state IN ('CREATING', 'ACTIVE')",
                 )
                 .bind(&record.instance_id)
                 .bind(&record.fingerprint)
-                .fetch_optional(self.pool())
+                .fetch_optional(pool)
                 .await?;
-                Err(StoreError::Conflict {
-                    instance_id: record.instance_id.clone(),
-                    existing_id: existing
-                        .map(|r| r.get::<String, _>(0))
-                        .unwrap_or_else(|| "unknown".into()),
-                })
+                    Err(StoreError::Conflict {
+                        instance_id: record.instance_id.clone(),
+                        existing_id: existing
+                            .map(|r| r.text("id"))
+                            .transpose()?
+                            .unwrap_or_else(|| "unknown".into()),
+                    })
+                }
+                Err(e) => Err(e.into()),
             }
-            Err(e) => Err(e.into()),
-        }
+        })
     }
 
     /// The request hash and connection a caller's retry token stands for,
@@ -134,38 +137,46 @@ impl Store {
         caller: &str,
         token: &str,
     ) -> Result<Option<(String, String)>, StoreError> {
-        let row = sqlx::query(
-            "SELECT request_hash, connection_id FROM retry_tokens \
+        on_pool!(self, |pool| {
+            let row = sqlx::query(
+                "SELECT request_hash, connection_id FROM retry_tokens \
              WHERE caller = $1 AND token = $2 AND time_created > $3",
-        )
-        .bind(caller)
-        .bind(token)
-        .bind(now_ms() - RETRY_TOKEN_TTL_MS)
-        .fetch_optional(self.pool())
-        .await?;
-        Ok(row.map(|r| (r.get(0), r.get(1))))
+            )
+            .bind(caller)
+            .bind(token)
+            .bind(now_ms() - RETRY_TOKEN_TTL_MS)
+            .fetch_optional(pool)
+            .await?;
+            row.map(|r| Ok((r.text("request_hash")?, r.text("connection_id")?)))
+                .transpose()
+        })
     }
 
     /// The connection with this id, in any state.
     pub async fn get_connection(&self, id: &str) -> Result<Option<ConnectionRecord>, StoreError> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            columns!(),
-            " FROM console_connections WHERE id = $1"
-        ))
-        .bind(id)
-        .fetch_optional(self.pool())
-        .await?;
-        row.map(|r| decode_record(&r)).transpose()
+        on_pool!(self, |pool| {
+            let row = sqlx::query(concat!(
+                "SELECT ",
+                columns!(),
+                " FROM console_connections WHERE id = $1"
+            ))
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
+            row.map(|r| decode_record(&r)).transpose()
+        })
     }
 
     /// Just the state of a connection: what live sessions poll.
     pub async fn connection_state(&self, id: &str) -> Result<Option<LifecycleState>, StoreError> {
-        let row = sqlx::query("SELECT lifecycle_state FROM console_connections WHERE id = $1")
-            .bind(id)
-            .fetch_optional(self.pool())
-            .await?;
-        row.map(|r| parse_state(&r.get::<String, _>(0))).transpose()
+        on_pool!(self, |pool| {
+            let row = sqlx::query("SELECT lifecycle_state FROM console_connections WHERE id = $1")
+                .bind(id)
+                .fetch_optional(pool)
+                .await?;
+            row.map(|r| parse_state(&r.text("lifecycle_state")?))
+                .transpose()
+        })
     }
 
     /// Connections matching `filter`, oldest first, starting after `page`,
@@ -176,25 +187,27 @@ impl Store {
         page: Option<&PageKey>,
         limit: Option<usize>,
     ) -> Result<Vec<ConnectionRecord>, StoreError> {
-        let limit = limit.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            columns!(),
-            " FROM console_connections \
+        on_pool!(self, |pool| {
+            let limit = limit.map_or(i64::MAX, |l| i64::try_from(l).unwrap_or(i64::MAX));
+            let rows = sqlx::query(concat!(
+                "SELECT ",
+                columns!(),
+                " FROM console_connections \
              WHERE ($1 IS NULL OR compartment_id = $1) AND ($2 IS NULL OR instance_id = $2) \
              AND ($3 IS NULL OR lifecycle_state = $3) \
              AND ($4 IS NULL OR time_created > $4 OR (time_created = $4 AND id > $5)) \
              ORDER BY time_created, id LIMIT $6"
-        ))
-        .bind(filter.compartment_id.as_deref())
-        .bind(filter.instance_id.as_deref())
-        .bind(filter.lifecycle_state.map(LifecycleState::as_str))
-        .bind(page.map(|p| p.time_created_ms))
-        .bind(page.map(|p| p.id.as_str()))
-        .bind(limit)
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter().map(decode_record).collect()
+            ))
+            .bind(filter.compartment_id.as_deref())
+            .bind(filter.instance_id.as_deref())
+            .bind(filter.lifecycle_state.map(LifecycleState::as_str))
+            .bind(page.map(|p| p.time_created_ms))
+            .bind(page.map(|p| p.id.as_str()))
+            .bind(limit)
+            .fetch_all(pool)
+            .await?;
+            rows.iter().map(decode_record).collect()
+        })
     }
 
     /// Replaces the tags of a connection; returns it as it now is.
@@ -204,33 +217,37 @@ impl Store {
         freeform: Option<&FreeformTags>,
         defined: Option<&DefinedTags>,
     ) -> Result<Option<ConnectionRecord>, StoreError> {
-        sqlx::query(
-            "UPDATE console_connections SET \
+        on_pool!(self, |pool| {
+            sqlx::query(
+                "UPDATE console_connections SET \
              freeform_tags = COALESCE($2, freeform_tags), \
              defined_tags = COALESCE($3, defined_tags), time_updated = $4 WHERE id = $1",
-        )
-        .bind(id)
-        .bind(freeform.map(to_json))
-        .bind(defined.map(to_json))
-        .bind(now_ms())
-        .execute(self.pool())
-        .await?;
-        self.get_connection(id).await
+            )
+            .bind(id)
+            .bind(freeform.map(to_json))
+            .bind(defined.map(to_json))
+            .bind(now_ms())
+            .execute(pool)
+            .await?;
+            self.get_connection(id).await
+        })
     }
 
     /// Starts deleting a connection: ACTIVE (or CREATING) becomes DELETING,
     /// which live sessions see at their next check. Returns the record as
     /// it now is, or `None` if there is no such connection.
     pub async fn begin_delete(&self, id: &str) -> Result<Option<ConnectionRecord>, StoreError> {
-        sqlx::query(
-            "UPDATE console_connections SET lifecycle_state = 'DELETING', time_updated = $2 \
+        on_pool!(self, |pool| {
+            sqlx::query(
+                "UPDATE console_connections SET lifecycle_state = 'DELETING', time_updated = $2 \
              WHERE id = $1 AND lifecycle_state IN ('CREATING', 'ACTIVE', 'FAILED')",
-        )
-        .bind(id)
-        .bind(now_ms())
-        .execute(self.pool())
-        .await?;
-        self.get_connection(id).await
+            )
+            .bind(id)
+            .bind(now_ms())
+            .execute(pool)
+            .await?;
+            self.get_connection(id).await
+        })
     }
 
     /// Deletes a connection at once (live → DELETED): what the CLI does,
@@ -240,16 +257,18 @@ impl Store {
         &self,
         id: &str,
     ) -> Result<Option<ConnectionRecord>, StoreError> {
-        let now = now_ms();
-        sqlx::query(
-            "UPDATE console_connections SET lifecycle_state = 'DELETED', time_updated = $2, \
+        on_pool!(self, |pool| {
+            let now = now_ms();
+            sqlx::query(
+                "UPDATE console_connections SET lifecycle_state = 'DELETED', time_updated = $2, \
              time_deleted = $2 WHERE id = $1 AND lifecycle_state NOT IN ('DELETED')",
-        )
-        .bind(id)
-        .bind(now)
-        .execute(self.pool())
-        .await?;
-        self.get_connection(id).await
+            )
+            .bind(id)
+            .bind(now)
+            .execute(pool)
+            .await?;
+            self.get_connection(id).await
+        })
     }
 
     /// Moves connections that have been DELETING for `settle_ms` to
@@ -260,48 +279,50 @@ impl Store {
         settle_ms: i64,
         retention_ms: i64,
     ) -> Result<(u64, u64), StoreError> {
-        let now = now_ms();
-        let finished = sqlx::query(
-            "UPDATE console_connections SET lifecycle_state = 'DELETED', time_updated = $1, \
+        on_pool!(self, |pool| {
+            let now = now_ms();
+            let finished = sqlx::query(
+                "UPDATE console_connections SET lifecycle_state = 'DELETED', time_updated = $1, \
              time_deleted = $1 WHERE lifecycle_state = 'DELETING' AND time_updated <= $2",
-        )
-        .bind(now)
-        .bind(now - settle_ms)
-        .execute(self.pool())
-        .await?
-        .rows_affected();
-        let purged = sqlx::query(
+            )
+            .bind(now)
+            .bind(now - settle_ms)
+            .execute(pool)
+            .await?
+            .rows_affected();
+            let purged = sqlx::query(
             "DELETE FROM console_connections WHERE lifecycle_state = 'DELETED' AND time_deleted <= $1",
         )
         .bind(now - retention_ms)
-        .execute(self.pool())
+        .execute(pool)
         .await?
         .rows_affected();
-        sqlx::query("DELETE FROM retry_tokens WHERE time_created <= $1")
-            .bind(now - RETRY_TOKEN_TTL_MS)
-            .execute(self.pool())
-            .await?;
-        Ok((finished, purged))
+            sqlx::query("DELETE FROM retry_tokens WHERE time_created <= $1")
+                .bind(now - RETRY_TOKEN_TTL_MS)
+                .execute(pool)
+                .await?;
+            Ok((finished, purged))
+        })
     }
 }
 
-fn decode_record(row: &sqlx::sqlite::SqliteRow) -> Result<ConnectionRecord, StoreError> {
+fn decode_record(row: &impl StoreRow) -> Result<ConnectionRecord, StoreError> {
     let corrupt = |message: String| StoreError::Corrupt {
         table: "console_connections",
         message,
     };
-    let freeform: String = row.try_get("freeform_tags")?;
-    let defined: String = row.try_get("defined_tags")?;
+    let freeform = row.text("freeform_tags")?;
+    let defined = row.text("defined_tags")?;
     Ok(ConnectionRecord {
-        id: row.try_get("id")?,
-        compartment_id: row.try_get("compartment_id")?,
-        instance_id: row.try_get("instance_id")?,
-        lifecycle_state: parse_state(&row.try_get::<String, _>("lifecycle_state")?)?,
-        public_key: row.try_get("public_key")?,
-        fingerprint: row.try_get("fingerprint")?,
+        id: row.text("id")?,
+        compartment_id: row.text("compartment_id")?,
+        instance_id: row.text("instance_id")?,
+        lifecycle_state: parse_state(&row.text("lifecycle_state")?)?,
+        public_key: row.text("public_key")?,
+        fingerprint: row.text("fingerprint")?,
         freeform_tags: serde_json::from_str(&freeform).map_err(|e| corrupt(e.to_string()))?,
         defined_tags: serde_json::from_str(&defined).map_err(|e| corrupt(e.to_string()))?,
-        time_created: from_ms(row.try_get("time_created")?).map_err(corrupt)?,
+        time_created: from_ms(row.int("time_created")?).map_err(corrupt)?,
     })
 }
 

@@ -1,28 +1,50 @@
-//! The store: console connections and per-instance host keys.
+//! The store: console connections, console tokens, per-instance host keys
+//! and the audit trail.
 //!
 //! [`Store`] is the one boundary the rest of the gateway uses for persistent
-//! state; nothing else runs SQL. SQLite is the embedded default: one file in the
-//! data directory, created on first use, migrations embedded in the binary
-//! (`migrations/sqlite`). It is reached through sqlx with runtime-checked
-//! queries (no database is needed at build time). Several processes may use
-//! one file at once (the gateway, and the `connection` CLI): the database runs
-//! in WAL mode with a busy timeout, and the per-instance policy is enforced by
-//! a unique index rather than by a read-then-write.
+//! state; nothing else runs SQL. It is reached through sqlx with
+//! runtime-checked queries (no database is needed at build time), and has
+//! two backends behind one API, with their migrations embedded in the
+//! binary:
 //!
-//! PostgreSQL (for a fleet of gateway nodes) will be a second variant of the
-//! private `Backend` enum with the same methods; callers do not change.
+//! - SQLite, the embedded default: one file in the data directory, created
+//!   on first use (`migrations/sqlite`). Several processes may use one file
+//!   at once (the gateway, and the `connection` CLI): the database runs in
+//!   WAL mode with a busy timeout.
+//! - PostgreSQL (`[store] url`), for several gateway nodes sharing one
+//!   store (`migrations/postgres`, run under PostgreSQL's advisory lock).
+//!
+//! The same SQL serves both (`$n` parameters, `ON CONFLICT`, `RETURNING`);
+//! `on_pool!` runs a body against whichever pool is open, and rows decode
+//! through `StoreRow`. Every rule that must hold between processes
+//! or nodes is one statement or a constraint, never a read-then-write: the
+//! one live connection per instance and key is a unique index, a retry
+//! token is inserted with its connection in one transaction, a single-use
+//! console token is spent by the `UPDATE … RETURNING` that finds it.
 
 use std::path::Path;
 use std::time::Duration;
 
 use russh::keys::PrivateKey;
-use sqlx::Row;
+use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use time::OffsetDateTime;
+
+/// Runs `body` with `pool` bound to the store's pool, whichever backend it
+/// is: the same SQL (with `$n` parameters) serves SQLite and PostgreSQL.
+macro_rules! on_pool {
+    ($store:expr, |$pool:ident| $body:expr) => {
+        match &$store.backend {
+            $crate::store::Backend::Sqlite($pool) => $body,
+            $crate::store::Backend::Postgres($pool) => $body,
+        }
+    };
+}
 
 mod audit;
 mod connections;
 mod record;
+mod row;
 mod tokens;
 pub use connections::{PageKey, RetryKey};
 pub use record::{ConnectionRecord, DefinedTags, FreeformTags, LifecycleState};
@@ -75,6 +97,10 @@ pub enum StoreError {
     /// A host key could not be generated.
     #[error(transparent)]
     HostKey(#[from] crate::keys::HostKeyError),
+    /// The database answers but takes no writes (a PostgreSQL standby, or
+    /// `default_transaction_read_only`).
+    #[error("the database takes no writes (a read-only standby or session)")]
+    ReadOnly,
 }
 
 // Not `#[from]`: the messages above already show the cause, and a `source`
@@ -111,11 +137,61 @@ pub struct Store {
 #[derive(Debug, Clone)]
 enum Backend {
     Sqlite(SqlitePool),
+    Postgres(PgPool),
 }
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Connections a PostgreSQL pool keeps at most.
+const POSTGRES_CONNECTIONS: u32 = 8;
 
 impl Store {
+    /// Opens the store `config` names and migrates it: PostgreSQL when
+    /// `[store] url` is set, else the SQLite file in the data directory
+    /// (created on first use).
+    pub async fn open(config: &crate::config::Config) -> Result<Store, StoreError> {
+        match &config.store.url {
+            Some(url) => Store::open_postgres(url).await,
+            None => Store::open_sqlite(&config.database_path()).await,
+        }
+    }
+
+    /// Opens the store `config` names without creating or migrating it
+    /// (for `consolegate doctor`, which looks but does not change).
+    pub async fn open_existing(config: &crate::config::Config) -> Result<Store, StoreError> {
+        match &config.store.url {
+            Some(url) => Store::connect_postgres(url, 1).await,
+            None => Store::open_sqlite_existing(&config.database_path()).await,
+        }
+    }
+
+    /// Opens the PostgreSQL database at `url` and migrates it. Migrations
+    /// run under PostgreSQL's advisory lock, so nodes starting at once
+    /// migrate once.
+    pub async fn open_postgres(url: &str) -> Result<Store, StoreError> {
+        let store = Store::connect_postgres(url, POSTGRES_CONNECTIONS).await?;
+        if let Backend::Postgres(pool) = &store.backend {
+            POSTGRES_MIGRATIONS.run(pool).await?;
+        }
+        Ok(store)
+    }
+
+    async fn connect_postgres(url: &str, connections: u32) -> Result<Store, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await
+            .map_err(|error| StoreError::Open {
+                path: redact_url(url),
+                error,
+            })?;
+        Ok(Store {
+            backend: Backend::Postgres(pool),
+        })
+    }
+
     /// Opens (creating if needed) the SQLite database at `path` and migrates it.
     pub async fn open_sqlite(path: &Path) -> Result<Store, StoreError> {
         // The gateway and the CLI may open a new database at the same moment;
@@ -197,53 +273,85 @@ impl Store {
 
     /// Checks that the database answers and would take a write: a read of
     /// its own tables inside a write transaction that is rolled back (so a
-    /// file another process holds locked, or that became read-only, fails).
+    /// file another process holds locked, a file that became read-only, or
+    /// a PostgreSQL standby, fails).
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let mut conn = self.pool().acquire().await?;
-        // Answer within 2 s (not the 10 s writers wait), then put it back.
-        sqlx::query("PRAGMA busy_timeout = 2000")
-            .execute(&mut *conn)
-            .await?;
-        let probe = async {
-            sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
-            let read = sqlx::query("SELECT count(*) FROM console_connections WHERE id = ''")
-                .fetch_one(&mut *conn)
+        match &self.backend {
+            Backend::Sqlite(pool) => {
+                let mut conn = pool.acquire().await?;
+                // Answer within 2 s (not the 10 s writers wait), then put it back.
+                sqlx::query("PRAGMA busy_timeout = 2000")
+                    .execute(&mut *conn)
+                    .await?;
+                let probe = async {
+                    sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+                    let read =
+                        sqlx::query("SELECT count(*) FROM console_connections WHERE id = ''")
+                            .fetch_one(&mut *conn)
+                            .await;
+                    sqlx::query("ROLLBACK").execute(&mut *conn).await?;
+                    read.map(drop)
+                }
                 .await;
-            sqlx::query("ROLLBACK").execute(&mut *conn).await?;
-            read.map(drop)
+                sqlx::query("PRAGMA busy_timeout = 10000")
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(probe?)
+            }
+            Backend::Postgres(pool) => {
+                let read_only: bool = sqlx::query_scalar(
+                    "SELECT pg_is_in_recovery() OR current_setting('transaction_read_only') = 'on'",
+                )
+                .fetch_one(pool)
+                .await?;
+                if read_only {
+                    return Err(StoreError::ReadOnly);
+                }
+                sqlx::query("SELECT count(*) FROM console_connections WHERE id = ''")
+                    .fetch_one(pool)
+                    .await?;
+                Ok(())
+            }
         }
-        .await;
-        sqlx::query("PRAGMA busy_timeout = 10000")
-            .execute(&mut *conn)
-            .await?;
-        Ok(probe?)
     }
 
     /// The schema migrations this build has that the database lacks
     /// (their descriptions); empty when it is up to date.
     pub async fn missing_migrations(&self) -> Result<Vec<String>, StoreError> {
-        let applied: Vec<i64> =
-            match sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
-                .fetch_all(self.pool())
-                .await
+        let query = "SELECT version FROM _sqlx_migrations WHERE success";
+        let (applied, migrator) = match &self.backend {
+            Backend::Sqlite(pool) => (
+                sqlx::query_scalar::<_, i64>(query).fetch_all(pool).await,
+                &SQLITE_MIGRATIONS,
+            ),
+            Backend::Postgres(pool) => (
+                sqlx::query_scalar::<_, i64>(query).fetch_all(pool).await,
+                &POSTGRES_MIGRATIONS,
+            ),
+        };
+        let applied = match applied {
+            Ok(v) => v,
+            // No migration table: nothing was ever applied.
+            Err(sqlx::Error::Database(e))
+                if e.message().contains("no such table")
+                    || e.code().as_deref() == Some("42P01") =>
             {
-                Ok(v) => v,
-                // No migration table: nothing was ever applied.
-                Err(sqlx::Error::Database(e)) if e.message().contains("no such table") => {
-                    Vec::new()
-                }
-                Err(e) => return Err(e.into()),
-            };
-        Ok(SQLITE_MIGRATIONS
+                Vec::new()
+            }
+            Err(e) => return Err(e.into()),
+        };
+        Ok(migrator
             .iter()
             .filter(|m| !applied.contains(&m.version))
             .map(|m| format!("{} {}", m.version, m.description))
             .collect())
     }
 
-    pub(crate) fn pool(&self) -> &SqlitePool {
+    /// Which backend this is: `sqlite` or `postgres`.
+    pub fn backend_name(&self) -> &'static str {
         match &self.backend {
-            Backend::Sqlite(pool) => pool,
+            Backend::Sqlite(_) => "sqlite",
+            Backend::Postgres(_) => "postgres",
         }
     }
 
@@ -255,15 +363,18 @@ impl Store {
         }
         let key = crate::keys::generate_instance_key()?;
         let pem = crate::keys::encode_private_key(&key)?;
-        sqlx::query(
-            "INSERT INTO instance_host_keys (instance_id, private_key, time_created) \
-             VALUES ($1, $2, $3) ON CONFLICT (instance_id) DO NOTHING",
-        )
-        .bind(instance_id)
-        .bind(pem)
-        .bind(now_ms())
-        .execute(self.pool())
-        .await?;
+        on_pool!(self, |pool| {
+            sqlx::query(
+                "INSERT INTO instance_host_keys (instance_id, private_key, time_created) \
+                 VALUES ($1, $2, $3) ON CONFLICT (instance_id) DO NOTHING",
+            )
+            .bind(instance_id)
+            .bind(&pem)
+            .bind(now_ms())
+            .execute(pool)
+            .await
+            .map(drop)
+        })?;
         self.load_instance_key(instance_id)
             .await?
             .ok_or_else(|| StoreError::Corrupt {
@@ -273,16 +384,18 @@ impl Store {
     }
 
     async fn load_instance_key(&self, instance_id: &str) -> Result<Option<PrivateKey>, StoreError> {
-        let row = sqlx::query("SELECT private_key FROM instance_host_keys WHERE instance_id = $1")
+        let pem = on_pool!(self, |pool| {
+            sqlx::query_scalar::<_, String>(
+                "SELECT private_key FROM instance_host_keys WHERE instance_id = $1",
+            )
             .bind(instance_id)
-            .fetch_optional(self.pool())
-            .await?;
-        row.map(|r| {
-            crate::keys::decode_private_key(&r.get::<String, _>(0)).map_err(|message| {
-                StoreError::Corrupt {
-                    table: "instance_host_keys",
-                    message,
-                }
+            .fetch_optional(pool)
+            .await
+        })?;
+        pem.map(|pem| {
+            crate::keys::decode_private_key(&pem).map_err(|message| StoreError::Corrupt {
+                table: "instance_host_keys",
+                message,
             })
         })
         .transpose()
@@ -290,7 +403,21 @@ impl Store {
 
     /// Closes the pool, waiting for queries in flight.
     pub async fn close(&self) {
-        self.pool().close().await;
+        on_pool!(self, |pool| pool.close().await);
+    }
+}
+
+/// `url` with its password, if any, hidden (for messages and logs).
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "(a database URL)".into();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
     }
 }
 
@@ -319,225 +446,22 @@ fn restrict_permissions(path: &Path) {
 
 #[cfg(test)]
 mod tests {
-    use super::ConnectionRecord;
-    use super::*;
+    use super::redact_url;
 
-    fn record(id: &str, instance: &str, fingerprint: &str) -> ConnectionRecord {
-        ConnectionRecord {
-            id: id.into(),
-            compartment_id: "c1".into(),
-            instance_id: instance.into(),
-            lifecycle_state: LifecycleState::Active,
-            public_key: "ssh-ed25519 AAAA".into(),
-            fingerprint: fingerprint.into(),
-            freeform_tags: [("team".to_string(), "ops".to_string())].into(),
-            defined_tags: Default::default(),
-            time_created: OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap(),
-        }
-    }
-
-    async fn open() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_sqlite(&dir.path().join("db.sqlite"))
-            .await
-            .unwrap();
-        (dir, store)
-    }
-
-    #[tokio::test]
-    async fn records_round_trip_and_survive_reopen() {
-        let (dir, store) = open().await;
-        let r = record("a", "vm1", "SHA256:x");
-        store.create_connection(&r, None).await.unwrap();
-        assert_eq!(store.get_connection("a").await.unwrap(), Some(r.clone()));
-        store.close().await;
-        let store = Store::open_sqlite(&dir.path().join("db.sqlite"))
-            .await
-            .unwrap();
-        assert_eq!(store.get_connection("a").await.unwrap(), Some(r));
-        assert_eq!(store.get_connection("nope").await.unwrap(), None);
-    }
-
-    #[tokio::test]
-    async fn one_live_connection_per_instance_and_key() {
-        let (_dir, store) = open().await;
-        store
-            .create_connection(&record("a", "vm1", "SHA256:x"), None)
-            .await
-            .unwrap();
-        let err = store
-            .create_connection(&record("b", "vm1", "SHA256:x"), None)
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(&err, StoreError::Conflict { existing_id, .. } if existing_id == "a"),
-            "{err}"
-        );
-        assert!(store.get_connection("b").await.unwrap().is_none());
-        // Another key, or another instance, is fine.
-        store
-            .create_connection(&record("c", "vm1", "SHA256:y"), None)
-            .await
-            .unwrap();
-        store
-            .create_connection(&record("d", "vm2", "SHA256:x"), None)
-            .await
-            .unwrap();
-        // Once deleted, the slot is free again.
-        let deleted = store.delete_connection("a").await.unwrap().unwrap();
-        assert_eq!(deleted.lifecycle_state, LifecycleState::Deleted);
-        store
-            .create_connection(&record("b", "vm1", "SHA256:x"), None)
-            .await
-            .unwrap();
-        let filter = ConnectionFilter {
-            instance_id: Some("vm1".into()),
-            ..Default::default()
-        };
-        let ids: Vec<_> = store
-            .list_connections(&filter, None, None)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|r| r.id)
-            .collect();
-        assert_eq!(ids, ["a", "b", "c"]);
+    #[test]
+    fn database_urls_are_shown_without_their_password() {
         assert_eq!(
-            store.connection_state("a").await.unwrap(),
-            Some(LifecycleState::Deleted)
+            redact_url("postgres://cg:s3cret@db:5432/consolegate"),
+            "postgres://cg:***@db:5432/consolegate"
         );
-        assert!(store.delete_connection("zzz").await.unwrap().is_none());
-    }
-
-    #[tokio::test]
-    async fn instance_host_keys_are_stable() {
-        let (_dir, store) = open().await;
-        let a = store.instance_host_key("vm1").await.unwrap();
-        let b = store.instance_host_key("vm1").await.unwrap();
-        let c = store.instance_host_key("vm2").await.unwrap();
-        assert_eq!(a.public_key().key_data(), b.public_key().key_data());
-        assert_ne!(a.public_key().key_data(), c.public_key().key_data());
-    }
-
-    #[tokio::test]
-    async fn pages_cover_everything_once() {
-        let (_dir, store) = open().await;
-        for i in 0..7 {
-            let mut r = record(&format!("id{i}"), "vm1", &format!("SHA256:{i}"));
-            // Two share a creation time: the id breaks the tie.
-            r.time_created = OffsetDateTime::from_unix_timestamp(1_700_000_000 + i / 2).unwrap();
-            store.create_connection(&r, None).await.unwrap();
-        }
-        let filter = ConnectionFilter::default();
-        let mut seen = Vec::new();
-        let mut page = None;
-        loop {
-            let rows = store
-                .list_connections(&filter, page.as_ref(), Some(3))
-                .await
-                .unwrap();
-            if rows.is_empty() {
-                break;
-            }
-            page = rows.last().map(PageKey::after);
-            seen.extend(rows.into_iter().map(|r| r.id));
-        }
-        assert_eq!(seen, ["id0", "id1", "id2", "id3", "id4", "id5", "id6"]);
-    }
-
-    #[tokio::test]
-    async fn retry_tokens_replay_or_conflict() {
-        let (_dir, store) = open().await;
-        let key = RetryKey {
-            caller: "t/u/f".into(),
-            token: "tok".into(),
-            request_hash: "h1".into(),
-        };
-        store
-            .create_connection(&record("a", "vm1", "SHA256:x"), Some(&key))
-            .await
-            .unwrap();
         assert_eq!(
-            store.find_retry_token("t/u/f", "tok").await.unwrap(),
-            Some(("h1".into(), "a".into()))
+            redact_url("postgres://db/consolegate"),
+            "postgres://db/consolegate"
         );
-        assert_eq!(store.find_retry_token("other", "tok").await.unwrap(), None);
-        // The same token again (say, a race of two retries) creates nothing.
-        let again = RetryKey {
-            request_hash: "h2".into(),
-            ..key.clone()
-        };
-        let err = store
-            .create_connection(&record("b", "vm1", "SHA256:y"), Some(&again))
-            .await
-            .unwrap_err();
-        assert!(matches!(
-            err,
-            StoreError::RetryTokenUsed { ref connection_id, same_request: false } if connection_id == "a"
-        ));
-        assert!(store.get_connection("b").await.unwrap().is_none());
-        // A conflict on the connection rolls the token back.
-        let fresh = RetryKey {
-            token: "tok2".into(),
-            ..key
-        };
-        assert!(matches!(
-            store
-                .create_connection(&record("c", "vm1", "SHA256:x"), Some(&fresh))
-                .await,
-            Err(StoreError::Conflict { .. })
-        ));
-        assert_eq!(store.find_retry_token("t/u/f", "tok2").await.unwrap(), None);
-    }
-
-    #[tokio::test]
-    async fn deletion_goes_through_deleting_to_deleted_to_gone() {
-        let (_dir, store) = open().await;
-        store
-            .create_connection(&record("a", "vm1", "SHA256:x"), None)
-            .await
-            .unwrap();
-        let r = store.begin_delete("a").await.unwrap().unwrap();
-        assert_eq!(r.lifecycle_state, LifecycleState::Deleting);
-        // Not settled yet.
         assert_eq!(
-            store.advance_lifecycle(60_000, 60_000).await.unwrap(),
-            (0, 0)
+            redact_url("postgres://cg@db/consolegate"),
+            "postgres://cg@db/consolegate"
         );
-        assert_eq!(store.advance_lifecycle(0, 60_000).await.unwrap(), (1, 0));
-        assert_eq!(
-            store.connection_state("a").await.unwrap(),
-            Some(LifecycleState::Deleted)
-        );
-        // A deleted connection is not deleted again, and is purged after retention.
-        let r = store.begin_delete("a").await.unwrap().unwrap();
-        assert_eq!(r.lifecycle_state, LifecycleState::Deleted);
-        assert_eq!(store.advance_lifecycle(0, 0).await.unwrap(), (0, 1));
-        assert!(store.get_connection("a").await.unwrap().is_none());
+        assert_eq!(redact_url("not a url"), "(a database URL)");
     }
-
-    #[tokio::test]
-    async fn tags_update_in_place() {
-        let (_dir, store) = open().await;
-        store
-            .create_connection(&record("a", "vm1", "SHA256:x"), None)
-            .await
-            .unwrap();
-        let tags: FreeformTagsForTest = [("k".to_string(), "v".to_string())].into();
-        let r = store
-            .update_tags("a", Some(&tags), None)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(r.freeform_tags, tags);
-        assert!(
-            store
-                .update_tags("zzz", Some(&tags), None)
-                .await
-                .unwrap()
-                .is_none()
-        );
-    }
-
-    type FreeformTagsForTest = crate::store::FreeformTags;
 }

@@ -1,7 +1,7 @@
 //! Console tokens of the Nova-compatible API: short-lived, stored hashed,
 //! bound to one instance and one protocol, optionally single use.
 
-use sqlx::Row;
+use super::row::StoreRow;
 
 use super::{Store, StoreError, now_ms};
 
@@ -59,7 +59,8 @@ impl Store {
         token_sha256: &str,
         token: &ConsoleToken,
     ) -> Result<(), StoreError> {
-        sqlx::query(
+        on_pool!(self, |pool| {
+            sqlx::query(
             "INSERT INTO console_tokens (token_sha256, instance_id, protocol, single_use, expires_at, time_created) \
              VALUES ($1, $2, $3, $4, $5, $6)",
         )
@@ -69,9 +70,10 @@ impl Store {
         .bind(token.single_use)
         .bind(token.expires_at_ms)
         .bind(now_ms())
-        .execute(self.pool())
+        .execute(pool)
         .await?;
-        Ok(())
+            Ok(())
+        })
     }
 
     /// A live token (not expired, and unused if single use), without using it.
@@ -79,15 +81,17 @@ impl Store {
         &self,
         token_sha256: &str,
     ) -> Result<Option<ConsoleToken>, StoreError> {
-        let row = sqlx::query(
-            "SELECT instance_id, protocol, single_use, expires_at FROM console_tokens \
+        on_pool!(self, |pool| {
+            let row = sqlx::query(
+                "SELECT instance_id, protocol, single_use, expires_at FROM console_tokens \
              WHERE token_sha256 = $1 AND expires_at > $2 AND NOT (single_use AND used)",
-        )
-        .bind(token_sha256)
-        .bind(now_ms())
-        .fetch_optional(self.pool())
-        .await?;
-        row.map(|r| decode(&r)).transpose()
+            )
+            .bind(token_sha256)
+            .bind(now_ms())
+            .fetch_optional(pool)
+            .await?;
+            row.map(|r| decode(&r)).transpose()
+        })
     }
 
     /// Takes a live token to open a console: a single-use token is marked
@@ -96,16 +100,18 @@ impl Store {
         &self,
         token_sha256: &str,
     ) -> Result<Option<ConsoleToken>, StoreError> {
-        let row = sqlx::query(
-            "UPDATE console_tokens SET used = 1 \
+        on_pool!(self, |pool| {
+            let row = sqlx::query(
+                "UPDATE console_tokens SET used = TRUE \
              WHERE token_sha256 = $1 AND expires_at > $2 AND NOT (single_use AND used) \
              RETURNING instance_id, protocol, single_use, expires_at",
-        )
-        .bind(token_sha256)
-        .bind(now_ms())
-        .fetch_optional(self.pool())
-        .await?;
-        row.map(|r| decode(&r)).transpose()
+            )
+            .bind(token_sha256)
+            .bind(now_ms())
+            .fetch_optional(pool)
+            .await?;
+            row.map(|r| decode(&r)).transpose()
+        })
     }
 
     /// Revokes every token of `instance_id` for `protocol`.
@@ -114,37 +120,41 @@ impl Store {
         instance_id: &str,
         protocol: ConsoleProtocol,
     ) -> Result<u64, StoreError> {
-        Ok(
-            sqlx::query("DELETE FROM console_tokens WHERE instance_id = $1 AND protocol = $2")
-                .bind(instance_id)
-                .bind(protocol.as_str())
-                .execute(self.pool())
-                .await?
-                .rows_affected(),
-        )
+        on_pool!(self, |pool| {
+            Ok(
+                sqlx::query("DELETE FROM console_tokens WHERE instance_id = $1 AND protocol = $2")
+                    .bind(instance_id)
+                    .bind(protocol.as_str())
+                    .execute(pool)
+                    .await?
+                    .rows_affected(),
+            )
+        })
     }
 
     /// Deletes expired tokens.
     pub async fn purge_console_tokens(&self) -> Result<u64, StoreError> {
-        Ok(
-            sqlx::query("DELETE FROM console_tokens WHERE expires_at <= $1")
-                .bind(now_ms())
-                .execute(self.pool())
-                .await?
-                .rows_affected(),
-        )
+        on_pool!(self, |pool| {
+            Ok(
+                sqlx::query("DELETE FROM console_tokens WHERE expires_at <= $1")
+                    .bind(now_ms())
+                    .execute(pool)
+                    .await?
+                    .rows_affected(),
+            )
+        })
     }
 }
 
-fn decode(r: &sqlx::sqlite::SqliteRow) -> Result<ConsoleToken, StoreError> {
-    let protocol: String = r.try_get("protocol")?;
+fn decode(r: &impl StoreRow) -> Result<ConsoleToken, StoreError> {
+    let protocol = r.text("protocol")?;
     Ok(ConsoleToken {
-        instance_id: r.try_get("instance_id")?,
+        instance_id: r.text("instance_id")?,
         protocol: ConsoleProtocol::parse(&protocol).ok_or_else(|| StoreError::Corrupt {
             table: "console_tokens",
             message: format!("unknown protocol `{protocol}`"),
         })?,
-        single_use: r.try_get("single_use")?,
-        expires_at_ms: r.try_get("expires_at")?,
+        single_use: r.flag("single_use")?,
+        expires_at_ms: r.int("expires_at")?,
     })
 }

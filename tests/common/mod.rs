@@ -631,3 +631,96 @@ pub fn signal(child: &Child, signal: &str) {
         .unwrap();
     assert!(status.success(), "kill -{signal} {pid} failed");
 }
+
+/// The base URL of the tests' private PostgreSQL server, started once
+/// (tests/postgres/server.sh); `None` where PostgreSQL is not installed.
+/// Under CI a missing server is a failure.
+pub fn postgres_server() -> Option<String> {
+    static BASE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    BASE.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/postgres/server.sh");
+        let out = std::process::Command::new(&script)
+            .output()
+            .expect("run tests/postgres/server.sh");
+        if out.status.success() {
+            return Some(String::from_utf8(out.stdout).unwrap().trim().to_owned());
+        }
+        let why = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "no PostgreSQL for the tests: {why}"
+        );
+        eprintln!("SKIPPED on PostgreSQL: {why}");
+        None
+    })
+    .clone()
+}
+
+/// A fresh, empty database on the tests' PostgreSQL server: its URL.
+pub async fn postgres_database() -> Option<String> {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let base = postgres_server()?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let name = format!(
+        "t{}_{}_{nanos}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let admin = sqlx::PgPool::connect(&format!("{base}/postgres"))
+        .await
+        .expect("connect to the tests' PostgreSQL server");
+    // The name is ours (digits and underscores), not input.
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    Some(format!("{base}/{name}"))
+}
+
+/// Where a test's store lives: an SQLite file, or a PostgreSQL database.
+pub enum TestStore {
+    /// An SQLite file in this directory.
+    Sqlite(TempDir),
+    /// A database of the tests' PostgreSQL server.
+    Postgres(String),
+}
+
+impl TestStore {
+    /// One of each backend (PostgreSQL where its server can run).
+    pub async fn both() -> Vec<TestStore> {
+        let mut stores = vec![TestStore::Sqlite(tempfile::tempdir().unwrap())];
+        if let Some(url) = postgres_database().await {
+            stores.push(TestStore::Postgres(url));
+        }
+        stores
+    }
+
+    /// Opens (and migrates) the store.
+    pub async fn open(&self) -> consolegate::store::Store {
+        match self {
+            TestStore::Sqlite(dir) => {
+                consolegate::store::Store::open_sqlite(&dir.path().join("db.sqlite")).await
+            }
+            TestStore::Postgres(url) => consolegate::store::Store::open_postgres(url).await,
+        }
+        .unwrap_or_else(|e| panic!("{}: {e}", self.name()))
+    }
+
+    /// Closes `store` and opens it again.
+    pub async fn reopen(&self, store: consolegate::store::Store) -> consolegate::store::Store {
+        store.close().await;
+        self.open().await
+    }
+
+    /// `sqlite` or `postgres`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            TestStore::Sqlite(_) => "sqlite",
+            TestStore::Postgres(_) => "postgres",
+        }
+    }
+}

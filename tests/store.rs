@@ -1,0 +1,448 @@
+//! The store's rules, on both backends: every test runs against an SQLite
+//! file and against a fresh database on a private PostgreSQL server
+//! (tests/postgres/server.sh; Debian's postgresql). Under CI a missing
+//! PostgreSQL is a failure, not a skip.
+
+mod common;
+
+use common::*;
+use consolegate::store::{
+    ConnectionFilter, ConnectionRecord, ConsoleProtocol, ConsoleToken, FreeformTags,
+    LifecycleState, PageKey, RetryKey, Store, StoreError,
+};
+use time::OffsetDateTime;
+
+fn record(id: &str, instance: &str, fingerprint: &str) -> ConnectionRecord {
+    ConnectionRecord {
+        id: id.into(),
+        compartment_id: "c1".into(),
+        instance_id: instance.into(),
+        lifecycle_state: LifecycleState::Active,
+        public_key: "ssh-ed25519 AAAA".into(),
+        fingerprint: fingerprint.into(),
+        freeform_tags: [("team".to_string(), "ops".to_string())].into(),
+        defined_tags: Default::default(),
+        time_created: OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_round_trip_and_survive_reopen() {
+    for backend in TestStore::both().await {
+        let store = backend.open().await;
+        let r = record("a", "vm1", "SHA256:x");
+        store.create_connection(&r, None).await.unwrap();
+        assert_eq!(store.get_connection("a").await.unwrap(), Some(r.clone()));
+        let store = backend.reopen(store).await;
+        assert_eq!(store.get_connection("a").await.unwrap(), Some(r));
+        assert_eq!(store.get_connection("nope").await.unwrap(), None);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_live_connection_per_instance_and_key() {
+    for backend in TestStore::both().await {
+        let store = backend.open().await;
+        store
+            .create_connection(&record("a", "vm1", "SHA256:x"), None)
+            .await
+            .unwrap();
+        let err = store
+            .create_connection(&record("b", "vm1", "SHA256:x"), None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Conflict { existing_id, .. } if existing_id == "a"),
+            "{err}"
+        );
+        assert!(store.get_connection("b").await.unwrap().is_none());
+        // Another key, or another instance, is fine.
+        store
+            .create_connection(&record("c", "vm1", "SHA256:y"), None)
+            .await
+            .unwrap();
+        store
+            .create_connection(&record("d", "vm2", "SHA256:x"), None)
+            .await
+            .unwrap();
+        // Once deleted, the slot is free again.
+        let deleted = store.delete_connection("a").await.unwrap().unwrap();
+        assert_eq!(deleted.lifecycle_state, LifecycleState::Deleted);
+        store
+            .create_connection(&record("b", "vm1", "SHA256:x"), None)
+            .await
+            .unwrap();
+        let filter = ConnectionFilter {
+            instance_id: Some("vm1".into()),
+            ..Default::default()
+        };
+        let ids: Vec<_> = store
+            .list_connections(&filter, None, None)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(ids, ["a", "b", "c"]);
+        assert_eq!(
+            store.connection_state("a").await.unwrap(),
+            Some(LifecycleState::Deleted)
+        );
+        assert!(store.delete_connection("zzz").await.unwrap().is_none());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instance_host_keys_are_stable() {
+    for backend in TestStore::both().await {
+        let store = backend.open().await;
+        let a = store.instance_host_key("vm1").await.unwrap();
+        let b = store.instance_host_key("vm1").await.unwrap();
+        let c = store.instance_host_key("vm2").await.unwrap();
+        assert_eq!(a.public_key().key_data(), b.public_key().key_data());
+        assert_ne!(a.public_key().key_data(), c.public_key().key_data());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_cover_everything_once() {
+    for backend in TestStore::both().await {
+        let store = backend.open().await;
+        for i in 0..7 {
+            let mut r = record(&format!("id{i}"), "vm1", &format!("SHA256:{i}"));
+            // Two share a creation time: the id breaks the tie.
+            r.time_created = OffsetDateTime::from_unix_timestamp(1_700_000_000 + i / 2).unwrap();
+            store.create_connection(&r, None).await.unwrap();
+        }
+        let filter = ConnectionFilter::default();
+        let mut seen = Vec::new();
+        let mut page = None;
+        loop {
+            let rows = store
+                .list_connections(&filter, page.as_ref(), Some(3))
+                .await
+                .unwrap();
+            if rows.is_empty() {
+                break;
+            }
+            page = rows.last().map(PageKey::after);
+            seen.extend(rows.into_iter().map(|r| r.id));
+        }
+        assert_eq!(seen, ["id0", "id1", "id2", "id3", "id4", "id5", "id6"]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_tokens_replay_or_conflict() {
+    for backend in TestStore::both().await {
+        let store = backend.open().await;
+        let key = RetryKey {
+            caller: "t/u/f".into(),
+            token: "tok".into(),
+            request_hash: "h1".into(),
+        };
+        store
+            .create_connection(&record("a", "vm1", "SHA256:x"), Some(&key))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.find_retry_token("t/u/f", "tok").await.unwrap(),
+            Some(("h1".into(), "a".into()))
+        );
+        assert_eq!(store.find_retry_token("other", "tok").await.unwrap(), None);
+        // The same token again (say, a race of two retries) creates nothing.
+        let again = RetryKey {
+            request_hash: "h2".into(),
+            ..key.clone()
+        };
+        let err = store
+            .create_connection(&record("b", "vm1", "SHA256:y"), Some(&again))
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            StoreError::RetryTokenUsed { ref connection_id, same_request: false } if connection_id == "a"
+        ));
+        assert!(store.get_connection("b").await.unwrap().is_none());
+        // A conflict on the connection rolls the token back.
+        let fresh = RetryKey {
+            token: "tok2".into(),
+            ..key
+        };
+        assert!(matches!(
+            store
+                .create_connection(&record("c", "vm1", "SHA256:x"), Some(&fresh))
+                .await,
+            Err(StoreError::Conflict { .. })
+        ));
+        assert_eq!(store.find_retry_token("t/u/f", "tok2").await.unwrap(), None);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletion_goes_through_deleting_to_deleted_to_gone() {
+    for backend in TestStore::both().await {
+        let store = backend.open().await;
+        store
+            .create_connection(&record("a", "vm1", "SHA256:x"), None)
+            .await
+            .unwrap();
+        let r = store.begin_delete("a").await.unwrap().unwrap();
+        assert_eq!(r.lifecycle_state, LifecycleState::Deleting);
+        // Not settled yet.
+        assert_eq!(
+            store.advance_lifecycle(60_000, 60_000).await.unwrap(),
+            (0, 0)
+        );
+        assert_eq!(store.advance_lifecycle(0, 60_000).await.unwrap(), (1, 0));
+        assert_eq!(
+            store.connection_state("a").await.unwrap(),
+            Some(LifecycleState::Deleted)
+        );
+        // A deleted connection is not deleted again, and is purged after retention.
+        let r = store.begin_delete("a").await.unwrap().unwrap();
+        assert_eq!(r.lifecycle_state, LifecycleState::Deleted);
+        assert_eq!(store.advance_lifecycle(0, 0).await.unwrap(), (0, 1));
+        assert!(store.get_connection("a").await.unwrap().is_none());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tags_update_in_place() {
+    for backend in TestStore::both().await {
+        let store = backend.open().await;
+        store
+            .create_connection(&record("a", "vm1", "SHA256:x"), None)
+            .await
+            .unwrap();
+        let tags: FreeformTags = [("k".to_string(), "v".to_string())].into();
+        let r = store
+            .update_tags("a", Some(&tags), None)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.freeform_tags, tags);
+        assert!(
+            store
+                .update_tags("zzz", Some(&tags), None)
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_backends_are_tested() {
+    let names: Vec<_> = TestStore::both()
+        .await
+        .iter()
+        .map(TestStore::name)
+        .collect();
+    if std::env::var_os("CI").is_some() {
+        assert_eq!(names, ["sqlite", "postgres"]);
+    }
+    for backend in TestStore::both().await {
+        let store = backend.open().await;
+        assert_eq!(store.backend_name(), backend.name());
+        store.ping().await.unwrap();
+        assert!(store.missing_migrations().await.unwrap().is_empty());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_tokens_are_bound_spent_once_and_expire() {
+    let in_an_hour = (OffsetDateTime::now_utc().unix_timestamp() + 3600) * 1000;
+    for backend in TestStore::both().await {
+        let store = backend.open().await;
+        let token = ConsoleToken {
+            instance_id: "vm1".into(),
+            protocol: ConsoleProtocol::Serial,
+            single_use: true,
+            expires_at_ms: in_an_hour,
+        };
+        store.create_console_token("h1", &token).await.unwrap();
+        assert_eq!(
+            store.console_token("h1").await.unwrap(),
+            Some(token.clone())
+        );
+        assert_eq!(
+            store.use_console_token("h1").await.unwrap(),
+            Some(token.clone())
+        );
+        assert_eq!(
+            store.use_console_token("h1").await.unwrap(),
+            None,
+            "{}",
+            backend.name()
+        );
+        assert_eq!(store.console_token("h1").await.unwrap(), None);
+        // Reusable tokens stay until they expire or are revoked.
+        let reusable = ConsoleToken {
+            single_use: false,
+            protocol: ConsoleProtocol::Vnc,
+            ..token.clone()
+        };
+        store.create_console_token("h2", &reusable).await.unwrap();
+        assert!(store.use_console_token("h2").await.unwrap().is_some());
+        assert!(store.use_console_token("h2").await.unwrap().is_some());
+        assert_eq!(
+            store
+                .revoke_console_tokens("vm1", ConsoleProtocol::Vnc)
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(store.console_token("h2").await.unwrap(), None);
+        let expired = ConsoleToken {
+            expires_at_ms: 1,
+            ..token
+        };
+        store.create_console_token("h3", &expired).await.unwrap();
+        assert_eq!(store.console_token("h3").await.unwrap(), None);
+        assert_eq!(store.purge_console_tokens().await.unwrap(), 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_rows_round_trip_newest_last_and_purge() {
+    use consolegate::audit::{AuditEvent, AuditKind};
+    for backend in TestStore::both().await {
+        let store = backend.open().await;
+        for n in 0..3u64 {
+            let mut e = AuditEvent::new(AuditKind::Detach);
+            e.connection_id = Some("a".into());
+            e.instance_id = Some("vm1".into());
+            e.read_only = Some(n == 1);
+            e.bytes_in = Some(n);
+            e.bytes_out = Some(u64::from(u32::MAX) + n);
+            e.detail = Some(format!("row {n}"));
+            store.insert_audit(&e).await.unwrap();
+        }
+        store
+            .insert_audit(&AuditEvent::new(AuditKind::Refused))
+            .await
+            .unwrap();
+        let rows = store.list_audit(Some("a"), None, 2).await.unwrap();
+        let details: Vec<_> = rows.iter().map(|r| r.detail.clone().unwrap()).collect();
+        assert_eq!(details, ["row 1", "row 2"], "{}", backend.name());
+        assert_eq!(rows[0].read_only, Some(true));
+        assert_eq!(rows[1].bytes_out, Some(u64::from(u32::MAX) + 2));
+        assert_eq!(store.list_audit(None, None, 10).await.unwrap().len(), 4);
+        assert_eq!(store.purge_audit(-60_000).await.unwrap(), 4);
+    }
+}
+
+/// Two gateway nodes on one PostgreSQL database: what one writes, the
+/// other sees, and the rules hold between them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_sharing_a_postgres_store_keep_its_rules() {
+    let Some(url) = postgres_database().await else {
+        return;
+    };
+    let a = Store::open_postgres(&url).await.unwrap();
+    let b = Store::open_postgres(&url).await.unwrap();
+    // A retry of a create sent to node B after node A answered finds A's connection.
+    let key = RetryKey {
+        caller: "t/u/f".into(),
+        token: "tok".into(),
+        request_hash: "h".into(),
+    };
+    a.create_connection(&record("a", "vm1", "SHA256:x"), Some(&key))
+        .await
+        .unwrap();
+    assert!(matches!(
+        b.create_connection(&record("b", "vm1", "SHA256:y"), Some(&key)).await,
+        Err(StoreError::RetryTokenUsed { ref connection_id, same_request: true }) if connection_id == "a"
+    ));
+    // A console token issued on A is redeemable on B, once.
+    let token = ConsoleToken {
+        instance_id: "vm1".into(),
+        protocol: ConsoleProtocol::Serial,
+        single_use: true,
+        expires_at_ms: (OffsetDateTime::now_utc().unix_timestamp() + 600) * 1000,
+    };
+    a.create_console_token("hash", &token).await.unwrap();
+    assert_eq!(b.use_console_token("hash").await.unwrap(), Some(token));
+    assert_eq!(a.use_console_token("hash").await.unwrap(), None);
+    // One live connection per instance and key, with creates racing on
+    // both nodes: exactly one wins.
+    let mut racing = Vec::new();
+    for n in 0..16 {
+        let node = if n % 2 == 0 { a.clone() } else { b.clone() };
+        racing.push(tokio::spawn(async move {
+            node.create_connection(&record(&format!("r{n}"), "vm2", "SHA256:race"), None)
+                .await
+        }));
+    }
+    let mut won = 0;
+    for task in racing {
+        match task.await.unwrap() {
+            Ok(()) => won += 1,
+            Err(StoreError::Conflict { .. }) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(won, 1);
+    // Instance host keys: both nodes present the same key.
+    let ka = a.instance_host_key("vm3").await.unwrap();
+    let kb = b.instance_host_key("vm3").await.unwrap();
+    assert_eq!(ka.public_key().key_data(), kb.public_key().key_data());
+}
+
+/// The whole gateway on PostgreSQL: the CLI creates a connection, the real
+/// ssh reaches the console, doctor checks the store, and a delete through
+/// the CLI ends the live session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_serves_consoles_from_postgres() {
+    let Some(url) = postgres_database().await else {
+        return;
+    };
+    let gw = Gateway::start_with(
+        tempfile::tempdir().unwrap(),
+        0,
+        "",
+        &format!(
+            "[store]\nurl = \"{url}\"\n\n{}",
+            instance("vm1", "simulator", None)
+        ),
+    )
+    .await;
+    let key = Key::ed25519(gw.dir.path(), "user");
+    let conn = gw.create("vm1", &key).await;
+    assert!(
+        !gw.path("data/consolegate.db").exists(),
+        "an SQLite file was created beside PostgreSQL"
+    );
+    let mut term = Terminal::spawn(&conn.ssh_argv(&key)).await;
+    term.expect("vm1 login: ").await;
+
+    let out = gw.cli(&["doctor", "--json", "--instance", "vm1"]).await;
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let store = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["check"] == "store")
+        .unwrap_or_else(|| panic!("{report:#}"));
+    assert_eq!(store["outcome"], "ok", "{store}");
+    assert!(
+        store["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("PostgreSQL postgres://consolegate@127.0.0.1:"),
+        "{store}"
+    );
+
+    let out = gw.cli(&["connection", "delete", &conn.id]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    term.expect("has been deleted").await;
+    term.wait().await;
+    let rows = gw.audit(&conn.id).await;
+    assert!(rows.iter().any(|r| r["event"] == "detach"), "{rows:#?}");
+    gw.stop().await;
+}
