@@ -23,7 +23,7 @@
 //! - [`connections`]: the console-connection and console-token operations
 //!   and their rules, the resource users see, the instances' host keys.
 //! - [`ops`]: operating the gateway: metrics, health, the admin socket,
-//!   `status` and `doctor`.
+//!   `status`, `cluster status` and `doctor`.
 //! - [`sessions`]: the data plane: [`Sessions`](sessions::Sessions), the one
 //!   owner of every session; the attach core; the VNC copy; the SSH front
 //!   end (outer hop, nested inner hop, VNC tunnels) and the web front end

@@ -57,6 +57,9 @@ enum Command {
     /// Manage console connections.
     #[command(subcommand)]
     Connection(ConnectionCommand),
+    /// The fleet of gateway nodes sharing this config's store.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Show the audit trail (attach, detach, force, break, refused attempts).
     Audit {
         /// Only this console connection.
@@ -68,6 +71,17 @@ enum Command {
         /// The newest this many events.
         #[arg(long, default_value_t = 100)]
         limit: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// List the nodes: alive, missing (no heartbeat within the node
+    /// timeout) or left, with when each was last seen.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -195,6 +209,23 @@ async fn run_with_config(config: Config, command: Command) -> anyhow::Result<()>
             Ok(())
         }
         Command::Connection(command) => connection(config, command).await,
+        Command::Cluster(ClusterCommand::Status { json }) => {
+            let (store, _) = consolegate::gateway::open_state(&config).await?;
+            let nodes = store.list_nodes().await?;
+            store.close().await;
+            let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+            let statuses = consolegate::ops::cluster::statuses(
+                &nodes,
+                now as i64,
+                config.cluster.node_timeout_secs,
+            );
+            if json {
+                println!("{}", serde_json::to_string_pretty(&statuses)?);
+            } else {
+                print!("{}", consolegate::ops::cluster::table(&statuses));
+            }
+            Ok(())
+        }
         Command::Audit {
             connection,
             instance,

@@ -446,3 +446,107 @@ async fn a_gateway_serves_consoles_from_postgres() {
     assert!(rows.iter().any(|r| r["event"] == "detach"), "{rows:#?}");
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_register_beat_and_leave() {
+    for backend in TestStore::both().await {
+        let store = backend.open().await;
+        assert!(!store.node_heartbeat("gw1").await.unwrap(), "unregistered");
+        store
+            .register_node("gw1", Some("10.0.0.1:7022"), "0.1.0")
+            .await
+            .unwrap();
+        store.register_node("gw2", None, "0.1.0").await.unwrap();
+        assert!(store.node_heartbeat("gw1").await.unwrap());
+        store.node_left("gw2").await.unwrap();
+        // A node that left beats no more until it registers again.
+        assert!(!store.node_heartbeat("gw2").await.unwrap());
+        let nodes = store.list_nodes().await.unwrap();
+        assert_eq!(nodes.len(), 2, "{}", backend.name());
+        assert_eq!(nodes[0].advertise.as_deref(), Some("10.0.0.1:7022"));
+        assert!(nodes[0].left_at_ms.is_none());
+        assert!(nodes[1].left_at_ms.is_some());
+        store.register_node("gw2", None, "0.2.0").await.unwrap();
+        let gw2 = store.list_nodes().await.unwrap().remove(1);
+        assert_eq!((gw2.version.as_str(), gw2.left_at_ms), ("0.2.0", None));
+    }
+}
+
+/// Two gateways on one PostgreSQL database list each other, alive; one
+/// stopping cleanly shows as left, and rejoins under its name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_status_lists_the_nodes_of_a_fleet() {
+    let Some(url) = postgres_database().await else {
+        return;
+    };
+    let node = |id: &str| {
+        format!(
+            "[store]\nurl = \"{url}\"\n\
+             [cluster]\nnode_id = \"{id}\"\nadvertise = \"127.0.0.1:7022\"\n\
+             heartbeat_secs = 1\nnode_timeout_secs = 3\n\n{}",
+            instance("vm1", "simulator", None)
+        )
+    };
+    let a = Gateway::start_with(tempfile::tempdir().unwrap(), 0, "", &node("gw-a")).await;
+    let b = Gateway::start_with(tempfile::tempdir().unwrap(), 0, "", &node("gw-b")).await;
+    let status = |gw_config: std::path::PathBuf| async move {
+        let out = run_cli(&gw_config, &["cluster", "status", "--json"]).await;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let nodes: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| {
+                (
+                    n["nodeId"].as_str().unwrap().to_owned(),
+                    n["state"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let alive = |id: &str| (id.to_owned(), "alive".to_owned());
+    let left = |id: &str| (id.to_owned(), "left".to_owned());
+    // Either node's config sees the whole fleet.
+    assert_eq!(
+        status(a.config_path.clone()).await,
+        [alive("gw-a"), alive("gw-b")]
+    );
+    assert_eq!(
+        status(b.config_path.clone()).await,
+        [alive("gw-a"), alive("gw-b")]
+    );
+    let table = run_cli(&a.config_path, &["cluster", "status"]).await;
+    let table = String::from_utf8_lossy(&table.stdout).into_owned();
+    assert!(table.starts_with("NODE "), "{table}");
+    assert!(table.contains("127.0.0.1:7022"), "{table}");
+
+    let b_config = b.config_path.clone();
+    let b_dir = b.stop().await;
+    assert_eq!(
+        status(b_config.clone()).await,
+        [alive("gw-a"), left("gw-b")]
+    );
+    // It rejoins under its name.
+    let b = Gateway::start_in(b_dir, 0, &node("gw-b")).await;
+    assert_eq!(
+        status(b_config.clone()).await,
+        [alive("gw-a"), alive("gw-b")]
+    );
+    // A node that dies without a word is missing once its heartbeats stop
+    // for longer than the node timeout.
+    let _b_dir = b.crash().await;
+    let missing = (String::from("gw-b"), String::from("missing"));
+    tokio::time::timeout(GUARD, async {
+        while status(b_config.clone()).await != [alive("gw-a"), missing.clone()] {
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+    })
+    .await
+    .expect("the crashed node never showed as missing");
+    a.stop().await;
+}

@@ -96,6 +96,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Which database holds the gateway's state.
     pub store: StoreConfig,
+    /// This gateway as a node of a fleet sharing the store.
+    pub cluster: ClusterConfig,
     /// The SSH data plane.
     pub ssh: SshConfig,
     /// Logging.
@@ -172,6 +174,33 @@ impl std::fmt::Debug for StoreConfig {
         f.debug_struct("StoreConfig")
             .field("url", &self.url.as_ref().map(|_| "…"))
             .finish()
+    }
+}
+
+/// `[cluster]`: this gateway as one node of several sharing a PostgreSQL
+/// store. Absent, the gateway runs alone.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// This node's name, unique in the fleet (letters, digits, `.`, `_`,
+    /// `-`); unset, the gateway is not a node of a fleet.
+    pub node_id: Option<String>,
+    /// Where the other nodes reach this one (`host:port`).
+    pub advertise: Option<String>,
+    /// Seconds between this node's heartbeats in the store.
+    pub heartbeat_secs: u64,
+    /// Seconds without a heartbeat after which a node counts as missing.
+    pub node_timeout_secs: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            node_id: None,
+            advertise: None,
+            heartbeat_secs: 2,
+            node_timeout_secs: 10,
+        }
     }
 }
 
@@ -518,6 +547,8 @@ struct RawConfig {
     #[serde(default)]
     store: StoreConfig,
     #[serde(default)]
+    cluster: ClusterConfig,
+    #[serde(default)]
     api_user: Vec<ApiUserConfig>,
     #[serde(default)]
     nova: NovaConfig,
@@ -603,6 +634,40 @@ fn check_store(store: &StoreConfig) -> Result<(), String> {
         ),
         _ => Ok(()),
     }
+}
+
+/// `[cluster]`: a valid node id, on a shared store, beating faster than
+/// it times out.
+fn check_cluster(cluster: &ClusterConfig, store: &StoreConfig) -> Result<(), String> {
+    let Some(node_id) = &cluster.node_id else {
+        return Ok(());
+    };
+    validate_instance_id(node_id).map_err(|m| format!("[cluster] node_id: {m}"))?;
+    if store.url.is_none() {
+        return Err(
+            "[cluster] node_id is set but the store is the local SQLite file: the nodes of a \
+             fleet share one PostgreSQL database ([store] url)"
+                .into(),
+        );
+    }
+    if let Some(advertise) = &cluster.advertise {
+        let valid = advertise.rsplit_once(':').is_some_and(|(host, port)| {
+            is_valid_host(host.trim_start_matches('[').trim_end_matches(']'))
+                && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if !valid {
+            return Err(format!(
+                "[cluster] advertise `{advertise}` must be host:port"
+            ));
+        }
+    }
+    if cluster.heartbeat_secs == 0 || cluster.node_timeout_secs <= cluster.heartbeat_secs {
+        return Err(
+            "[cluster] heartbeat_secs must be at least 1 and node_timeout_secs longer than it"
+                .into(),
+        );
+    }
+    Ok(())
 }
 
 /// `[api]`: limits of at least 1.
@@ -788,6 +853,7 @@ impl Config {
         check_ssh(&raw.ssh).map_err(invalid)?;
         check_api(&raw.api).map_err(invalid)?;
         check_store(&raw.store).map_err(invalid)?;
+        check_cluster(&raw.cluster, &raw.store).map_err(invalid)?;
         let api_users = load_api_users(raw.api_user, base).map_err(invalid)?;
         let nova = load_nova(raw.nova, &raw.nova_token, base).map_err(invalid)?;
         let instances = finish_instances(raw.instance, &raw.session, base).map_err(invalid)?;
@@ -804,6 +870,7 @@ impl Config {
             api: raw.api,
             metrics: raw.metrics,
             store: raw.store,
+            cluster: raw.cluster,
             api_users,
             audit_retention_days: raw.audit_retention_days,
             session: raw.session,
@@ -873,6 +940,31 @@ mod tests {
         assert!(e.to_string().contains("must be a PostgreSQL URL"), "{e}");
         let e = parse("[store]\npath = \"x\"\n").unwrap_err();
         assert!(e.to_string().contains("path"), "{e}");
+    }
+
+    #[test]
+    fn a_node_of_a_fleet_needs_a_name_and_a_shared_store() {
+        let pg = "[store]\nurl = \"postgres://db/cg\"\n";
+        let c = parse(&format!(
+            "{pg}[cluster]\nnode_id = \"gw1\"\nadvertise = \"10.0.0.5:7022\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.cluster.node_id.as_deref(), Some("gw1"));
+        assert_eq!(c.cluster.node_timeout_secs, 10);
+        let e = parse("[cluster]\nnode_id = \"gw1\"\n").unwrap_err();
+        assert!(e.to_string().contains("share one PostgreSQL"), "{e}");
+        let e = parse(&format!("{pg}[cluster]\nnode_id = \"gw 1\"\n")).unwrap_err();
+        assert!(e.to_string().contains("node_id"), "{e}");
+        let e = parse(&format!(
+            "{pg}[cluster]\nnode_id = \"gw1\"\nadvertise = \"gw1\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("host:port"), "{e}");
+        let e = parse(&format!(
+            "{pg}[cluster]\nnode_id = \"gw1\"\nheartbeat_secs = 10\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("node_timeout_secs"), "{e}");
     }
 
     #[test]

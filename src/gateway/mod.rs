@@ -168,6 +168,13 @@ pub async fn run_with(
     let mut tasks = JoinSet::new();
     let background = CancellationToken::new();
     tasks.spawn(lifecycle(store.clone(), config.clone(), background.clone()));
+    if let Some(node_id) = &config.cluster.node_id {
+        let version = env!("CARGO_PKG_VERSION");
+        let advertise = config.cluster.advertise.as_deref();
+        store.register_node(node_id, advertise, version).await?;
+        tracing::info!(node = %node_id, "registered as a node of the fleet");
+        tasks.spawn(heartbeat(store.clone(), config.clone(), background.clone()));
+    }
     let ops = crate::ops::routes(OpsState {
         metrics: metrics.clone(),
         hubs: hubs.clone(),
@@ -252,6 +259,11 @@ pub async fn run_with(
     // Sessions are gone; now the background tasks and the consoles.
     background.cancel();
     while tasks.join_next().await.is_some() {}
+    if let Some(node_id) = &config.cluster.node_id
+        && let Err(e) = store.node_left(node_id).await
+    {
+        tracing::warn!(code = "CG-STORE-002", error = %e, "could not record that this node left");
+    }
     hubs.stop().await;
     store.close().await;
     tracing::info!("gateway stopped");
@@ -316,6 +328,37 @@ async fn serve_http(
     }
     if let Some(h) = &health {
         h.set_api_listening(false);
+    }
+}
+
+/// Keeps this node's registration alive; registers it again if its row
+/// went away.
+async fn heartbeat(store: Store, config: Arc<Config>, shutdown: CancellationToken) {
+    let Some(node_id) = config.cluster.node_id.clone() else {
+        return;
+    };
+    let every = std::time::Duration::from_secs(config.cluster.heartbeat_secs);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let beat = match store.node_heartbeat(&node_id).await {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                let advertise = config.cluster.advertise.as_deref();
+                store
+                    .register_node(&node_id, advertise, env!("CARGO_PKG_VERSION"))
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = beat {
+            tracing::warn!(code = "CG-STORE-002", node = %node_id, error = %e,
+                "node heartbeat failed");
+        }
     }
 }
 

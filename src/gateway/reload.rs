@@ -178,6 +178,7 @@ fn keep_restart_only_settings(old: &Config, new: &mut Config) -> Vec<String> {
     keep!(api, "[api]");
     keep!(metrics, "[metrics]");
     keep!(store.url, "[store] url");
+    keep!(cluster, "[cluster]");
     keep!(nova.public_url, "[nova] public_url");
     keep!(nova.novnc_dir, "[nova] novnc_dir");
     keep!(nova.xterm_dir, "[nova] xterm_dir");

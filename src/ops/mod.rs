@@ -6,6 +6,7 @@
 //!   listener or on `[metrics] listen`;
 //! - [`admin`]: the local admin socket (`consolegate status`, `doctor`);
 //! - [`status`]: `consolegate status`, as a table or JSON;
+//! - [`cluster`]: `consolegate cluster status`, the nodes sharing the store;
 //! - [`doctor`]: `consolegate doctor`, the runbook's checks in order;
 //! - [`systemd`]: readiness notification for `Type=notify` services.
 //!
@@ -13,6 +14,7 @@
 //! secrets: fingerprints, never keys; token counts, never tokens.
 
 pub mod admin;
+pub mod cluster;
 pub mod doctor;
 pub mod metrics;
 pub mod status;

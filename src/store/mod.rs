@@ -43,10 +43,12 @@ macro_rules! on_pool {
 
 mod audit;
 mod connections;
+mod nodes;
 mod record;
 mod row;
 mod tokens;
 pub use connections::{PageKey, RetryKey};
+pub use nodes::NodeRecord;
 pub use record::{ConnectionRecord, DefinedTags, FreeformTags, LifecycleState};
 pub use tokens::{ConsoleProtocol, ConsoleToken};
 

@@ -106,6 +106,14 @@ impl Gateway {
         self.dir
     }
 
+    /// Stops the gateway as a crash would: its tasks are dropped where they
+    /// stand, nothing is said or written on the way out.
+    pub async fn crash(self) -> TempDir {
+        self.task.abort();
+        let _ = self.task.await;
+        self.dir
+    }
+
     /// Runs `consolegate <args> --config <this gateway's config>`.
     pub async fn cli(&self, args: &[&str]) -> Output {
         run_cli(&self.config_path, args).await
