@@ -550,3 +550,92 @@ async fn cluster_status_lists_the_nodes_of_a_fleet() {
     .expect("the crashed node never showed as missing");
     a.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_console_lease_has_one_owner_at_a_time() {
+    const TTL: i64 = 60_000;
+    for backend in TestStore::both().await {
+        let store = backend.open().await;
+        let a = store
+            .acquire_lease("vm1", "gw-a", TTL)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (a.owner.as_str(), a.epoch),
+            ("gw-a", 1),
+            "{}",
+            backend.name()
+        );
+        // Held: another node gets nothing, and nothing changes.
+        assert_eq!(store.acquire_lease("vm1", "gw-b", TTL).await.unwrap(), None);
+        assert_eq!(store.lease_of("vm1").await.unwrap().unwrap().owner, "gw-a");
+        assert!(store.renew_lease("vm1", "gw-a", 1, TTL).await.unwrap());
+        assert!(!store.renew_lease("vm1", "gw-b", 1, TTL).await.unwrap());
+        // Released: the next node takes it at once, in a new epoch; the old
+        // owner's renewal then changes nothing.
+        store.release_lease("vm1", "gw-a", 1).await.unwrap();
+        assert_eq!(store.lease_of("vm1").await.unwrap(), None);
+        let b = store
+            .acquire_lease("vm1", "gw-b", TTL)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((b.owner.as_str(), b.epoch), ("gw-b", 2));
+        assert!(!store.renew_lease("vm1", "gw-a", 1, TTL).await.unwrap());
+        // A release naming an old epoch does not free the new owner's lease.
+        store.release_lease("vm1", "gw-a", 1).await.unwrap();
+        assert_eq!(store.lease_of("vm1").await.unwrap().unwrap().owner, "gw-b");
+        // Lapsed (a lease of no time at all): it cannot be renewed, and
+        // another node takes it.
+        store
+            .acquire_lease("vm2", "gw-b", 0)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(store.lease_of("vm2").await.unwrap(), None);
+        assert!(!store.renew_lease("vm2", "gw-b", 1, TTL).await.unwrap());
+        let a = store
+            .acquire_lease("vm2", "gw-a", TTL)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((a.owner.as_str(), a.epoch), ("gw-a", 2));
+    }
+}
+
+/// Eight nodes start at once for one console, a hundred times over: each
+/// time exactly one holds the lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_race_has_exactly_one_winner() {
+    for backend in TestStore::both().await {
+        let mut nodes = Vec::new();
+        for _ in 0..8 {
+            nodes.push(backend.open().await);
+        }
+        for round in 0..100 {
+            let instance = format!("race-{round}");
+            let mut racing = Vec::new();
+            for (n, node) in nodes.iter().enumerate() {
+                let (node, instance) = (node.clone(), instance.clone());
+                racing.push(tokio::spawn(async move {
+                    node.acquire_lease(&instance, &format!("gw-{n}"), 60_000)
+                        .await
+                        .unwrap()
+                }));
+            }
+            let mut owners = Vec::new();
+            for task in racing {
+                owners.extend(task.await.unwrap());
+            }
+            assert_eq!(
+                owners.len(),
+                1,
+                "{} round {round}: {owners:?}",
+                backend.name()
+            );
+            let held = nodes[0].lease_of(&instance).await.unwrap().unwrap();
+            assert_eq!(held, owners[0]);
+        }
+    }
+}

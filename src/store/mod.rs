@@ -43,11 +43,13 @@ macro_rules! on_pool {
 
 mod audit;
 mod connections;
+mod leases;
 mod nodes;
 mod record;
 mod row;
 mod tokens;
 pub use connections::{PageKey, RetryKey};
+pub use leases::Lease;
 pub use nodes::NodeRecord;
 pub use record::{ConnectionRecord, DefinedTags, FreeformTags, LifecycleState};
 pub use tokens::{ConsoleProtocol, ConsoleToken};
