@@ -17,7 +17,7 @@
 //! - [`store`]: persistent state (SQLite, or PostgreSQL for a fleet), the
 //!   one place SQL runs, and the
 //!   records it keeps (console connections, console tokens, audit rows,
-//!   instance host keys).
+//!   instance host keys, the nodes of a fleet and their console leases).
 //! - [`console`]: console hubs, serial backends, escapes, timeouts,
 //!   recordings, the demo simulator.
 //! - [`connections`]: the console-connection and console-token operations

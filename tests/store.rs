@@ -639,3 +639,73 @@ async fn a_lease_race_has_exactly_one_winner() {
         }
     }
 }
+
+/// A delete through one node ends a session on another at once (NOTIFY),
+/// not at its next re-check, which here is ten minutes away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_on_one_node_ends_sessions_on_another_at_once() {
+    let Some(url) = postgres_database().await else {
+        return;
+    };
+    let node = |id: &str| {
+        format!(
+            "[store]\nurl = \"{url}\"\n[cluster]\nnode_id = \"{id}\"\n\n{}",
+            instance("vm1", "simulator", None)
+        )
+    };
+    let slow = "revalidate_interval_secs = 600\n";
+    let a = Gateway::start_with(tempfile::tempdir().unwrap(), 0, slow, &node("gw-a")).await;
+    // Nodes behind one name present one host key: B gets A's.
+    let b_dir = tempfile::tempdir().unwrap();
+    let b_data = b_dir.path().join("data");
+    std::fs::create_dir(&b_data).unwrap();
+    std::fs::set_permissions(&b_data, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    for file in ["ssh_host_ed25519_key", "ssh_host_rsa_key"] {
+        std::fs::copy(a.path(&format!("data/{file}")), b_data.join(file)).unwrap();
+    }
+    let b = Gateway::start_with(b_dir, 0, slow, &node("gw-b")).await;
+    // Created through node A; used through node B.
+    let key = Key::ed25519(b.dir.path(), "user");
+    let conn = a.create("vm1", &key).await;
+    // The same string, and the same known_hosts lines, with B's port.
+    let (a_port, b_port) = (a.port.to_string(), b.port.to_string());
+    let known_b = b.path("known_hosts_b");
+    std::fs::write(
+        &known_b,
+        std::fs::read_to_string(&conn.known_hosts)
+            .unwrap()
+            .replace(&format!("]:{a_port} "), &format!("]:{b_port} ")),
+    )
+    .unwrap();
+    let known_a = conn.known_hosts.display().to_string();
+    let through_b = conn
+        .ssh_argv(&key)
+        .iter()
+        .map(|arg| {
+            arg.replace(&format!(" -p {a_port} "), &format!(" -p {b_port} "))
+                .replace(&known_a, &known_b.display().to_string())
+        })
+        .collect::<Vec<_>>();
+    assert_ne!(
+        through_b,
+        conn.ssh_argv(&key),
+        "the string names node A's port"
+    );
+    let mut term = Terminal::spawn(&through_b).await;
+    term.expect("vm1 login: ").await;
+    let started = std::time::Instant::now();
+    let out = a.cli(&["connection", "delete", &conn.id]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    term.expect("has been deleted").await;
+    term.wait().await;
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "ended by a re-check, not by the notification"
+    );
+    b.stop().await;
+    a.stop().await;
+}

@@ -212,6 +212,7 @@ pub async fn run_with(
         &host_keys,
         inner_keys,
     ));
+    tasks.spawn(revocations(store.clone(), ctx.clone(), background.clone()));
     let reloader = Reloader {
         config: shared,
         ssh_port,
@@ -328,6 +329,40 @@ async fn serve_http(
     }
     if let Some(h) = &health {
         h.set_api_listening(false);
+    }
+}
+
+/// Hears deletes made through any node (PostgreSQL's LISTEN) and hands
+/// them to this node's SSH sessions, which then end at once. Without it
+/// (SQLite, or while the listener reconnects) sessions still end at their
+/// next re-check.
+async fn revocations(store: Store, ssh: Arc<SshContext>, shutdown: CancellationToken) {
+    loop {
+        let mut listener = match store.listen_revocations().await {
+            Ok(Some(listener)) => listener,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(code = "CG-STORE-002", error = %e,
+                    "cannot listen for deletes made on other nodes; sessions re-check instead");
+                tokio::select! {
+                    () = tokio::time::sleep(std::time::Duration::from_secs(2)) => continue,
+                    () = shutdown.cancelled() => return,
+                }
+            }
+        };
+        loop {
+            tokio::select! {
+                heard = listener.next() => match heard {
+                    Ok(id) => ssh.revoke(id),
+                    Err(e) => {
+                        tracing::warn!(code = "CG-STORE-002", error = %e,
+                            "lost the listener for deletes made on other nodes; sessions re-check instead");
+                        break;
+                    }
+                },
+                () = shutdown.cancelled() => return,
+            }
+        }
     }
 }
 

@@ -246,6 +246,7 @@ impl Store {
             .bind(now_ms())
             .execute(pool)
             .await?;
+            self.notify_revoked(id).await?;
             self.get_connection(id).await
         })
     }
@@ -267,6 +268,7 @@ impl Store {
             .bind(now)
             .execute(pool)
             .await?;
+            self.notify_revoked(id).await?;
             self.get_connection(id).await
         })
     }

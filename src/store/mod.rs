@@ -1,5 +1,5 @@
-//! The store: console connections, console tokens, per-instance host keys
-//! and the audit trail.
+//! The store: console connections, console tokens, per-instance host keys,
+//! the audit trail, and the nodes of a fleet with their console leases.
 //!
 //! [`Store`] is the one boundary the rest of the gateway uses for persistent
 //! state; nothing else runs SQL. It is reached through sqlx with
@@ -46,12 +46,14 @@ mod connections;
 mod leases;
 mod nodes;
 mod record;
+mod revocations;
 mod row;
 mod tokens;
 pub use connections::{PageKey, RetryKey};
 pub use leases::Lease;
 pub use nodes::NodeRecord;
 pub use record::{ConnectionRecord, DefinedTags, FreeformTags, LifecycleState};
+pub use revocations::RevocationListener;
 pub use tokens::{ConsoleProtocol, ConsoleToken};
 
 /// Store failures.

@@ -59,6 +59,8 @@ pub struct SshContext {
     hubs: ConsoleHubs,
     sessions: Sessions,
     attach: AttachContext,
+    /// Ids of connections just deleted (on any node), for their sessions.
+    revoked: tokio::sync::broadcast::Sender<String>,
     outer: Arc<RusshConfig>,
     /// The configured instances; a reload replaces the table whole.
     instances: std::sync::RwLock<Arc<InstanceTable>>,
@@ -119,6 +121,7 @@ impl SshContext {
             hubs,
             sessions,
             attach,
+            revoked: tokio::sync::broadcast::channel(256).0,
             outer,
             instances: std::sync::RwLock::new(Arc::new(table)),
         }
@@ -139,6 +142,13 @@ impl SshContext {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
+    }
+
+    /// Tells this node's sessions that connection `id` was deleted: theirs
+    /// read its record at once.
+    pub fn revoke(&self, id: String) {
+        // No receiver: no session of it on this node.
+        let _ = self.revoked.send(id);
     }
 
     /// What console sessions need from the gateway.
@@ -304,26 +314,23 @@ async fn handle_connection(ctx: Arc<SshContext>, socket: TcpStream, peer: Socket
 
     let mut recheck = tokio::time::interval(ctx.config.ssh.revalidate_interval());
     recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut revoked = ctx.revoked.subscribe();
     loop {
-        tokio::select! {
+        // The record is read at every re-check, and at once when another
+        // node (or this one) announces that this connection was deleted.
+        let check = tokio::select! {
             result = &mut session => {
                 log_end(peer, Some(&connection_id), result);
                 return;
             }
-            _ = recheck.tick() => {
-                match ctx.store.connection_state(&connection_id).await {
-                    Ok(Some(LifecycleState::Active)) => {}
-                    Ok(state) => {
-                        tracing::info!(%peer, connection = %connection_id, state = ?state,
-                            "console connection no longer active; closing its session");
-                        goodbye(format!("CG-AUTH-003 console connection {connection_id} has been deleted")).await;
-                        let _ = tokio::time::timeout(GOODBYE_TIME, &mut session).await;
-                        return;
-                    }
-                    Err(e) => tracing::warn!(code = "CG-STORE-002", connection = %connection_id,
-                        error = %e, "could not re-check console connection"),
-                }
-            }
+            _ = recheck.tick() => true,
+            heard = revoked.recv() => match heard {
+                Ok(id) => id == connection_id,
+                // Some were missed: this may have been one.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => true,
+                // Not while the context (which holds the sender) lives.
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => false,
+            },
             () = shutdown.cancelled() => {
                 // Console sessions say goodbye in their own channels and
                 // write their Detach rows while the connection still runs.
@@ -338,6 +345,24 @@ async fn handle_connection(ctx: Arc<SshContext>, socket: TcpStream, peer: Socket
                 let _ = tokio::time::timeout(GOODBYE_TIME, &mut session).await;
                 return;
             }
+        };
+        if !check {
+            continue;
+        }
+        match ctx.store.connection_state(&connection_id).await {
+            Ok(Some(LifecycleState::Active)) => {}
+            Ok(state) => {
+                tracing::info!(%peer, connection = %connection_id, state = ?state,
+                    "console connection no longer active; closing its session");
+                goodbye(format!(
+                    "CG-AUTH-003 console connection {connection_id} has been deleted"
+                ))
+                .await;
+                let _ = tokio::time::timeout(GOODBYE_TIME, &mut session).await;
+                return;
+            }
+            Err(e) => tracing::warn!(code = "CG-STORE-002", connection = %connection_id,
+                error = %e, "could not re-check console connection"),
         }
     }
 }
