@@ -709,3 +709,35 @@ async fn a_delete_on_one_node_ends_sessions_on_another_at_once() {
     b.stop().await;
     a.stop().await;
 }
+
+/// A PostgreSQL server that does not answer: a clear error naming the
+/// server, never its password, and no gateway half started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_postgres_is_a_clear_error_without_the_password() {
+    let port = free_port().await;
+    let url = format!("postgres://cg:s3cret@127.0.0.1:{port}/consolegate");
+    let e = Store::open_postgres(&url).await.unwrap_err().to_string();
+    assert!(
+        e.contains(&format!(
+            "cannot open the database postgres://cg:***@127.0.0.1:{port}/"
+        )),
+        "{e}"
+    );
+    assert!(!e.contains("s3cret"), "{e}");
+    // The gateway refuses to start on it, saying the same.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[store]\nurl = \"{url}\"\n\n{}",
+            instance("vm1", "simulator", None)
+        ),
+    )
+    .unwrap();
+    let out = run_cli(&config, &["cluster", "status"]).await;
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("postgres://cg:***@127.0.0.1"), "{said}");
+    assert!(!said.contains("s3cret"), "{said}");
+}

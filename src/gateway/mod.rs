@@ -169,9 +169,7 @@ pub async fn run_with(
     let background = CancellationToken::new();
     tasks.spawn(lifecycle(store.clone(), config.clone(), background.clone()));
     if let Some(node_id) = &config.cluster.node_id {
-        let version = env!("CARGO_PKG_VERSION");
-        let advertise = config.cluster.advertise.as_deref();
-        store.register_node(node_id, advertise, version).await?;
+        register(&store, &config, node_id).await?;
         tracing::info!(node = %node_id, "registered as a node of the fleet");
         tasks.spawn(heartbeat(store.clone(), config.clone(), background.clone()));
     }
@@ -366,6 +364,15 @@ async fn revocations(store: Store, ssh: Arc<SshContext>, shutdown: CancellationT
     }
 }
 
+/// Registers this gateway as node `node_id`, with its advertise address
+/// and version.
+async fn register(store: &Store, config: &Config, node_id: &str) -> Result<(), StoreError> {
+    let advertise = config.cluster.advertise.as_deref();
+    store
+        .register_node(node_id, advertise, env!("CARGO_PKG_VERSION"))
+        .await
+}
+
 /// Keeps this node's registration alive; registers it again if its row
 /// went away.
 async fn heartbeat(store: Store, config: Arc<Config>, shutdown: CancellationToken) {
@@ -382,12 +389,7 @@ async fn heartbeat(store: Store, config: Arc<Config>, shutdown: CancellationToke
         }
         let beat = match store.node_heartbeat(&node_id).await {
             Ok(true) => Ok(()),
-            Ok(false) => {
-                let advertise = config.cluster.advertise.as_deref();
-                store
-                    .register_node(&node_id, advertise, env!("CARGO_PKG_VERSION"))
-                    .await
-            }
+            Ok(false) => register(&store, &config, &node_id).await,
             Err(e) => Err(e),
         };
         if let Err(e) = beat {

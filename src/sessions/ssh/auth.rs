@@ -114,11 +114,13 @@ impl Authorized {
 
     /// An audit event about this connection.
     pub fn audit(&self, kind: AuditKind) -> AuditEvent {
-        let mut e = AuditEvent::new(kind);
-        e.connection_id = Some(self.connection_id.clone());
-        e.instance_id = Some(self.instance.id.clone());
-        e.fingerprint = Some(self.fingerprint.clone());
-        e.peer = Some(self.peer.to_string());
-        e
+        crate::sessions::attach::audit_event(
+            kind,
+            &self.principal(),
+            &self.instance.id,
+            self.peer,
+            None,
+            None,
+        )
     }
 }
