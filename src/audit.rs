@@ -29,6 +29,10 @@ pub enum AuditKind {
     VncClose,
     /// A session was closed by its idle timeout or maximum duration.
     Timeout,
+    /// A node of a fleet could not reach the store for longer than
+    /// `[cluster] store_lost_secs`, and ended or kept its sessions
+    /// (written once the store answers again).
+    StoreLost,
 }
 
 impl AuditKind {
@@ -43,6 +47,7 @@ impl AuditKind {
             AuditKind::VncOpen => "vnc-open",
             AuditKind::VncClose => "vnc-close",
             AuditKind::Timeout => "timeout",
+            AuditKind::StoreLost => "store-lost",
         }
     }
 }

@@ -215,6 +215,16 @@ impl HostKeys {
     }
 }
 
+/// This node's key for the node-to-node link of a fleet (`node_link_key`
+/// in `data_dir`), generated on first use; the other nodes know it by the
+/// public half the node registers in the store.
+pub fn load_or_generate_link_key(data_dir: &Path) -> Result<PrivateKey, HostKeyError> {
+    create_private_dir(data_dir)?;
+    load_or_generate_file(&data_dir.join("node_link_key"), || {
+        generate_key(Algorithm::Ed25519)
+    })
+}
+
 /// A new Ed25519 key for an instance's inner hop.
 pub fn generate_instance_key() -> Result<PrivateKey, HostKeyError> {
     generate_key(Algorithm::Ed25519)

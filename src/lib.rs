@@ -20,6 +20,8 @@
 //!   instance host keys, the nodes of a fleet and their console leases).
 //! - [`console`]: console hubs, serial backends, escapes, timeouts,
 //!   recordings, the demo simulator.
+//! - [`fleet`]: a fleet of nodes on one PostgreSQL store: the console
+//!   leases this node keeps, and where each console is held.
 //! - [`connections`]: the console-connection and console-token operations
 //!   and their rules, the resource users see, the instances' host keys.
 //! - [`ops`]: operating the gateway: metrics, health, the admin socket,
@@ -42,6 +44,7 @@ pub mod codes;
 pub mod config;
 pub mod connections;
 pub mod console;
+pub mod fleet;
 pub mod gateway;
 pub mod ids;
 pub mod keys;

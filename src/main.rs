@@ -212,10 +212,12 @@ async fn run_with_config(config: Config, command: Command) -> anyhow::Result<()>
         Command::Cluster(ClusterCommand::Status { json }) => {
             let (store, _) = consolegate::gateway::open_state(&config).await?;
             let nodes = store.list_nodes().await?;
+            let leases = store.list_leases().await?;
             store.close().await;
             let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
             let statuses = consolegate::ops::cluster::statuses(
                 &nodes,
+                &leases,
                 now as i64,
                 config.cluster.node_timeout_secs,
             );

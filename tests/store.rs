@@ -453,10 +453,18 @@ async fn nodes_register_beat_and_leave() {
         let store = backend.open().await;
         assert!(!store.node_heartbeat("gw1").await.unwrap(), "unregistered");
         store
-            .register_node("gw1", Some("10.0.0.1:7022"), "0.1.0")
+            .register_node(
+                "gw1",
+                Some("10.0.0.1:7022"),
+                Some("ssh-ed25519 AAAA"),
+                "0.1.0",
+            )
             .await
             .unwrap();
-        store.register_node("gw2", None, "0.1.0").await.unwrap();
+        store
+            .register_node("gw2", None, None, "0.1.0")
+            .await
+            .unwrap();
         assert!(store.node_heartbeat("gw1").await.unwrap());
         store.node_left("gw2").await.unwrap();
         // A node that left beats no more until it registers again.
@@ -464,9 +472,13 @@ async fn nodes_register_beat_and_leave() {
         let nodes = store.list_nodes().await.unwrap();
         assert_eq!(nodes.len(), 2, "{}", backend.name());
         assert_eq!(nodes[0].advertise.as_deref(), Some("10.0.0.1:7022"));
+        assert_eq!(nodes[0].link_key.as_deref(), Some("ssh-ed25519 AAAA"));
         assert!(nodes[0].left_at_ms.is_none());
         assert!(nodes[1].left_at_ms.is_some());
-        store.register_node("gw2", None, "0.2.0").await.unwrap();
+        store
+            .register_node("gw2", None, None, "0.2.0")
+            .await
+            .unwrap();
         let gw2 = store.list_nodes().await.unwrap().remove(1);
         assert_eq!((gw2.version.as_str(), gw2.left_at_ms), ("0.2.0", None));
     }
@@ -482,7 +494,7 @@ async fn cluster_status_lists_the_nodes_of_a_fleet() {
     let node = |id: &str| {
         format!(
             "[store]\nurl = \"{url}\"\n\
-             [cluster]\nnode_id = \"{id}\"\nadvertise = \"127.0.0.1:7022\"\n\
+             [cluster]\nnode_id = \"{id}\"\nlisten = \"127.0.0.1:0\"\n\
              heartbeat_secs = 1\nnode_timeout_secs = 3\n\n{}",
             instance("vm1", "simulator", None)
         )
@@ -523,7 +535,8 @@ async fn cluster_status_lists_the_nodes_of_a_fleet() {
     let table = run_cli(&a.config_path, &["cluster", "status"]).await;
     let table = String::from_utf8_lossy(&table.stdout).into_owned();
     assert!(table.starts_with("NODE "), "{table}");
-    assert!(table.contains("127.0.0.1:7022"), "{table}");
+    assert!(table.contains("CONSOLES"), "{table}");
+    assert!(table.contains("127.0.0.1:"), "{table}");
 
     let b_config = b.config_path.clone();
     let b_dir = b.stop().await;
@@ -604,6 +617,54 @@ async fn a_console_lease_has_one_owner_at_a_time() {
     }
 }
 
+/// A node renews all its leases in one statement; the answer leaves out
+/// those it lost, which it must let go of.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_renews_all_its_leases_at_once_and_learns_which_it_lost() {
+    const TTL: i64 = 60_000;
+    for backend in TestStore::both().await {
+        let store = backend.open().await;
+        for vm in ["vm1", "vm2", "vm3"] {
+            store.acquire_lease(vm, "gw-a", TTL).await.unwrap().unwrap();
+        }
+        store
+            .acquire_lease("vm4", "gw-b", TTL)
+            .await
+            .unwrap()
+            .unwrap();
+        // vm2 lapses and changes hands; vm3 is released.
+        store
+            .acquire_lease("vm2", "gw-a", 0)
+            .await
+            .unwrap()
+            .unwrap();
+        store
+            .acquire_lease("vm2", "gw-b", TTL)
+            .await
+            .unwrap()
+            .unwrap();
+        store.release_lease("vm3", "gw-a", 1).await.unwrap();
+        let held: Vec<String> = store
+            .renew_leases("gw-a", TTL)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|l| l.instance_id)
+            .collect();
+        assert_eq!(held, ["vm1"], "{}", backend.name());
+        let all: Vec<(String, String)> = store
+            .list_leases()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|l| (l.instance_id, l.owner))
+            .collect();
+        let expected = [("vm1", "gw-a"), ("vm2", "gw-b"), ("vm4", "gw-b")]
+            .map(|(i, o)| (i.to_owned(), o.to_owned()));
+        assert_eq!(all, expected, "{}", backend.name());
+    }
+}
+
 /// Eight nodes start at once for one console, a hundred times over: each
 /// time exactly one holds the lease.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -649,7 +710,7 @@ async fn a_delete_on_one_node_ends_sessions_on_another_at_once() {
     };
     let node = |id: &str| {
         format!(
-            "[store]\nurl = \"{url}\"\n[cluster]\nnode_id = \"{id}\"\n\n{}",
+            "[store]\nurl = \"{url}\"\n[cluster]\nnode_id = \"{id}\"\nlisten = \"127.0.0.1:0\"\n\n{}",
             instance("vm1", "simulator", None)
         )
     };

@@ -185,12 +185,24 @@ pub struct ClusterConfig {
     /// This node's name, unique in the fleet (letters, digits, `.`, `_`,
     /// `-`); unset, the gateway is not a node of a fleet.
     pub node_id: Option<String>,
-    /// Where the other nodes reach this one (`host:port`).
+    /// Where the other nodes reach this one's node link (`host:port`);
+    /// unset, `listen`.
     pub advertise: Option<String>,
+    /// Where this node listens for the node link (relayed sessions from
+    /// the other nodes); unset, the address `advertise` names.
+    pub listen: Option<SocketAddr>,
     /// Seconds between this node's heartbeats in the store.
     pub heartbeat_secs: u64,
     /// Seconds without a heartbeat after which a node counts as missing.
     pub node_timeout_secs: u64,
+    /// Seconds a console lease lasts unless renewed: how long a dead
+    /// node's consoles wait before another node takes them.
+    pub lease_secs: u64,
+    /// What this node does with its sessions when it cannot reach the
+    /// store for `store_lost_secs`.
+    pub store_lost: StoreLost,
+    /// Seconds without the store before `store_lost` applies.
+    pub store_lost_secs: u64,
 }
 
 impl Default for ClusterConfig {
@@ -198,10 +210,42 @@ impl Default for ClusterConfig {
         ClusterConfig {
             node_id: None,
             advertise: None,
+            listen: None,
             heartbeat_secs: 2,
             node_timeout_secs: 10,
+            lease_secs: 10,
+            store_lost: StoreLost::EndSessions,
+            store_lost_secs: 30,
         }
     }
+}
+
+impl ClusterConfig {
+    /// The address the node link listens on: `listen`, else `advertise`
+    /// when it is an IP address and port.
+    pub fn link_listen(&self) -> Option<SocketAddr> {
+        self.listen
+            .or_else(|| self.advertise.as_deref().and_then(|a| a.parse().ok()))
+    }
+
+    /// The address the other nodes dial: `advertise`, else `listen`.
+    pub fn link_advertise(&self) -> Option<String> {
+        self.advertise
+            .clone()
+            .or_else(|| self.listen.map(|l| l.to_string()))
+    }
+}
+
+/// `[cluster] store_lost`: what a node does with its sessions once it has
+/// not reached the store for `store_lost_secs` (it can no longer see
+/// deletes, so it cannot tell whether a session is still allowed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StoreLost {
+    /// End them (the default): access that cannot be checked is refused.
+    EndSessions,
+    /// Keep them: the console stays reachable to those already on it.
+    Keep,
 }
 
 /// `[metrics]`: where the operations endpoints are served.
@@ -667,6 +711,18 @@ fn check_cluster(cluster: &ClusterConfig, store: &StoreConfig) -> Result<(), Str
                 .into(),
         );
     }
+    if cluster.link_listen().is_none() {
+        return Err(
+            "[cluster] a node needs `listen` (an IP address and port for the node link) or an \
+             `advertise` address that is one"
+                .into(),
+        );
+    }
+    if cluster.lease_secs < 2 || cluster.store_lost_secs == 0 {
+        return Err(
+            "[cluster] lease_secs must be at least 2 and store_lost_secs at least 1".into(),
+        );
+    }
     Ok(())
 }
 
@@ -951,9 +1007,44 @@ mod tests {
         .unwrap();
         assert_eq!(c.cluster.node_id.as_deref(), Some("gw1"));
         assert_eq!(c.cluster.node_timeout_secs, 10);
+        assert_eq!(c.cluster.lease_secs, 10);
+        assert_eq!(c.cluster.store_lost, StoreLost::EndSessions);
+        assert_eq!(
+            c.cluster.link_listen(),
+            Some("10.0.0.5:7022".parse().unwrap())
+        );
+        // A name to dial needs an address to listen on, and leases a length.
+        let e = parse(&format!(
+            "{pg}[cluster]\nnode_id = \"gw1\"\nadvertise = \"gw1.example:7022\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("`listen`"), "{e}");
+        let c = parse(&format!(
+            "{pg}[cluster]\nnode_id = \"gw1\"\nadvertise = \"gw1.example:7022\"\n\
+             listen = \"0.0.0.0:7022\"\nstore_lost = \"keep\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.cluster.store_lost, StoreLost::Keep);
+        assert_eq!(
+            c.cluster.link_advertise().as_deref(),
+            Some("gw1.example:7022")
+        );
+        let e = parse(&format!(
+            "{pg}[cluster]\nnode_id = \"gw1\"\nlisten = \"0.0.0.0:7022\"\nlease_secs = 1\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("lease_secs"), "{e}");
+        let e = parse(&format!(
+            "{pg}[cluster]\nnode_id = \"gw1\"\nlisten = \"0.0.0.0:7022\"\nstore_lost = \"shrug\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("store_lost"), "{e}");
         let e = parse("[cluster]\nnode_id = \"gw1\"\n").unwrap_err();
         assert!(e.to_string().contains("share one PostgreSQL"), "{e}");
-        let e = parse(&format!("{pg}[cluster]\nnode_id = \"gw 1\"\n")).unwrap_err();
+        let e = parse(&format!(
+            "{pg}[cluster]\nnode_id = \"gw 1\"\nlisten = \"0.0.0.0:7022\"\n"
+        ))
+        .unwrap_err();
         assert!(e.to_string().contains("node_id"), "{e}");
         let e = parse(&format!(
             "{pg}[cluster]\nnode_id = \"gw1\"\nadvertise = \"gw1\"\n"
@@ -961,7 +1052,7 @@ mod tests {
         .unwrap_err();
         assert!(e.to_string().contains("host:port"), "{e}");
         let e = parse(&format!(
-            "{pg}[cluster]\nnode_id = \"gw1\"\nheartbeat_secs = 10\n"
+            "{pg}[cluster]\nnode_id = \"gw1\"\nlisten = \"0.0.0.0:7022\"\nheartbeat_secs = 10\n"
         ))
         .unwrap_err();
         assert!(e.to_string().contains("node_timeout_secs"), "{e}");

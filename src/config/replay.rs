@@ -57,6 +57,12 @@ impl fmt::Display for Replay {
     }
 }
 
+impl serde::Serialize for Replay {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl<'de> serde::Deserialize<'de> for Replay {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;

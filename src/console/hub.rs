@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::mpsc::error::TrySendError;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::backend::BackendConnection;
@@ -52,6 +52,13 @@ pub const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 const COMMAND_CAPACITY: usize = 256;
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Why a hub's sessions end when its node lets go of the console (another
+/// node of the fleet holds it now); sessions that came through another node
+/// resume there.
+pub const MOVED: &str = "CG-FLEET-001 the console moved to another node of the fleet";
+/// What a hub reports while its node does not hold the console.
+const NOT_HELD: &str = "CG-FLEET-001 this node does not hold the console now";
 
 /// Identifies a session within its hub.
 pub type SessionId = u64;
@@ -138,23 +145,27 @@ impl std::fmt::Debug for ConsoleHub {
 }
 
 impl ConsoleHub {
-    /// Starts the hub task for `instance`; it stops when `shutdown` is cancelled.
+    /// Starts the hub task for `instance`, holding its console; it stops
+    /// when `shutdown` is cancelled.
     pub fn start(
         instance: InstanceConfig,
         shutdown: CancellationToken,
     ) -> (ConsoleHub, tokio::task::JoinHandle<()>) {
-        let (hub, task) = ConsoleHub::new(instance, shutdown);
+        let (hub, task) = ConsoleHub::new(instance, shutdown, watch::channel(true).1);
         (hub, tokio::spawn(task))
     }
 
-    /// A handle and the hub task behind it, for the caller to spawn (and own).
+    /// A handle and the hub task behind it, for the caller to spawn (and
+    /// own). The hub connects to the backend only while `held` says this
+    /// node holds the console, and lets go of it the moment it says not.
     fn new(
         instance: InstanceConfig,
         shutdown: CancellationToken,
+        held: watch::Receiver<bool>,
     ) -> (ConsoleHub, impl Future<Output = ()> + Send + 'static) {
         let instance = Arc::new(instance);
         let (tx, rx) = mpsc::channel(COMMAND_CAPACITY);
-        let task = run_hub(instance.clone(), rx, shutdown);
+        let task = run_hub(instance.clone(), rx, shutdown, held);
         let hub = ConsoleHub {
             instance,
             commands: tx,
@@ -330,6 +341,19 @@ impl Hub {
             let _ = s.tx.try_send(ConsoleEvent::Closed(reason.to_owned()));
         }
         self.sessions.clear();
+    }
+
+    /// The node let go of the console: every session is told it moved
+    /// (dropping their queues), and the hub waits to hold it again.
+    fn disown(&mut self) {
+        tracing::info!(instance = %self.instance.id, sessions = self.sessions.len(),
+            "console no longer held by this node");
+        for s in &self.sessions {
+            let _ = s.tx.try_send(ConsoleEvent::Closed(MOVED.to_owned()));
+        }
+        self.sessions.clear();
+        self.writer = None;
+        self.set_unavailable(Some(NOT_HELD.to_owned()));
     }
 
     fn notify_all(&self, message: &str) {
@@ -640,6 +664,7 @@ async fn run_hub(
     instance: Arc<InstanceConfig>,
     mut commands: mpsc::Receiver<HubCommand>,
     shutdown: CancellationToken,
+    mut held: watch::Receiver<bool>,
 ) {
     let log = match &instance.log_file {
         Some(path) => {
@@ -669,9 +694,25 @@ async fn run_hub(
     let mut backoff = MIN_BACKOFF;
     let mut last_error = String::new();
     loop {
+        let holds = *held.borrow_and_update();
+        if !holds {
+            if hub.unavailable.as_deref() != Some(NOT_HELD) {
+                hub.set_unavailable(Some(NOT_HELD.to_owned()));
+            }
+            if !wait_held(&mut hub, &mut commands, &shutdown, &mut held).await {
+                return;
+            }
+            hub.set_unavailable(Some("CG-CONS-003 connecting to the console".into()));
+            backoff = MIN_BACKOFF;
+            last_error.clear();
+        }
         let connected = tokio::select! {
             c = BackendConnection::connect(&target, &hub.instance.id) => c,
             () = shutdown.cancelled() => return,
+            () = let_go(&mut held) => {
+                hub.disown();
+                continue;
+            }
         };
         match connected {
             Ok(mut conn) => {
@@ -679,9 +720,18 @@ async fn run_hub(
                 hub.set_unavailable(None);
                 backoff = MIN_BACKOFF;
                 last_error.clear();
-                let Some(reason) = pump(&mut hub, &mut conn, &mut commands, &shutdown).await else {
-                    return;
-                };
+                let reason =
+                    match pump(&mut hub, &mut conn, &mut commands, &shutdown, &mut held).await {
+                        PumpEnd::Stop => return,
+                        PumpEnd::LetGo => {
+                            // Closed before anything else: another node may
+                            // connect the moment the lease is free.
+                            drop(conn);
+                            hub.disown();
+                            continue;
+                        }
+                        PumpEnd::Lost(reason) => reason,
+                    };
                 tracing::warn!(code = "CG-CONS-002", instance = %hub.instance.id, %target, %reason,
                     "console connection lost");
                 hub.set_unavailable(Some(format!(
@@ -699,49 +749,102 @@ async fn run_hub(
                 }
             }
         }
-        if !wait_disconnected(&mut hub, &mut commands, &shutdown, backoff).await {
+        if !wait_disconnected(&mut hub, &mut commands, &shutdown, backoff, &mut held).await {
             return;
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 
-/// Moves bytes while connected. Returns why the connection ended, or `None`
-/// when the hub must stop.
+/// Resolves when the node lets go of the console (never, if the flag's
+/// owner is gone: the hub is then retired or stopped).
+async fn let_go(held: &mut watch::Receiver<bool>) {
+    if held.wait_for(|h| !*h).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Resolves when the node holds the console: `true`, or `false` if the
+/// flag's owner is gone.
+async fn take_hold(held: &mut watch::Receiver<bool>) -> bool {
+    held.wait_for(|h| *h).await.is_ok()
+}
+
+/// How a connected hub stopped pumping.
+enum PumpEnd {
+    /// The hub must stop.
+    Stop,
+    /// The node let go of the console.
+    LetGo,
+    /// The connection was lost, for this reason.
+    Lost(String),
+}
+
+/// Serves sessions while the node does not hold the console, until it
+/// does. Returns `false` when the hub must stop.
+async fn wait_held(
+    hub: &mut Hub,
+    commands: &mut mpsc::Receiver<HubCommand>,
+    shutdown: &CancellationToken,
+    held: &mut watch::Receiver<bool>,
+) -> bool {
+    loop {
+        tokio::select! {
+            holds = take_hold(held) => return holds,
+            command = commands.recv() => match command {
+                Some(HubCommand::Retire(reason)) => {
+                    hub.close_all(&reason);
+                    return false;
+                }
+                Some(command) => {
+                    let _ = hub.handle(command, None).await;
+                }
+                None => return false,
+            },
+            () = shutdown.cancelled() => return false,
+        }
+    }
+}
+
+/// Moves bytes while connected, until the connection ends, the node lets
+/// go of the console or the hub must stop.
 async fn pump(
     hub: &mut Hub,
     conn: &mut BackendConnection,
     commands: &mut mpsc::Receiver<HubCommand>,
     shutdown: &CancellationToken,
-) -> Option<String> {
+    held: &mut watch::Receiver<bool>,
+) -> PumpEnd {
     let mut out = Vec::with_capacity(16 * 1024);
     loop {
         tokio::select! {
+            biased;
+            () = let_go(held) => return PumpEnd::LetGo,
             read = conn.read_raw() => match read {
-                Ok(0) => return Some("the console closed the connection".into()),
+                Ok(0) => return PumpEnd::Lost("the console closed the connection".into()),
                 Ok(n) => {
                     if let Err(e) = conn.decode(n, &mut out).await {
-                        return Some(e.to_string());
+                        return PumpEnd::Lost(e.to_string());
                     }
                     if !out.is_empty() {
                         hub.publish(&out).await;
                     }
                 }
-                Err(e) => return Some(e.to_string()),
+                Err(e) => return PumpEnd::Lost(e.to_string()),
             },
             command = commands.recv() => match command {
                 Some(HubCommand::Retire(reason)) => {
                     hub.close_all(&reason);
-                    return None;
+                    return PumpEnd::Stop;
                 }
                 Some(command) => {
                     if let Err(e) = hub.handle(command, Some(conn)).await {
-                        return Some(e);
+                        return PumpEnd::Lost(e);
                     }
                 }
-                None => return None,
+                None => return PumpEnd::Stop,
             },
-            () = shutdown.cancelled() => return None,
+            () = shutdown.cancelled() => return PumpEnd::Stop,
         }
     }
 }
@@ -753,12 +856,17 @@ async fn wait_disconnected(
     commands: &mut mpsc::Receiver<HubCommand>,
     shutdown: &CancellationToken,
     backoff: Duration,
+    held: &mut watch::Receiver<bool>,
 ) -> bool {
     let sleep = tokio::time::sleep(backoff);
     tokio::pin!(sleep);
     loop {
         tokio::select! {
             () = &mut sleep => return true,
+            () = let_go(held) => {
+                hub.disown();
+                return true;
+            }
             command = commands.recv() => match command {
                 Some(HubCommand::Retire(reason)) => {
                     hub.close_all(&reason);

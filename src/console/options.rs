@@ -21,7 +21,7 @@
 use super::history::Replay;
 
 /// What a session asked for.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SessionOptions {
     /// Replay on attach; `None` means the instance's default.
     pub replay: Option<Replay>,

@@ -16,10 +16,12 @@ use crate::api::ApiState;
 use crate::config::{Config, SharedConfig};
 use crate::connections::ConsoleConnections;
 use crate::console::hub::ConsoleHubs;
+use crate::fleet::Fleet;
 use crate::keys::{HostKeyError, HostKeys};
 use crate::ops::metrics::Metrics;
 use crate::ops::{Health, OpsState};
 use crate::sessions::Sessions;
+use crate::sessions::link::{FleetLink, LinkServer};
 use crate::sessions::ssh::SshContext;
 use crate::sessions::web::WebState;
 use crate::store::{Store, StoreError};
@@ -50,6 +52,9 @@ pub enum GatewayError {
     /// An `[[api_user]]` key is unusable.
     #[error("{0}")]
     ApiUsers(String),
+    /// A node of a fleet with no address for its node link.
+    #[error("CG-CONF-001 [cluster] needs `listen` or an IP `advertise` address for the node link")]
+    NoLinkAddress,
     /// The admin socket could not be created.
     #[error(transparent)]
     Admin(#[from] crate::ops::admin::AdminError),
@@ -151,7 +156,11 @@ pub async fn run_with(
     let (store, host_keys) = open_state(&config).await?;
     let admin_listener = crate::ops::admin::bind(&config.data_dir).await?;
     tracing::info!(fingerprint = %host_keys.fingerprint(), "gateway host key");
-    let hubs = ConsoleHubs::start(&config.instances);
+    let node = match &config.cluster.node_id {
+        Some(id) => Some(join_fleet(&config, id).await?),
+        None => None,
+    };
+    let hubs = ConsoleHubs::start_with(&config.instances, node.is_some());
     let config = Arc::new(config);
     let shared = SharedConfig::new(config.clone());
     let connections = ConsoleConnections::new(store.clone(), shared.clone(), &host_keys);
@@ -159,19 +168,72 @@ pub async fn run_with(
     let inner_keys = instance_keys.get_all(&config.instances).await?;
     let tokens = connections.tokens();
     let metrics = Arc::new(Metrics::new());
-    let sessions = Sessions::new(config.ssh.max_connections);
+    let fleet = node.as_ref().map(|n| {
+        Fleet::new(
+            &config.cluster,
+            n.node_id.clone(),
+            store.clone(),
+            hubs.clone(),
+            config.instances.iter().map(|i| i.id.clone()).collect(),
+        )
+    });
+    let sessions = match (&node, &fleet) {
+        (Some(n), Some(fleet)) => Sessions::in_fleet(
+            config.ssh.max_connections,
+            FleetLink {
+                fleet: fleet.clone(),
+                key: n.key.clone(),
+            },
+        ),
+        _ => Sessions::new(config.ssh.max_connections),
+    };
     let health = Arc::new(Health::default());
     // Bound already: connections wait in its backlog until the accept loop runs.
     health.set_ssh_listening(true);
     let api = ApiState::new(connections, hubs.clone(), metrics.clone())
         .map_err(GatewayError::ApiUsers)?;
     let mut tasks = JoinSet::new();
+    let mut http_link = None;
     let background = CancellationToken::new();
     tasks.spawn(lifecycle(store.clone(), config.clone(), background.clone()));
-    if let Some(node_id) = &config.cluster.node_id {
-        register(&store, &config, node_id).await?;
-        tracing::info!(node = %node_id, "registered as a node of the fleet");
-        tasks.spawn(heartbeat(store.clone(), config.clone(), background.clone()));
+    // The lease keeper stops before the sessions end, handing its consoles
+    // on, so that sessions relayed from other nodes resume at once.
+    let leases = CancellationToken::new();
+    let mut keeper = None;
+    if let (Some(n), Some(fleet)) = (node, &fleet) {
+        let info = NodeInfo {
+            node_id: n.node_id.clone(),
+            public_key: crate::keys::public_key_line(n.key.public_key()),
+            advertise: n.advertise.clone(),
+        };
+        register(&store, &info).await?;
+        tracing::info!(node = %n.node_id, link = %n.advertise, "registered as a node of the fleet");
+        tasks.spawn(heartbeat(
+            store.clone(),
+            config.clone(),
+            info,
+            background.clone(),
+        ));
+        keeper = Some(tokio::spawn(fleet.clone().keep(leases.clone())));
+        tasks.spawn(store_lost(
+            fleet.clone(),
+            sessions.clone(),
+            store.clone(),
+            background.clone(),
+        ));
+        let server = LinkServer {
+            attach: sessions.attach_context(store.clone(), metrics.clone()),
+            hubs: hubs.clone(),
+            fleet: fleet.clone(),
+            store: store.clone(),
+            sessions: sessions.clone(),
+            config: LinkServer::ssh_config(&n.key),
+        };
+        http_link = Some(tokio::spawn(crate::sessions::link::serve(
+            n.listener,
+            server,
+            shutdown.clone(),
+        )));
     }
     let ops = crate::ops::routes(OpsState {
         metrics: metrics.clone(),
@@ -220,6 +282,7 @@ pub async fn run_with(
         instance_keys,
         health: health.clone(),
         set_log_level: options.set_log_level.clone(),
+        fleet: fleet.clone(),
     };
     let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
     tasks.spawn(reloads(reloader, reload_rx, background.clone()));
@@ -251,8 +314,17 @@ pub async fn run_with(
     });
     crate::sessions::ssh::serve(listeners.ssh, ctx, shutdown).await;
     health.set_ssh_listening(false);
+    if let Some(link) = http_link {
+        let _ = link.await;
+    }
     // No new sessions; end the running ones while the store still takes
-    // their last audit rows.
+    // their last audit rows. In a fleet, hand the consoles on first: the
+    // sessions other nodes relay here resume on their next holder.
+    sessions.ending().cancel();
+    leases.cancel();
+    if let Some(keeper) = keeper {
+        let _ = keeper.await;
+    }
     sessions.end_all(SESSIONS_GRACE).await;
     while http_tasks.join_next().await.is_some() {}
     // Sessions are gone; now the background tasks and the consoles.
@@ -364,21 +436,129 @@ async fn revocations(store: Store, ssh: Arc<SshContext>, shutdown: CancellationT
     }
 }
 
-/// Registers this gateway as node `node_id`, with its advertise address
-/// and version.
-async fn register(store: &Store, config: &Config, node_id: &str) -> Result<(), StoreError> {
-    let advertise = config.cluster.advertise.as_deref();
+/// What a node's sessions are told when it ends them for a lost store.
+const STORE_LOST: &str =
+    "CG-FLEET-006 this gateway node lost its database, so it can no longer check your access";
+
+/// Applies `[cluster] store_lost` while the store is lost: ends this
+/// node's console sessions (and any that attach meanwhile), or keeps them;
+/// says which in the log at once and in the audit trail once the store
+/// answers again.
+async fn store_lost(fleet: Fleet, sessions: Sessions, store: Store, shutdown: CancellationToken) {
+    let mut lost = fleet.store_lost();
+    let policy = fleet.store_lost_policy();
+    let mut since = None;
+    loop {
+        tokio::select! {
+            changed = lost.changed() => if changed.is_err() { return },
+            () = shutdown.cancelled() => return,
+        }
+        let is_lost = *lost.borrow_and_update();
+        if is_lost {
+            // The outage began `store_lost_secs` before it counted as lost.
+            let after = time::Duration::seconds(fleet.store_lost_after().as_secs() as i64);
+            since = Some(time::OffsetDateTime::now_utc() - after);
+            match policy {
+                crate::config::StoreLost::EndSessions => {
+                    tracing::warn!(code = "CG-FLEET-006", node = %fleet.node_id(),
+                        "store unreachable: ending this node's console sessions (store_lost = \"end-sessions\")");
+                    sessions.cut_all(STORE_LOST);
+                }
+                crate::config::StoreLost::Keep => {
+                    tracing::warn!(code = "CG-FLEET-006", node = %fleet.node_id(),
+                        "store unreachable: keeping this node's console sessions (store_lost = \"keep\"); deletes are not seen until it answers");
+                }
+            }
+        } else if let Some(from) = since.take() {
+            sessions.uncut();
+            let what = match policy {
+                crate::config::StoreLost::EndSessions => {
+                    "its console sessions were ended (store_lost = \"end-sessions\")"
+                }
+                crate::config::StoreLost::Keep => {
+                    "its console sessions were kept (store_lost = \"keep\")"
+                }
+            };
+            let secs = (time::OffsetDateTime::now_utc() - from).whole_seconds();
+            tracing::info!(node = %fleet.node_id(), "store reachable again");
+            let mut e = crate::audit::AuditEvent::new(crate::audit::AuditKind::StoreLost);
+            e.detail = Some(format!(
+                "CG-FLEET-006 node {} lost the store from {} for about {secs}s; {what}",
+                fleet.node_id(),
+                crate::timefmt::format_time(from),
+            ));
+            store.record_audit(e).await;
+        }
+    }
+}
+
+/// This gateway as a node of a fleet: its name, link key and bound link
+/// listener, and the address the other nodes dial.
+struct Node {
+    node_id: String,
+    key: Arc<russh::keys::PrivateKey>,
+    listener: TcpListener,
+    advertise: String,
+}
+
+/// What the store is told about this node.
+#[derive(Clone)]
+struct NodeInfo {
+    node_id: String,
+    public_key: String,
+    advertise: String,
+}
+
+/// Loads (or creates) this node's link key and binds its link listener.
+async fn join_fleet(config: &Config, node_id: &str) -> Result<Node, GatewayError> {
+    let data_dir = config.data_dir.clone();
+    let key =
+        tokio::task::spawn_blocking(move || crate::keys::load_or_generate_link_key(&data_dir))
+            .await
+            .map_err(|e| HostKeyError::Generate(e.to_string()))??;
+    let addr = config
+        .cluster
+        .link_listen()
+        .ok_or(GatewayError::NoLinkAddress)?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|error| GatewayError::Bind {
+            what: "the node link",
+            addr,
+            error,
+        })?;
+    // `listen = "…:0"` without `advertise` (tests): the port bound.
+    let advertise = match (config.cluster.advertise.clone(), listener.local_addr()) {
+        (Some(a), _) => a,
+        (None, Ok(bound)) => bound.to_string(),
+        (None, Err(_)) => addr.to_string(),
+    };
+    tracing::info!(%addr, "node link listening");
+    Ok(Node {
+        node_id: node_id.to_owned(),
+        key: Arc::new(key),
+        listener,
+        advertise,
+    })
+}
+
+/// Registers this gateway as a node, with its link address and key and
+/// its version.
+async fn register(store: &Store, node: &NodeInfo) -> Result<(), StoreError> {
     store
-        .register_node(node_id, advertise, env!("CARGO_PKG_VERSION"))
+        .register_node(
+            &node.node_id,
+            Some(&node.advertise),
+            Some(&node.public_key),
+            env!("CARGO_PKG_VERSION"),
+        )
         .await
 }
 
 /// Keeps this node's registration alive; registers it again if its row
 /// went away.
-async fn heartbeat(store: Store, config: Arc<Config>, shutdown: CancellationToken) {
-    let Some(node_id) = config.cluster.node_id.clone() else {
-        return;
-    };
+async fn heartbeat(store: Store, config: Arc<Config>, node: NodeInfo, shutdown: CancellationToken) {
+    let node_id = node.node_id.clone();
     let every = std::time::Duration::from_secs(config.cluster.heartbeat_secs);
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -389,7 +569,7 @@ async fn heartbeat(store: Store, config: Arc<Config>, shutdown: CancellationToke
         }
         let beat = match store.node_heartbeat(&node_id).await {
             Ok(true) => Ok(()),
-            Ok(false) => register(&store, &config, &node_id).await,
+            Ok(false) => register(&store, &node).await,
             Err(e) => Err(e),
         };
         if let Err(e) = beat {

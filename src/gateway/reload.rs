@@ -35,6 +35,8 @@ pub(super) struct Reloader {
     pub instance_keys: InstanceKeys,
     pub health: Arc<Health>,
     pub set_log_level: Option<SetLogLevel>,
+    /// In a fleet: the lease keeper's view of the instances.
+    pub fleet: Option<crate::fleet::Fleet>,
 }
 
 impl Reloader {
@@ -124,6 +126,9 @@ impl Reloader {
             if let Some(instance) = new.instance(id) {
                 self.hubs.add(instance.clone());
             }
+        }
+        if let Some(fleet) = &self.fleet {
+            fleet.set_instances(new.instances.iter().map(|i| i.id.clone()).collect());
         }
         for setting in &needs_restart {
             tracing::warn!(code = "CG-OPS-008", %setting,

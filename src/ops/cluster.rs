@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::store::NodeRecord;
+use crate::store::{Lease, NodeRecord};
 
 /// Where a node stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -45,13 +45,22 @@ pub struct NodeStatus {
     pub last_seen_secs_ago: u64,
     /// When it (last) started, RFC 3339.
     pub started: String,
+    /// The consoles it holds (live console leases).
+    pub consoles: usize,
 }
 
-/// The status of each node at `now_ms`, given the fleet's node timeout.
-pub fn statuses(nodes: &[NodeRecord], now_ms: i64, timeout_secs: u64) -> Vec<NodeStatus> {
+/// The status of each node at `now_ms`, given the fleet's node timeout and
+/// the live console leases.
+pub fn statuses(
+    nodes: &[NodeRecord],
+    leases: &[Lease],
+    now_ms: i64,
+    timeout_secs: u64,
+) -> Vec<NodeStatus> {
     nodes
         .iter()
         .map(|n| {
+            let consoles = leases.iter().filter(|l| l.owner == n.node_id).count();
             let ago_ms = (now_ms - n.last_seen_ms).max(0);
             let state = if n.left_at_ms.is_some() {
                 NodeState::Left
@@ -71,6 +80,7 @@ pub fn statuses(nodes: &[NodeRecord], now_ms: i64, timeout_secs: u64) -> Vec<Nod
                 )
                 .map(crate::timefmt::format_time)
                 .unwrap_or_default(),
+                consoles,
             }
         })
         .collect()
@@ -82,15 +92,16 @@ pub fn table(nodes: &[NodeStatus]) -> String {
         return "no node has registered in this store ([cluster] node_id)\n".into();
     }
     let mut out = format!(
-        "{:<20} {:<8} {:>10} {:<24} {:<10} {}\n",
-        "NODE", "STATE", "LAST SEEN", "STARTED", "VERSION", "ADVERTISE"
+        "{:<20} {:<8} {:>10} {:>8} {:<24} {:<10} {}\n",
+        "NODE", "STATE", "LAST SEEN", "CONSOLES", "STARTED", "VERSION", "ADVERTISE"
     );
     for n in nodes {
         out.push_str(&format!(
-            "{:<20} {:<8} {:>10} {:<24} {:<10} {}\n",
+            "{:<20} {:<8} {:>10} {:>8} {:<24} {:<10} {}\n",
             n.node_id,
             n.state.as_str(),
             format!("{}s ago", n.last_seen_secs_ago),
+            n.consoles,
             n.started,
             n.version,
             n.advertise.as_deref().unwrap_or("-")
@@ -107,6 +118,7 @@ mod tests {
         NodeRecord {
             node_id: id.into(),
             advertise: Some("10.0.0.5:7022".into()),
+            link_key: None,
             version: "0.1.0".into(),
             started_at_ms: 1_700_000_000_000,
             last_seen_ms,
@@ -122,7 +134,16 @@ mod tests {
             node("b", now - 11_000, None),
             node("c", now - 50_000, Some(now - 50_000)),
         ];
-        let s = statuses(&nodes, now, 10);
+        let lease = |vm: &str, owner: &str| Lease {
+            instance_id: vm.into(),
+            owner: owner.into(),
+            epoch: 1,
+            expires_at_ms: now + 10_000,
+        };
+        let leases = [lease("vm1", "a"), lease("vm2", "a"), lease("vm3", "b")];
+        let s = statuses(&nodes, &leases, now, 10);
+        let consoles: Vec<_> = s.iter().map(|n| n.consoles).collect();
+        assert_eq!(consoles, [2, 1, 0]);
         let states: Vec<_> = s.iter().map(|n| n.state).collect();
         assert_eq!(
             states,

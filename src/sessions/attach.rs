@@ -29,7 +29,7 @@ use crate::audit::{AuditEvent, AuditKind};
 use crate::config::{InstanceConfig, RecordMode, Replay};
 use crate::console::escape::{EscapeAction, EscapeParser, HELP, Segment};
 use crate::console::hub::{
-    Attachment, ConsoleEvent, ConsoleHub, Principal, Role, SessionInfo, WhoEntry,
+    Attachment, ConsoleEvent, ConsoleHub, MOVED, Principal, Role, SessionInfo, WhoEntry,
 };
 use crate::console::options::SessionOptions;
 use crate::console::recording::{Recording, RecordingHeader};
@@ -45,8 +45,26 @@ pub const SHUTTING_DOWN: &str = "CG-OPS-001 the gateway is shutting down";
 
 /// The user's keystrokes, as a front end receives them.
 pub trait Keyboard: Send {
-    /// The next bytes typed; `None` once the user has gone.
+    /// The next bytes typed; `None` once the user has gone. Cancel-safe:
+    /// nothing typed is lost if the future is dropped.
     fn typed(&mut self) -> impl Future<Output = Option<Bytes>> + Send;
+}
+
+impl<K: Keyboard> Keyboard for &mut K {
+    fn typed(&mut self) -> impl Future<Output = Option<Bytes>> + Send {
+        (**self).typed()
+    }
+}
+
+/// How a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// For good: the user was told why.
+    Ended,
+    /// The console moved to another node of the fleet (or, for a session
+    /// relayed from another node, this node is shutting down): the session
+    /// resumes wherever the console is held now.
+    Moved,
 }
 
 /// The user's terminal, for the recording's header.
@@ -84,9 +102,14 @@ pub struct Attach {
     /// What the session asked for.
     pub options: SessionOptions,
     /// The way in, for the audit trail: `outer hop`, `inner hop`, `web`.
-    pub via: &'static str,
+    pub via: Cow<'static, str>,
     /// The user's terminal.
     pub terminal: Terminal,
+    /// The node of the fleet the user came in through, if not this one.
+    pub via_node: Option<String>,
+    /// Set when the session resumes after its console moved: shown instead
+    /// of the banner and the replay.
+    pub resumed: Option<String>,
 }
 
 /// What every session needs from the gateway.
@@ -98,6 +121,26 @@ pub struct AttachContext {
     pub metrics: Arc<Metrics>,
     /// Cancelled when the gateway shuts down.
     pub ending: CancellationToken,
+    /// Set (with the reason) while every console session must end now
+    /// (a node that lost its store, with `store_lost = "end-sessions"`).
+    pub cut: tokio::sync::watch::Receiver<Option<Arc<str>>>,
+    /// In a fleet: where consoles are held, and how to reach them.
+    pub fleet: Option<crate::sessions::link::FleetLink>,
+}
+
+impl AttachContext {
+    /// Resolves, with the reason, once sessions are cut.
+    pub async fn cut(&self) -> String {
+        let mut cut = self.cut.clone();
+        let reason = cut
+            .wait_for(Option::is_some)
+            .await
+            .map(|r| r.as_deref().unwrap_or_default().to_owned());
+        match reason {
+            Ok(reason) => reason,
+            Err(_) => std::future::pending().await,
+        }
+    }
 }
 
 impl Attach {
@@ -148,18 +191,25 @@ pub fn audit_event(
     e
 }
 
-/// Runs a console session until it ends; `screen` is what the user sees.
-pub async fn run<K, W>(ctx: &AttachContext, session: Attach, keyboard: K, mut screen: W)
+/// Runs a console session until it ends or its console moves; `screen`
+/// is what the user sees.
+pub async fn run<K, W>(ctx: &AttachContext, session: &Attach, keyboard: K, mut screen: W) -> Outcome
 where
     K: Keyboard,
     W: AsyncWrite + Unpin + Send,
 {
-    let Some(opened) = open(ctx, &session, &mut screen).await else {
-        return;
+    let Some(opened) = open(ctx, session, &mut screen).await else {
+        return Outcome::Ended;
     };
     let started = opened.started;
-    let ended = pump(ctx, &session, opened, keyboard, &mut screen).await;
-    close(ctx, &session, started, ended, &mut screen).await;
+    let ended = pump(ctx, session, opened, keyboard, &mut screen).await;
+    let outcome = if ended.moved {
+        Outcome::Moved
+    } else {
+        Outcome::Ended
+    };
+    close(ctx, session, started, ended, &mut screen).await;
+    outcome
 }
 
 /// An attached session, greeted and audited.
@@ -173,6 +223,8 @@ struct Opened {
 /// A session that has left the hub, and why.
 struct Ended {
     reason: Cow<'static, str>,
+    /// It resumes elsewhere: no goodbye.
+    moved: bool,
     recording: Option<Recording>,
     bytes_in: u64,
     bytes_out: u64,
@@ -191,14 +243,24 @@ where
         read_only: session.options.read_only,
         force: session.options.force,
         disconnect_when_lagging: session.options.disconnect_when_lagging,
+        via_node: session.via_node.clone(),
     };
     let hub = &session.hub;
-    let Ok(attachment) = hub.attach(info, session.options.replay).await else {
+    // A resumed session has seen the output before the move already.
+    let replay = match session.resumed {
+        Some(_) => Some(Replay::None),
+        None => session.options.replay,
+    };
+    let Ok(attachment) = hub.attach(info, replay).await else {
         let _ = show(screen, notice(SHUTTING_DOWN).as_bytes()).await;
         return None;
     };
     let started = Instant::now();
-    let mut greeting = banner(hub, &role_text(&attachment.role)).into_bytes();
+    let mut greeting = match &session.resumed {
+        Some(note) => notice(&format!("{note}; you are {}", role_text(&attachment.role))),
+        None => banner(hub, &role_text(&attachment.role)),
+    }
+    .into_bytes();
     if !attachment.replay.is_empty() {
         greeting.extend_from_slice(b"[recent console output follows]\r\n");
         greeting.extend_from_slice(&attachment.replay);
@@ -272,6 +334,7 @@ where
                         b
                     }
                     Some(ConsoleEvent::Notice(n)) => notice(&n).into(),
+                    Some(ConsoleEvent::Closed(reason)) if reason == MOVED => return Cow::Borrowed(MOVED),
                     Some(ConsoleEvent::Closed(reason)) => return Cow::Owned(reason),
                     Some(ConsoleEvent::Missed(n)) => notice(&format!(
                         "CG-LAG-001 your connection fell behind this console: {n} bytes of output were skipped"
@@ -393,14 +456,20 @@ where
         }
     };
 
+    let mut cut_relayed = false;
     let reason: Cow<'static, str> = tokio::select! {
         r = pump_output => r,
         r = pump_input => r.into(),
         () = ctx.ending.cancelled() => SHUTTING_DOWN.into(),
+        reason = ctx.cut() => {
+            // A session relayed here from another node resumes elsewhere.
+            cut_relayed = session.via_node.is_some();
+            reason.into()
+        }
         cut = timer => {
             ctx.metrics.session_cut(&session.instance.id, cut.kind);
             tracing::info!(code = cut.code, principal = %session.principal.label(),
-                instance = %session.instance.id, peer = %session.peer, via = session.via,
+                instance = %session.instance.id, peer = %session.peer, via = %session.via,
                 "session cut: {}", cut.message);
             ctx.store
                 .record_audit(session.event(AuditKind::Timeout, Some(cut.message.clone())))
@@ -410,7 +479,12 @@ where
     };
     // Leave the hub at once: write access is free before anything else.
     drop(attachment);
+    // A console that moved, or a relayed session's node going away, leaves
+    // the session to resume where the console is held next.
+    let moved =
+        reason == MOVED || cut_relayed || (session.via_node.is_some() && reason == SHUTTING_DOWN);
     Ended {
+        moved,
         reason,
         recording,
         bytes_in,
@@ -431,13 +505,21 @@ async fn close<W>(
 {
     let Ended {
         reason,
+        moved,
         recording,
         bytes_in,
         bytes_out,
     } = ended;
-    let bye = notice(&format!("{reason}; bye"));
-    // A user who has gone cannot be told; do not wait on them.
-    let _ = tokio::time::timeout(Duration::from_secs(1), show(screen, bye.as_bytes())).await;
+    // A session that moves is told where it resumes by its front end.
+    let bye = if moved {
+        notice(&reason)
+    } else {
+        notice(&format!("{reason}; bye"))
+    };
+    if !moved {
+        // A user who has gone cannot be told; do not wait on them.
+        let _ = tokio::time::timeout(Duration::from_secs(1), show(screen, bye.as_bytes())).await;
+    }
     if let Some(mut r) = recording {
         r.output(bye.as_bytes()).await;
         r.finish().await;
@@ -537,8 +619,12 @@ fn role_text(role: &Role) -> String {
 fn who_text(list: &[WhoEntry], me: u64) -> String {
     let mut text = format!("\r\n[{} session(s) attached:\r\n", list.len());
     for w in list {
+        let via = match &w.info.via_node {
+            Some(node) => format!(" via node {node}"),
+            None => String::new(),
+        };
         text.push_str(&format!(
-            " {}{} {} from {}, {}, {}s\r\n",
+            " {}{} {} from {}{via}, {}, {}s\r\n",
             if w.id == me { "*" } else { " " },
             w.id,
             w.info.principal.label(),

@@ -7,12 +7,15 @@
 //!   through: what the user is shown, the `&` escapes, the timeouts, the
 //!   recording and the Attach/Detach audit;
 //! - [`proxy`]: the one VNC copy, for SSH tunnels and websockify alike;
+//! - [`link`]: sessions on any node of a fleet, relayed to the node that
+//!   holds their console over the authenticated node link;
 //! - this file: [`Sessions`], the one owner of every session.
 //!
 //! The gateway is never an open proxy: the only places a session can lead
 //! are its instance's console and its configured VNC target.
 
 pub mod attach;
+pub mod link;
 pub mod proxy;
 pub mod ssh;
 pub mod web;
@@ -37,6 +40,9 @@ pub struct Sessions {
     tracker: TaskTracker,
     cancel: CancellationToken,
     limit: Arc<Semaphore>,
+    fleet: Option<link::FleetLink>,
+    /// Set while console sessions must end at once, with the reason.
+    cut: Arc<tokio::sync::watch::Sender<Option<Arc<str>>>>,
 }
 
 /// A place under the connection limit; the session holds it until it ends.
@@ -52,6 +58,17 @@ impl Sessions {
             tracker: TaskTracker::new(),
             cancel: CancellationToken::new(),
             limit: Arc::new(Semaphore::new(max_connections)),
+            fleet: None,
+            cut: Arc::new(tokio::sync::watch::channel(None).0),
+        }
+    }
+
+    /// At most `max_connections` sessions at once, on a node of `fleet`:
+    /// console sessions reach their console wherever it is held.
+    pub fn in_fleet(max_connections: usize, fleet: link::FleetLink) -> Sessions {
+        Sessions {
+            fleet: Some(fleet),
+            ..Sessions::new(max_connections)
         }
     }
 
@@ -97,7 +114,21 @@ impl Sessions {
             store,
             metrics,
             ending: self.cancel.clone(),
+            cut: self.cut.subscribe(),
+            fleet: self.fleet.clone(),
         }
+    }
+
+    /// Ends every console session now with `reason` (they say so and write
+    /// their Detach rows), without stopping the gateway; sessions that
+    /// attach later are not affected once [`Sessions::uncut`] is called.
+    pub fn cut_all(&self, reason: &str) {
+        self.cut.send_replace(Some(Arc::from(reason)));
+    }
+
+    /// Lets console sessions attach and run again after [`Sessions::cut_all`].
+    pub fn uncut(&self) {
+        self.cut.send_replace(None);
     }
 
     /// Cancelled when sessions must end.

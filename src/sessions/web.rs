@@ -35,7 +35,7 @@ use futures_sink::Sink;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf};
 
 use super::Sessions;
-use super::attach::{self, Attach, AttachContext, Keyboard, Terminal};
+use super::attach::{Attach, AttachContext, Keyboard, Terminal};
 use super::proxy::{Tunnel, relay};
 use crate::codes::CODE_HEADER;
 use crate::connections::ConsoleTokens;
@@ -183,7 +183,9 @@ async fn serial(
         },
         peer: peer(info),
         options: SessionOptions::default(),
-        via: "web serial console",
+        via: "web serial console".into(),
+        via_node: None,
+        resumed: None,
         terminal: Terminal::default(),
     };
     let sessions = state.shared.sessions.clone();
@@ -192,7 +194,7 @@ async fn serial(
         .on_upgrade(move |socket| {
             sessions.track(async move {
                 let (keys, mut screen) = tokio::io::split(Frames::new(socket, true));
-                attach::run(
+                crate::sessions::link::attach_anywhere(
                     &state.shared.attach,
                     session,
                     SocketKeyboard(keys),

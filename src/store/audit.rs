@@ -83,6 +83,7 @@ impl Store {
                         "vnc-open" => AuditKind::VncOpen,
                         "vnc-close" => AuditKind::VncClose,
                         "timeout" => AuditKind::Timeout,
+                        "store-lost" => AuditKind::StoreLost,
                         _ => AuditKind::Refused,
                     };
                     let time =

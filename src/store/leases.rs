@@ -15,6 +15,8 @@ use super::{Backend, Store, StoreError};
 /// A console lease as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
+    /// The instance whose console it is.
+    pub instance_id: String,
     /// The node that holds it.
     pub owner: String,
     /// Grows each time the lease changes hands.
@@ -53,7 +55,7 @@ impl Store {
              ON CONFLICT (instance_id) DO UPDATE SET owner = excluded.owner, \
              epoch = console_leases.epoch + 1, expires_at = excluded.expires_at \
              WHERE console_leases.expires_at <= {now} OR console_leases.owner = excluded.owner \
-             RETURNING owner, epoch, expires_at",
+             RETURNING instance_id, owner, epoch, expires_at",
         );
         on_pool!(self, |pool| {
             let row = sqlx::query(sql)
@@ -93,6 +95,38 @@ impl Store {
         Ok(renewed > 0)
     }
 
+    /// Extends every live lease `node` holds by `ttl_ms` from now, in one
+    /// statement however many it holds; returns the leases it still holds.
+    /// A lease missing from the answer was lost (it lapsed, or changed
+    /// hands): the node must let go of that backend at once.
+    pub async fn renew_leases(&self, node: &str, ttl_ms: i64) -> Result<Vec<Lease>, StoreError> {
+        let sql = self.with_now(
+            "UPDATE console_leases SET expires_at = {now} + $2 \
+             WHERE owner = $1 AND expires_at > {now} \
+             RETURNING instance_id, owner, epoch, expires_at",
+        );
+        on_pool!(self, |pool| {
+            let rows = sqlx::query(sql)
+                .bind(node)
+                .bind(ttl_ms)
+                .fetch_all(pool)
+                .await?;
+            rows.iter().map(decode).collect()
+        })
+    }
+
+    /// Every live (unlapsed) lease, by instance.
+    pub async fn list_leases(&self) -> Result<Vec<Lease>, StoreError> {
+        let sql = self.with_now(
+            "SELECT instance_id, owner, epoch, expires_at FROM console_leases \
+             WHERE expires_at > {now} ORDER BY instance_id",
+        );
+        on_pool!(self, |pool| {
+            let rows = sqlx::query(sql).fetch_all(pool).await?;
+            rows.iter().map(decode).collect()
+        })
+    }
+
     /// Gives up `node`'s lease of `instance_id` (of `epoch`) at once, so
     /// another node may take it without waiting for it to lapse.
     pub async fn release_lease(
@@ -119,7 +153,7 @@ impl Store {
     /// The live (unlapsed) lease of `instance_id`, if any.
     pub async fn lease_of(&self, instance_id: &str) -> Result<Option<Lease>, StoreError> {
         let sql = self.with_now(
-            "SELECT owner, epoch, expires_at FROM console_leases \
+            "SELECT instance_id, owner, epoch, expires_at FROM console_leases \
              WHERE instance_id = $1 AND expires_at > {now}",
         );
         on_pool!(self, |pool| {
@@ -134,6 +168,7 @@ impl Store {
 
 fn decode(r: &impl StoreRow) -> Result<Lease, StoreError> {
     Ok(Lease {
+        instance_id: r.text("instance_id")?,
         owner: r.text("owner")?,
         epoch: r.int("epoch")?,
         expires_at_ms: r.int("expires_at")?,

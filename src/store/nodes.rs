@@ -11,6 +11,8 @@ pub struct NodeRecord {
     pub node_id: String,
     /// Where the other nodes reach it.
     pub advertise: Option<String>,
+    /// Its node-link public key (OpenSSH format).
+    pub link_key: Option<String>,
     /// The consolegate version it runs.
     pub version: String,
     /// When it (last) started, Unix milliseconds.
@@ -22,24 +24,26 @@ pub struct NodeRecord {
 }
 
 impl Store {
-    /// Registers `node_id` as started now; a node that restarts rejoins
-    /// under its old name.
+    /// Registers `node_id` as started now, with its advertise address and
+    /// node-link public key; a node that restarts rejoins under its old name.
     pub async fn register_node(
         &self,
         node_id: &str,
         advertise: Option<&str>,
+        link_key: Option<&str>,
         version: &str,
     ) -> Result<(), StoreError> {
         let now = now_ms();
         on_pool!(self, |pool| {
             sqlx::query(
-                "INSERT INTO nodes (node_id, advertise, version, started_at, last_seen, left_at) \
-                 VALUES ($1, $2, $3, $4, $4, NULL) \
-                 ON CONFLICT (node_id) DO UPDATE SET advertise = $2, version = $3, \
-                 started_at = $4, last_seen = $4, left_at = NULL",
+                "INSERT INTO nodes (node_id, advertise, link_key, version, started_at, last_seen, left_at) \
+                 VALUES ($1, $2, $3, $4, $5, $5, NULL) \
+                 ON CONFLICT (node_id) DO UPDATE SET advertise = $2, link_key = $3, version = $4, \
+                 started_at = $5, last_seen = $5, left_at = NULL",
             )
             .bind(node_id)
             .bind(advertise)
+            .bind(link_key)
             .bind(version)
             .bind(now)
             .execute(pool)
@@ -82,7 +86,7 @@ impl Store {
     pub async fn list_nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
         on_pool!(self, |pool| {
             let rows = sqlx::query(
-                "SELECT node_id, advertise, version, started_at, last_seen, left_at \
+                "SELECT node_id, advertise, link_key, version, started_at, last_seen, left_at \
                  FROM nodes ORDER BY node_id",
             )
             .fetch_all(pool)
@@ -96,6 +100,7 @@ fn decode(r: &impl StoreRow) -> Result<NodeRecord, StoreError> {
     Ok(NodeRecord {
         node_id: r.text("node_id")?,
         advertise: r.maybe_text("advertise")?,
+        link_key: r.maybe_text("link_key")?,
         version: r.text("version")?,
         started_at_ms: r.int("started_at")?,
         last_seen_ms: r.int("last_seen")?,

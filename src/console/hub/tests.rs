@@ -20,6 +20,7 @@ fn who(n: u8, read_only: bool) -> SessionInfo {
         read_only,
         force: false,
         disconnect_when_lagging: false,
+        via_node: None,
     }
 }
 
@@ -271,5 +272,67 @@ async fn unreachable_backend_is_reported_not_hung() {
         hub.send_break().await.unwrap_err(),
         BreakError::NotConnected
     ));
+    shutdown.cancel();
+}
+
+/// In a fleet a hub connects only while its node holds the console, and
+/// closes the backend at once when the node lets go: its sessions are told
+/// the console moved, and a later hold connects again.
+#[tokio::test]
+async fn connects_only_while_held_and_lets_go_at_once() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let shutdown = CancellationToken::new();
+    let (held, held_rx) = watch::channel(false);
+    let (hub, task) = ConsoleHub::new(
+        instance(
+            SerialTarget::Tcp("127.0.0.1".into(), port),
+            InputPolicy::Shared,
+        ),
+        shutdown.clone(),
+        held_rx,
+    );
+    tokio::spawn(task);
+    // Not held: no connection, and a session is told why.
+    let early = hub.attach(who(1, false), None).await.unwrap();
+    assert_eq!(early.unavailable.as_deref(), Some(NOT_HELD));
+    let nothing = tokio::time::timeout(Duration::from_millis(300), listener.accept()).await;
+    assert!(nothing.is_err(), "connected to a console it does not hold");
+    drop(early);
+
+    held.send_replace(true);
+    let (mut console, _) = listener.accept().await.unwrap();
+    let mut a = hub.attach(who(2, false), None).await.unwrap();
+    console.write_all(b"held\r\n").await.unwrap();
+    assert_eq!(next_output(&mut a).await, b"held\r\n");
+
+    // Let go: the backend closes and the session hears the console moved.
+    held.send_replace(false);
+    loop {
+        match next(&mut a).await {
+            ConsoleEvent::Closed(reason) => {
+                assert_eq!(reason, MOVED);
+                break;
+            }
+            ConsoleEvent::Output(_) | ConsoleEvent::Notice(_) | ConsoleEvent::Missed(_) => {}
+        }
+    }
+    let mut buf = [0u8; 16];
+    let closed = tokio::time::timeout(Duration::from_secs(5), console.read(&mut buf))
+        .await
+        .expect("the backend connection stayed open");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    assert_eq!(
+        hub.status().await.unwrap().sessions.len(),
+        0,
+        "sessions stay attached to a console it let go of"
+    );
+
+    // Held again: it connects again.
+    held.send_replace(true);
+    let (_again, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
+        .await
+        .expect("no reconnect once held again")
+        .unwrap();
     shutdown.cancel();
 }

@@ -7,7 +7,8 @@ use std::time::Duration;
 use super::SessionId;
 
 /// Who a session acts for.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Principal {
     /// A console connection, authenticated by its registered key.
     Key {
@@ -53,6 +54,8 @@ pub struct SessionInfo {
     pub force: bool,
     /// Disconnect rather than skip output when falling behind.
     pub disconnect_when_lagging: bool,
+    /// The node of the fleet it came in through, when not this one.
+    pub via_node: Option<String>,
 }
 
 /// Where a session stands.

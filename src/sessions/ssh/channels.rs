@@ -130,7 +130,7 @@ impl Authorized {
 }
 
 /// Answers a channel request that needs an explicit reply.
-pub(super) fn answer(
+pub(crate) fn answer(
     session: &mut Session,
     channel: ChannelId,
     ok: bool,
@@ -197,7 +197,7 @@ macro_rules! console_session_requests {
 pub(super) use console_session_requests;
 
 /// The answer to anything but `publickey`: try `publickey`.
-pub(super) fn publickey_only() -> russh::server::Auth {
+pub(crate) fn publickey_only() -> russh::server::Auth {
     russh::server::Auth::Reject {
         proceed_with_methods: Some(russh::MethodSet::from(&[russh::MethodKind::PublicKey][..])),
         partial_success: false,
@@ -205,6 +205,6 @@ pub(super) fn publickey_only() -> russh::server::Auth {
 }
 
 /// Bounds what a client-chosen string can put in the log.
-pub(super) fn truncate(s: &str) -> String {
+pub(crate) fn truncate(s: &str) -> String {
     s.chars().take(100).flat_map(char::escape_default).collect()
 }

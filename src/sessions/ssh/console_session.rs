@@ -15,10 +15,11 @@ use super::SshContext;
 use super::auth::Authorized;
 use crate::console::hub::{ConsoleHub, Principal};
 use crate::console::options::SessionOptions;
-use crate::sessions::attach::{self, Attach, Keyboard, Terminal, notice};
+use crate::sessions::attach::{Attach, Keyboard, Terminal, notice};
+use crate::sessions::link::attach_anywhere;
 
 /// An SSH channel's data, as keystrokes.
-struct ChannelKeyboard(russh::ChannelReadHalf);
+pub(crate) struct ChannelKeyboard(pub russh::ChannelReadHalf);
 
 impl Keyboard for ChannelKeyboard {
     async fn typed(&mut self) -> Option<bytes::Bytes> {
@@ -76,10 +77,13 @@ pub(super) async fn serve(
                 instance: who.instance,
                 peer: who.peer,
                 options,
-                via,
+                via: via.into(),
                 terminal,
+                via_node: None,
+                resumed: None,
             };
-            attach::run(ctx.attach_context(), session, ChannelKeyboard(reader), out).await;
+            let keyboard = ChannelKeyboard(reader);
+            attach_anywhere(ctx.attach_context(), session, keyboard, out).await;
             let _ = writer.exit_status(0).await;
         }
         Err(e) => {

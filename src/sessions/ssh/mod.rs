@@ -19,8 +19,8 @@
 //! console and its configured VNC target.
 
 mod auth;
-mod channels;
-mod console_session;
+pub(crate) mod channels;
+pub(crate) mod console_session;
 mod inner;
 mod outer;
 mod quickack;
@@ -173,7 +173,7 @@ impl std::fmt::Debug for SshContext {
     }
 }
 
-fn russh_config(keys: Vec<PrivateKey>, keepalive: Option<Duration>) -> RusshConfig {
+pub(crate) fn russh_config(keys: Vec<PrivateKey>, keepalive: Option<Duration>) -> RusshConfig {
     RusshConfig {
         server_id: SshId::Standard(
             concat!("SSH-2.0-consolegate_", env!("CARGO_PKG_VERSION")).into(),

@@ -1,0 +1,628 @@
+//! A fleet of three real `consolegate serve` processes on one private
+//! PostgreSQL server (tests/postgres/server.sh), reached with the real
+//! `/usr/bin/ssh`: any node serves any console, a dead holder's console
+//! moves and relayed viewers resume, and the node link takes only nodes of
+//! the fleet. Under CI a missing PostgreSQL is a failure, not a skip.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use russh::keys::{PrivateKey, PrivateKeyWithHashAlg};
+use tokio::io::AsyncWriteExt;
+use tokio::process::Child;
+
+/// The lease time the test fleets run with (seconds).
+const LEASE: u64 = 3;
+
+/// One node: a `consolegate serve` process in a directory of its own.
+struct Node {
+    id: String,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Node {
+    /// Starts node `id` on the fleet's database `url`, serving `instances`;
+    /// its SSH host keys are copied from `keys_from` (nodes behind one
+    /// name share them).
+    async fn start(id: &str, url: &str, instances: &str, keys_from: Option<&Node>) -> Node {
+        Node::start_with(id, url, instances, keys_from, "").await
+    }
+
+    /// [`Node::start`], with more `[cluster]` settings (TOML lines).
+    async fn start_with(
+        id: &str,
+        url: &str,
+        instances: &str,
+        keys_from: Option<&Node>,
+        cluster: &str,
+    ) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .unwrap();
+        if let Some(other) = keys_from {
+            for file in ["ssh_host_ed25519_key", "ssh_host_rsa_key"] {
+                std::fs::copy(other.dir.path().join("data").join(file), data.join(file)).unwrap();
+            }
+        }
+        let port = free_port().await;
+        let api_port = free_port().await;
+        let config = dir.path().join("gateway.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = \"data\"\n\
+                 [ssh]\nlisten = \"127.0.0.1:{port}\"\npublic_host = \"127.0.0.1\"\n\
+                 public_port = {port}\nrevalidate_interval_secs = 600\n\
+                 [api]\nlisten = \"127.0.0.1:{api_port}\"\n\
+                 [store]\nurl = \"{url}\"\n\
+                 [cluster]\nnode_id = \"{id}\"\nlisten = \"127.0.0.1:0\"\n\
+                 heartbeat_secs = 1\nnode_timeout_secs = 3\nlease_secs = {LEASE}\n{cluster}\
+                 [log]\nlevel = \"consolegate=debug,russh=warn\"\n\n{instances}"
+            ),
+        )
+        .unwrap();
+        let mut node = Node {
+            id: id.to_owned(),
+            config,
+            port,
+            child: None,
+            dir,
+        };
+        node.run();
+        node
+    }
+
+    fn run(&mut self) {
+        let log = self.dir.path().join("serve.log");
+        self.child = Some(spawn_serve(&self.config, &log, &[]));
+    }
+
+    /// Waits until the node has its keys and store (its admin socket
+    /// exists) and answers SSH.
+    async fn ready(&self) {
+        let admin = self.dir.path().join("data/admin.sock");
+        tokio::time::timeout(GUARD, async {
+            while !admin.exists() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("node {} did not start:\n{}", self.id, self.log()));
+        let _ = connect_eventually(self.port).await;
+    }
+
+    /// Its log so far.
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("serve.log")).unwrap_or_default()
+    }
+
+    /// kill -9: nothing is said, nothing is handed back.
+    async fn kill(&mut self) {
+        let mut child = self.child.take().expect("not running");
+        signal(&child, "KILL");
+        let _ = child.wait().await;
+    }
+
+    /// SIGTERM, and waits for the process to end.
+    async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(&child, "TERM");
+            let _ = tokio::time::timeout(GUARD, child.wait()).await;
+        }
+    }
+
+    /// `conn`'s ssh command line, pointed at this node.
+    fn argv(&self, conn: &Connection, key: &Key, first: &Node) -> Vec<String> {
+        self.argv_as(conn, key, first, None)
+    }
+
+    fn argv_as(
+        &self,
+        conn: &Connection,
+        key: &Key,
+        first: &Node,
+        user: Option<&str>,
+    ) -> Vec<String> {
+        let (from, to) = (first.port.to_string(), self.port.to_string());
+        let known = self
+            .dir
+            .path()
+            .join(format!("known_hosts-{}", conn.id.len()));
+        std::fs::write(
+            &known,
+            std::fs::read_to_string(&conn.known_hosts)
+                .unwrap()
+                .replace(&format!("]:{from} "), &format!("]:{to} ")),
+        )
+        .unwrap();
+        let argv = match user {
+            Some(u) => conn.ssh_argv_as(key, u),
+            None => conn.ssh_argv(key),
+        };
+        let old_known = conn.known_hosts.display().to_string();
+        argv.iter()
+            .map(|arg| {
+                arg.replace(&format!(" -p {from} "), &format!(" -p {to} "))
+                    .replace(&old_known, &known.display().to_string())
+            })
+            .collect()
+    }
+
+    /// This node's link key (its file in the data directory).
+    fn link_key(&self) -> PrivateKey {
+        russh::keys::load_secret_key(self.dir.path().join("data/node_link_key"), None).unwrap()
+    }
+}
+
+/// Starts three nodes on a fresh database, serving `instances`; `None`
+/// without PostgreSQL (outside CI).
+async fn fleet(instances: &str) -> Option<(String, Vec<Node>)> {
+    let url = postgres_database().await?;
+    let a = Node::start("gw-a", &url, instances, None).await;
+    a.ready().await;
+    let b = Node::start("gw-b", &url, instances, Some(&a)).await;
+    let c = Node::start("gw-c", &url, instances, Some(&a)).await;
+    b.ready().await;
+    c.ready().await;
+    Some((url, vec![a, b, c]))
+}
+
+/// Each node and the consoles `cluster status` says it holds.
+async fn holders(config: &Path) -> Vec<(String, String, u64)> {
+    let out = run_cli(config, &["cluster", "status", "--json"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let nodes: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["nodeId"].as_str().unwrap().to_owned(),
+                n["state"].as_str().unwrap().to_owned(),
+                n["consoles"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Waits until exactly one alive node holds the one console, other than
+/// `not`: its id.
+async fn holder(config: &Path, not: Option<&str>) -> String {
+    tokio::time::timeout(GUARD, async {
+        loop {
+            let nodes = holders(config).await;
+            let holding: Vec<_> = nodes.iter().filter(|n| n.2 > 0).collect();
+            if let [one] = holding[..]
+                && one.1 == "alive"
+                && Some(one.0.as_str()) != not
+            {
+                return one.0.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("no node came to hold the console")
+}
+
+/// The node-link address node `id` registered.
+async fn link_address(config: &Path, id: &str) -> String {
+    let out = run_cli(config, &["cluster", "status", "--json"]).await;
+    let nodes: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["nodeId"] == id)
+        .and_then(|n| n["advertise"].as_str())
+        .unwrap()
+        .to_owned()
+}
+
+fn index(nodes: &[Node], id: &str) -> usize {
+    nodes.iter().position(|n| n.id == id).unwrap()
+}
+
+fn vm1_exclusive() -> String {
+    instance("vm1", "simulator", None) + "input = \"exclusive\"\n"
+}
+
+/// Sessions through the two nodes that do not hold the console reach it
+/// through the holder: the banner and replay, typing and output both ways,
+/// one viewer seeing what another typed, exclusive input, `&F` and `&W`
+/// across nodes, and the audit naming the node each came through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_node_serves_the_console_with_the_same_session_rules() {
+    let Some((_url, mut nodes)) = fleet(&vm1_exclusive()).await else {
+        return;
+    };
+    let owner = holder(&nodes[0].config, None).await;
+    let o = index(&nodes, &owner);
+    let others: Vec<usize> = (0..3).filter(|&i| i != o).collect();
+    let (y, z) = (others[0], others[1]);
+    let key = Key::ed25519(nodes[0].dir.path(), "user");
+    let conn = create_connection(&nodes[0].config, "vm1", &key, nodes[0].dir.path()).await;
+
+    let mut first = Terminal::spawn(&nodes[y].argv(&conn, &key, &nodes[0])).await;
+    first.expect("serial console of vm1").await;
+    first.expect("you hold write access").await;
+    // The holder's history, replayed through the relay.
+    first.expect("vm1 login: ").await;
+    first.send(b"root\r").await;
+    first.expect("root@vm1").await;
+    first.send(b"echo through-the-link\r").await;
+    first.expect("through-the-link\r\n").await;
+
+    // A second viewer on the third node sees what the first types.
+    let mut second = Terminal::spawn(&nodes[z].argv(&conn, &key, &nodes[0])).await;
+    second.expect("serial console of vm1").await;
+    second.expect("read-only").await;
+    first.send(b"echo both-see-this\r").await;
+    second.expect("both-see-this").await;
+    // Exclusive input holds across nodes: the second is read-only ...
+    second.send(b"x").await;
+    second.expect("CG-INPUT-001").await;
+    // ... until it forces, which the first hears about.
+    second.send(b"\r&F").await;
+    second.expect("you hold write access").await;
+    first.expect("CG-INPUT-002").await;
+    second.send(b"echo second-writes\r").await;
+    first.expect("second-writes").await;
+    // &W lists both, with the nodes they came through.
+    second.send(b"\r&W").await;
+    second.expect("2 session(s) attached").await;
+    let listed = second.rest().await;
+    for n in [y, z] {
+        assert!(
+            listed.contains(&format!("via node {}", nodes[n].id)),
+            "{listed}"
+        );
+    }
+    first.send(b"\r&.").await;
+    first.wait().await;
+    second.send(b"\r&.").await;
+    second.wait().await;
+    // The holder wrote the rows, naming the node each came through.
+    let rows = audit_rows(&nodes[o].config, &["--connection", &conn.id]).await;
+    let attaches: Vec<String> = rows
+        .iter()
+        .filter(|r| r["event"] == "attach")
+        .map(|r| r["detail"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(attaches.len(), 2, "{rows:#?}");
+    for n in [y, z] {
+        let through = format!("through node {}", nodes[n].id);
+        assert!(
+            attaches.iter().any(|d| d.contains(&through)),
+            "{attaches:?}"
+        );
+    }
+    for n in &mut nodes {
+        n.stop().await;
+    }
+}
+
+/// kill -9 the holder while a viewer relayed through another node is
+/// attached: within the lease time another node holds the console, and the
+/// viewer is told, resumes and types on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_holder_s_console_moves_and_relayed_viewers_resume() {
+    let Some((_url, mut nodes)) = fleet(&instance("vm1", "simulator", None)).await else {
+        return;
+    };
+    let owner = holder(&nodes[0].config, None).await;
+    let o = index(&nodes, &owner);
+    let v = (o + 1) % 3;
+    let key = Key::ed25519(nodes[v].dir.path(), "user");
+    let conn = create_connection(&nodes[v].config, "vm1", &key, nodes[v].dir.path()).await;
+    let mut term = Terminal::spawn(&nodes[v].argv(&conn, &key, &nodes[v])).await;
+    term.expect("vm1 login: ").await;
+    term.send(b"root\r").await;
+    term.expect("root@vm1").await;
+
+    let killed = std::time::Instant::now();
+    nodes[o].kill().await;
+    term.expect("CG-FLEET-002").await;
+    term.expect("console resumed on node").await;
+    let waited = killed.elapsed();
+    let survivor = &nodes[(o + 2) % 3];
+    let new_owner = holder(&survivor.config, Some(&owner)).await;
+    assert_ne!(new_owner, owner);
+    assert!(
+        waited < Duration::from_secs(LEASE * 2 + 5),
+        "resumed only after {waited:?}"
+    );
+    // The new holder's console: a fresh login prompt takes typing.
+    term.send(b"\r").await;
+    term.expect("login: ").await;
+    term.send(b"root\r").await;
+    term.send(b"echo after-the-move\r").await;
+    term.expect("after-the-move\r\n").await;
+    term.send(b"\r&.").await;
+    term.wait().await;
+    for n in &mut nodes {
+        n.stop().await;
+    }
+}
+
+/// An SSH client for the node link, as `user` with `key`, accepting any
+/// host key.
+struct AnyHost;
+
+impl russh::client::Handler for AnyHost {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        _key: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        Ok(true)
+    }
+}
+
+async fn link_client(
+    addr: &str,
+    user: &str,
+    key: PrivateKey,
+) -> (russh::client::Handle<AnyHost>, bool) {
+    let mut handle =
+        russh::client::connect(Arc::new(russh::client::Config::default()), addr, AnyHost)
+            .await
+            .expect("the node link does not answer");
+    let auth = handle
+        .authenticate_publickey(user, PrivateKeyWithHashAlg::new(Arc::new(key), None))
+        .await
+        .unwrap();
+    (handle, auth.success())
+}
+
+/// Runs `command` on a link channel: its exit status and output.
+async fn link_exec(
+    handle: &russh::client::Handle<AnyHost>,
+    command: &str,
+) -> (Option<u32>, String) {
+    let mut channel = handle.channel_open_session().await.unwrap();
+    channel.exec(true, command.as_bytes()).await.unwrap();
+    let mut status = None;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(GUARD, async {
+        while let Some(msg) = channel.wait().await {
+            match msg {
+                russh::ChannelMsg::Data { data } => out.extend_from_slice(&data),
+                russh::ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
+                russh::ChannelMsg::Close => break,
+                _ => {}
+            }
+        }
+    })
+    .await;
+    (status, String::from_utf8_lossy(&out).into_owned())
+}
+
+/// The node link takes only nodes of the fleet, by their registered keys;
+/// a node gets no shell, no forwarding and no session for a connection that
+/// is not active; junk bytes end only the connection that sent them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_link_takes_only_nodes_of_the_fleet_and_is_no_proxy() {
+    let Some((_url, mut nodes)) = fleet(&instance("vm1", "simulator", None)).await else {
+        return;
+    };
+    let owner = holder(&nodes[0].config, None).await;
+    let o = index(&nodes, &owner);
+    let other = (o + 1) % 3;
+    let link = link_address(&nodes[0].config, &owner).await;
+
+    // A stranger's key, under a real node's name or any other: refused.
+    let stranger = PrivateKey::random(&mut rand::rng(), russh::keys::Algorithm::Ed25519).unwrap();
+    for user in [nodes[other].id.as_str(), "gw-z", &owner] {
+        let (_h, ok) = link_client(&link, user, stranger.clone()).await;
+        assert!(!ok, "a stranger authenticated as {user}");
+    }
+    // A real node's key under another node's name: refused.
+    let third = (o + 2) % 3;
+    let (_h, ok) = link_client(&link, &nodes[third].id, nodes[other].link_key()).await;
+    assert!(!ok, "node keys are not interchangeable");
+    assert!(nodes[o].log().contains("CG-FLEET-005"));
+
+    // Junk bytes: that connection ends; the node serves on.
+    for junk in [
+        pseudo_random_bytes(4096, 7),
+        b"SSH-2.0-x\r\n"
+            .iter()
+            .copied()
+            .chain(pseudo_random_bytes(4096, 9))
+            .collect(),
+    ] {
+        let mut s = tokio::net::TcpStream::connect(&link).await.unwrap();
+        let _ = s.write_all(&junk).await;
+        drop(s);
+    }
+
+    // The real node, by its key: in, but only for relay requests.
+    let (handle, ok) = link_client(&link, &nodes[other].id, nodes[other].link_key()).await;
+    assert!(ok, "a node of the fleet was refused");
+    let forward = handle
+        .channel_open_direct_tcpip("127.0.0.1", 22, "127.0.0.1", 1)
+        .await;
+    assert!(forward.is_err(), "the node link forwarded a connection");
+    let (status, out) = link_exec(&handle, "sh -c id").await;
+    assert_ne!(status, Some(0), "{out}");
+    let request = |conn: &str| {
+        serde_json::json!({
+            "instance_id": "vm1",
+            "principal": {"kind": "key", "connection_id": conn, "fingerprint": "SHA256:x"},
+            "peer": "192.0.2.1:5555",
+            "options": {"replay": null, "read_only": false, "force": false, "disconnect_when_lagging": false},
+            "via": "outer hop",
+            "cols": 80, "rows": 24, "term": null, "resumed": false
+        })
+        .to_string()
+    };
+    // A connection that does not exist: refused, and nothing attached.
+    let fake = "ocid1.instanceconsoleconnection.oc1..aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let (status, out) =
+        link_exec(&handle, &format!("consolegate-relay-v1 {}", request(fake))).await;
+    assert_eq!(status, Some(2), "{out}");
+    assert!(!out.contains("serial console"), "{out}");
+    let (status, _) = link_exec(&handle, "consolegate-relay-v1 {not json").await;
+    assert_eq!(status, Some(2));
+
+    // After all that, a session through the other node still works.
+    let key = Key::ed25519(nodes[other].dir.path(), "user");
+    let conn = create_connection(&nodes[other].config, "vm1", &key, nodes[other].dir.path()).await;
+    let mut term = Terminal::spawn(&nodes[other].argv(&conn, &key, &nodes[other])).await;
+    term.expect("serial console of vm1").await;
+    term.send(b"\r&.").await;
+    term.wait().await;
+    for n in &mut nodes {
+        n.stop().await;
+    }
+}
+
+/// A TCP proxy to PostgreSQL that a test can cut (every connection
+/// dropped, new ones refused) and restore: a node losing its store.
+struct StorePath {
+    addr: String,
+    open: Arc<std::sync::atomic::AtomicBool>,
+    cut: tokio::sync::watch::Sender<u64>,
+}
+
+impl StorePath {
+    async fn to(url: &str) -> (StorePath, String) {
+        let target = target_of(url);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let open = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (cut, _) = tokio::sync::watch::channel(0u64);
+        let (is_open, cuts) = (open.clone(), cut.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                if !is_open.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue;
+                }
+                let target = target.clone();
+                let mut cut = cuts.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        let proxied = url.replacen(&target_of(url), &addr, 1);
+        (StorePath { addr, open, cut }, proxied)
+    }
+
+    fn cut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.cut.send_modify(|n| *n += 1);
+    }
+
+    fn restore(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+fn target_of(url: &str) -> String {
+    let rest = url.split_once('@').map_or(url, |(_, r)| r);
+    rest.split('/').next().unwrap().to_owned()
+}
+
+/// A node that cannot reach its store for longer than `store_lost_secs`
+/// ends its console sessions (`end-sessions`, the default) or keeps them
+/// (`keep`), says which in its log, and in the audit trail once the store
+/// answers again; kept sessions resume when it does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_loses_its_store_ends_or_keeps_its_sessions_as_configured() {
+    let Some(url) = postgres_database().await else {
+        return;
+    };
+    for policy in ["end-sessions", "keep"] {
+        let (path, proxied) = StorePath::to(&url).await;
+        assert_ne!(proxied, url, "{}", path.addr);
+        let instances = instance("vm1", "simulator", None);
+        let lost = format!("store_lost = \"{policy}\"\nstore_lost_secs = 1\n");
+        let mut node =
+            Node::start_with(&format!("gw-{policy}"), &proxied, &instances, None, &lost).await;
+        node.ready().await;
+        holder(&node.config, None).await;
+        let key = Key::ed25519(node.dir.path(), "user");
+        let conn = create_connection(&node.config, "vm1", &key, node.dir.path()).await;
+        let mut term = Terminal::spawn(&node.argv(&conn, &key, &node)).await;
+        term.expect("vm1 login: ").await;
+
+        path.cut();
+        if policy == "end-sessions" {
+            term.expect("CG-FLEET-006 this gateway node lost its database")
+                .await;
+            term.wait().await;
+            assert!(
+                node.log().contains("store_lost = \"end-sessions\""),
+                "{}",
+                node.log()
+            );
+        } else {
+            // Kept past the store-lost time and the lease: told the console
+            // is let go of, but attached.
+            term.expect("CG-FLEET-002").await;
+            tokio::time::sleep(Duration::from_secs(LEASE + 2)).await;
+            assert!(term.running(), "a kept session ended");
+            assert!(
+                node.log().contains("store_lost = \"keep\""),
+                "{}",
+                node.log()
+            );
+        }
+        path.restore();
+        if policy == "keep" {
+            term.expect("console resumed on node").await;
+            term.send(b"\r").await;
+            term.expect("login: ").await;
+            term.send(b"\r&.").await;
+            term.wait().await;
+        }
+        // The audit row, once the store answers again.
+        let row = tokio::time::timeout(GUARD, async {
+            loop {
+                let rows = audit_rows(&node.config, &[]).await;
+                let mine = |r: &&serde_json::Value| {
+                    r["event"] == "store-lost"
+                        && r["detail"].as_str().unwrap_or_default().contains(&node.id)
+                };
+                if let Some(r) = rows.iter().find(mine) {
+                    return r.clone();
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+        .await
+        .expect("no store-lost audit row");
+        let detail = row["detail"].as_str().unwrap();
+        assert!(
+            detail.contains(&format!("store_lost = \"{policy}\"")),
+            "{detail}"
+        );
+        node.stop().await;
+    }
+}
