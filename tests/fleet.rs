@@ -626,3 +626,54 @@ async fn a_node_that_loses_its_store_ends_or_keeps_its_sessions_as_configured() 
         node.stop().await;
     }
 }
+
+/// Two processes configured with one node_id: the second waits for the
+/// first to go quiet, then refuses to start; a process whose name another
+/// takes over stops at its next heartbeat. Either way two processes never
+/// hold one node's consoles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_node_id_runs_in_one_process_only() {
+    let Some(url) = postgres_database().await else {
+        return;
+    };
+    let instances = instance("vm1", "simulator", None);
+    let mut first = Node::start("gw-same", &url, &instances, None).await;
+    first.ready().await;
+    holder(&first.config, None).await;
+    let mut second = Node::start("gw-same", &url, &instances, Some(&first)).await;
+    let status = tokio::time::timeout(GUARD, second.child.as_mut().unwrap().wait())
+        .await
+        .expect("a second process under a live node's name kept running")
+        .unwrap();
+    assert!(!status.success());
+    assert!(second.log().contains("CG-FLEET-007"), "{}", second.log());
+    assert!(first.child.as_mut().unwrap().try_wait().unwrap().is_none());
+
+    // Another process takes the name over (as one would after the first
+    // went quiet): the first learns it and stops, holding nothing.
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::query(
+        "UPDATE nodes SET incarnation = 'usurper', last_seen = $1 WHERE node_id = 'gw-same'",
+    )
+    .bind(i64::MAX / 2)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let status = tokio::time::timeout(GUARD, first.child.as_mut().unwrap().wait())
+        .await
+        .expect("a process whose name was taken kept running")
+        .unwrap();
+    assert!(!status.success());
+    assert!(first.log().contains("CG-FLEET-007"), "{}", first.log());
+    // It handed its console back on the way out.
+    let held: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM console_leases WHERE expires_at > CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(held, 0);
+    pool.close().await;
+    first.child = None;
+    second.child = None;
+}

@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use consolegate::store::{
     ConnectionFilter, ConnectionRecord, ConsoleProtocol, ConsoleToken, FreeformTags,
-    LifecycleState, PageKey, RetryKey, Store, StoreError,
+    LifecycleState, NodeRegistration, PageKey, RetryKey, Store, StoreError,
 };
 use time::OffsetDateTime;
 
@@ -447,40 +447,97 @@ async fn a_gateway_serves_consoles_from_postgres() {
     gw.stop().await;
 }
 
+fn registration<'a>(node_id: &'a str, incarnation: &'a str) -> NodeRegistration<'a> {
+    NodeRegistration {
+        node_id,
+        incarnation,
+        advertise: None,
+        link_key: None,
+        version: "0.1.0",
+        stale_after_ms: 60_000,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_register_beat_and_leave() {
     for backend in TestStore::both().await {
         let store = backend.open().await;
-        assert!(!store.node_heartbeat("gw1").await.unwrap(), "unregistered");
-        store
-            .register_node(
-                "gw1",
-                Some("10.0.0.1:7022"),
-                Some("ssh-ed25519 AAAA"),
-                "0.1.0",
-            )
-            .await
-            .unwrap();
-        store
-            .register_node("gw2", None, None, "0.1.0")
-            .await
-            .unwrap();
-        assert!(store.node_heartbeat("gw1").await.unwrap());
-        store.node_left("gw2").await.unwrap();
+        assert!(
+            !store.node_heartbeat("gw1", "i1").await.unwrap(),
+            "unregistered"
+        );
+        let gw1 = NodeRegistration {
+            advertise: Some("10.0.0.1:7022"),
+            link_key: Some("ssh-ed25519 AAAA"),
+            ..registration("gw1", "i1")
+        };
+        assert!(store.register_node(&gw1).await.unwrap());
+        assert!(
+            store
+                .register_node(&registration("gw2", "i2"))
+                .await
+                .unwrap()
+        );
+        assert!(store.node_heartbeat("gw1", "i1").await.unwrap());
+        store.node_left("gw2", "i2").await.unwrap();
         // A node that left beats no more until it registers again.
-        assert!(!store.node_heartbeat("gw2").await.unwrap());
+        assert!(!store.node_heartbeat("gw2", "i2").await.unwrap());
         let nodes = store.list_nodes().await.unwrap();
         assert_eq!(nodes.len(), 2, "{}", backend.name());
         assert_eq!(nodes[0].advertise.as_deref(), Some("10.0.0.1:7022"));
         assert_eq!(nodes[0].link_key.as_deref(), Some("ssh-ed25519 AAAA"));
         assert!(nodes[0].left_at_ms.is_none());
         assert!(nodes[1].left_at_ms.is_some());
-        store
-            .register_node("gw2", None, None, "0.2.0")
-            .await
-            .unwrap();
+        let gw2 = NodeRegistration {
+            version: "0.2.0",
+            ..registration("gw2", "i3")
+        };
+        assert!(store.register_node(&gw2).await.unwrap());
         let gw2 = store.list_nodes().await.unwrap().remove(1);
         assert_eq!((gw2.version.as_str(), gw2.left_at_ms), ("0.2.0", None));
+    }
+}
+
+/// Two processes under one node_id: the second cannot register while the
+/// first beats; once the first has been quiet for the timeout it may, and
+/// the first then learns at its next heartbeat that it lost the name (and
+/// its leaving does not mark the new process as left).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_node_id_is_held_by_one_process_at_a_time() {
+    for backend in TestStore::both().await {
+        let store = backend.open().await;
+        assert!(
+            store
+                .register_node(&registration("gw1", "first"))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .register_node(&registration("gw1", "second"))
+                .await
+                .unwrap(),
+            "{}: a second process took a live node's name",
+            backend.name()
+        );
+        // The same process may register again (its row went away, say).
+        assert!(
+            store
+                .register_node(&registration("gw1", "first"))
+                .await
+                .unwrap()
+        );
+        // Quiet for longer than the timeout: the name is free.
+        let quick = NodeRegistration {
+            stale_after_ms: 0,
+            ..registration("gw1", "second")
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        assert!(store.register_node(&quick).await.unwrap());
+        assert!(!store.node_heartbeat("gw1", "first").await.unwrap());
+        assert!(store.node_heartbeat("gw1", "second").await.unwrap());
+        store.node_left("gw1", "first").await.unwrap();
+        assert!(store.list_nodes().await.unwrap()[0].left_at_ms.is_none());
     }
 }
 

@@ -76,6 +76,10 @@ pub struct Fleet {
 #[derive(Debug)]
 struct Inner {
     node_id: String,
+    /// The owner this process writes into leases: `node_id/incarnation`,
+    /// so that a lease of an earlier (or a rogue second) process under the
+    /// same name is never taken for this one's.
+    owner: String,
     store: Store,
     hubs: ConsoleHubs,
     lease: Duration,
@@ -120,12 +124,14 @@ impl Fleet {
     pub fn new(
         cluster: &ClusterConfig,
         node_id: String,
+        incarnation: &str,
         store: Store,
         hubs: ConsoleHubs,
         instances: Vec<String>,
     ) -> Fleet {
         Fleet {
             inner: Arc::new(Inner {
+                owner: format!("{node_id}/{incarnation}"),
                 node_id,
                 store,
                 hubs,
@@ -217,12 +223,14 @@ impl Fleet {
         let Some(lease) = view.leases.get(instance_id) else {
             return Owner::Nobody;
         };
-        if lease.owner == self.inner.node_id {
-            // Held in the store but not (yet, or any more) here.
+        let node = node_of(&lease.owner);
+        if node == self.inner.node_id {
+            // Held in the store but not (yet, or any more) here, or by an
+            // earlier process of this node whose lease has not lapsed.
             return Owner::Nobody;
         }
         view.nodes
-            .get(&lease.owner)
+            .get(node)
             .and_then(peer_of)
             .map_or(Owner::Nobody, Owner::Peer)
     }
@@ -369,9 +377,10 @@ impl Fleet {
     async fn round(&self, free_before: &mut HashSet<String>) -> Result<(), StoreError> {
         let store = &self.inner.store;
         let me = self.inner.node_id.as_str();
+        let owner = self.inner.owner.as_str();
         let ttl = self.inner.lease.as_millis() as i64;
         let started = Instant::now();
-        let renewed = store.renew_leases(me, ttl).await?;
+        let renewed = store.renew_leases(owner, ttl).await?;
         let renewed: HashMap<&str, i64> = renewed
             .iter()
             .map(|l| (l.instance_id.as_str(), l.epoch))
@@ -423,17 +432,17 @@ impl Fleet {
             if self.held().contains_key(id) {
                 continue;
             }
-            if leases.get(id).is_some_and(|l| l.owner != me) {
+            if leases.get(id).is_some_and(|l| l.owner != owner) {
                 continue;
             }
             // Free (falling to this node, or free for a whole round), or
-            // still ours in the store (from before a restart).
+            // still this process's in the store (a keeper that let go).
             let ours = leases.contains_key(id);
             let mine = ours || preferred(&live, id) == me || free_before.contains(id);
             free_now.insert(id.clone());
             if mine {
                 let started = Instant::now();
-                if let Some(lease) = store.acquire_lease(id, me, ttl).await? {
+                if let Some(lease) = store.acquire_lease(id, owner, ttl).await? {
                     self.take(&lease, started);
                 }
             }
@@ -453,7 +462,7 @@ impl Fleet {
             }
             tracing::info!(instance = %id, configured, "handing the console to its preferred node");
             self.let_go(&id);
-            store.release_lease(&id, me, epoch).await?;
+            store.release_lease(&id, owner, epoch).await?;
         }
         let mut view = self
             .inner
@@ -488,7 +497,7 @@ impl Fleet {
             if let Err(e) = self
                 .inner
                 .store
-                .release_lease(&id, &self.inner.node_id, epoch)
+                .release_lease(&id, &self.inner.owner, epoch)
                 .await
             {
                 tracing::warn!(code = "CG-STORE-002", instance = %id, error = %e,
@@ -503,6 +512,11 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
+}
+
+/// The node a lease's owner names (`node_id/incarnation`).
+pub fn node_of(owner: &str) -> &str {
+    owner.split_once('/').map_or(owner, |(node, _)| node)
 }
 
 /// A node as the node link reaches it, if it registered where and how.

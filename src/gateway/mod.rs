@@ -52,6 +52,11 @@ pub enum GatewayError {
     /// An `[[api_user]]` key is unusable.
     #[error("{0}")]
     ApiUsers(String),
+    /// Another running process is registered under this `node_id`.
+    #[error(
+        "CG-FLEET-007 node_id `{0}` is in use by another running gateway process; each node needs its own [cluster] node_id"
+    )]
+    NodeIdInUse(String),
     /// A node of a fleet with no address for its node link.
     #[error("CG-CONF-001 [cluster] needs `listen` or an IP `advertise` address for the node link")]
     NoLinkAddress,
@@ -168,10 +173,12 @@ pub async fn run_with(
     let inner_keys = instance_keys.get_all(&config.instances).await?;
     let tokens = connections.tokens();
     let metrics = Arc::new(Metrics::new());
+    let incarnation = crate::ids::random_hex(8);
     let fleet = node.as_ref().map(|n| {
         Fleet::new(
             &config.cluster,
             n.node_id.clone(),
+            &incarnation,
             store.clone(),
             hubs.clone(),
             config.instances.iter().map(|i| i.id.clone()).collect(),
@@ -200,19 +207,25 @@ pub async fn run_with(
     // on, so that sessions relayed from other nodes resume at once.
     let leases = CancellationToken::new();
     let mut keeper = None;
+    let fenced = Arc::new(std::sync::atomic::AtomicBool::new(false));
     if let (Some(n), Some(fleet)) = (node, &fleet) {
         let info = NodeInfo {
             node_id: n.node_id.clone(),
+            incarnation: incarnation.clone(),
+            stale_after: std::time::Duration::from_secs(config.cluster.node_timeout_secs),
             public_key: crate::keys::public_key_line(n.key.public_key()),
             advertise: n.advertise.clone(),
         };
-        register(&store, &info).await?;
+        let every = std::time::Duration::from_secs(config.cluster.heartbeat_secs);
+        register_at_start(&store, &info, every).await?;
         tracing::info!(node = %n.node_id, link = %n.advertise, "registered as a node of the fleet");
         tasks.spawn(heartbeat(
             store.clone(),
             config.clone(),
             info,
             background.clone(),
+            shutdown.clone(),
+            fenced.clone(),
         ));
         keeper = Some(tokio::spawn(fleet.clone().keep(leases.clone())));
         tasks.spawn(store_lost(
@@ -331,13 +344,18 @@ pub async fn run_with(
     background.cancel();
     while tasks.join_next().await.is_some() {}
     if let Some(node_id) = &config.cluster.node_id
-        && let Err(e) = store.node_left(node_id).await
+        && let Err(e) = store.node_left(node_id, &incarnation).await
     {
         tracing::warn!(code = "CG-STORE-002", error = %e, "could not record that this node left");
     }
     hubs.stop().await;
     store.close().await;
     tracing::info!("gateway stopped");
+    if fenced.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(GatewayError::NodeIdInUse(
+            config.cluster.node_id.clone().unwrap_or_default(),
+        ));
+    }
     Ok(())
 }
 
@@ -505,6 +523,10 @@ struct Node {
 #[derive(Clone)]
 struct NodeInfo {
     node_id: String,
+    /// Random per process start.
+    incarnation: String,
+    /// The fleet's node timeout.
+    stale_after: std::time::Duration,
     public_key: String,
     advertise: String,
 }
@@ -542,22 +564,59 @@ async fn join_fleet(config: &Config, node_id: &str) -> Result<Node, GatewayError
     })
 }
 
-/// Registers this gateway as a node, with its link address and key and
-/// its version.
-async fn register(store: &Store, node: &NodeInfo) -> Result<(), StoreError> {
+/// Registers this process as the node, with its link address and key and
+/// its version; `false` while another running process holds the name.
+async fn register(store: &Store, node: &NodeInfo) -> Result<bool, StoreError> {
     store
-        .register_node(
-            &node.node_id,
-            Some(&node.advertise),
-            Some(&node.public_key),
-            env!("CARGO_PKG_VERSION"),
-        )
+        .register_node(&crate::store::NodeRegistration {
+            node_id: &node.node_id,
+            incarnation: &node.incarnation,
+            advertise: Some(&node.advertise),
+            link_key: Some(&node.public_key),
+            version: env!("CARGO_PKG_VERSION"),
+            stale_after_ms: node.stale_after.as_millis() as i64,
+        })
         .await
 }
 
+/// Registers at start. A process that still holds the name (one that
+/// crashed a moment ago, or another with the same `node_id`) is given the
+/// node timeout to go quiet; after that, this one refuses to start.
+async fn register_at_start(
+    store: &Store,
+    node: &NodeInfo,
+    every: std::time::Duration,
+) -> Result<(), GatewayError> {
+    let give_up = tokio::time::Instant::now() + node.stale_after + every;
+    let mut told = false;
+    loop {
+        if register(store, node).await? {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= give_up {
+            return Err(GatewayError::NodeIdInUse(node.node_id.clone()));
+        }
+        if !told {
+            tracing::info!(node = %node.node_id,
+                "another running process is registered under this node_id; waiting for it to go quiet");
+            told = true;
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// Keeps this node's registration alive; registers it again if its row
-/// went away.
-async fn heartbeat(store: Store, config: Arc<Config>, node: NodeInfo, shutdown: CancellationToken) {
+/// went away. If another process took the name, this one is fenced: it
+/// stops (cancelling `stop`), so that two processes never hold one node's
+/// consoles.
+async fn heartbeat(
+    store: Store,
+    config: Arc<Config>,
+    node: NodeInfo,
+    shutdown: CancellationToken,
+    stop: CancellationToken,
+    fenced: Arc<std::sync::atomic::AtomicBool>,
+) {
     let node_id = node.node_id.clone();
     let every = std::time::Duration::from_secs(config.cluster.heartbeat_secs);
     let mut tick = tokio::time::interval(every);
@@ -567,14 +626,22 @@ async fn heartbeat(store: Store, config: Arc<Config>, node: NodeInfo, shutdown: 
             _ = tick.tick() => {}
             () = shutdown.cancelled() => return,
         }
-        let beat = match store.node_heartbeat(&node_id).await {
-            Ok(true) => Ok(()),
+        let beat = match store.node_heartbeat(&node_id, &node.incarnation).await {
+            Ok(true) => Ok(true),
             Ok(false) => register(&store, &node).await,
             Err(e) => Err(e),
         };
-        if let Err(e) = beat {
-            tracing::warn!(code = "CG-STORE-002", node = %node_id, error = %e,
-                "node heartbeat failed");
+        match beat {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::error!(code = "CG-FLEET-007", node = %node_id,
+                    "another process registered under this node_id; this one stops");
+                fenced.store(true, std::sync::atomic::Ordering::SeqCst);
+                stop.cancel();
+                return;
+            }
+            Err(e) => tracing::warn!(code = "CG-STORE-002", node = %node_id, error = %e,
+                "node heartbeat failed"),
         }
     }
 }

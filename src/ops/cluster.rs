@@ -60,7 +60,10 @@ pub fn statuses(
     nodes
         .iter()
         .map(|n| {
-            let consoles = leases.iter().filter(|l| l.owner == n.node_id).count();
+            let consoles = leases
+                .iter()
+                .filter(|l| crate::fleet::node_of(&l.owner) == n.node_id)
+                .count();
             let ago_ms = (now_ms - n.last_seen_ms).max(0);
             let state = if n.left_at_ms.is_some() {
                 NodeState::Left
@@ -140,7 +143,11 @@ mod tests {
             epoch: 1,
             expires_at_ms: now + 10_000,
         };
-        let leases = [lease("vm1", "a"), lease("vm2", "a"), lease("vm3", "b")];
+        let leases = [
+            lease("vm1", "a/1f"),
+            lease("vm2", "a/2e"),
+            lease("vm3", "b/3d"),
+        ];
         let s = statuses(&nodes, &leases, now, 10);
         let consoles: Vec<_> = s.iter().map(|n| n.consoles).collect();
         assert_eq!(consoles, [2, 1, 0]);

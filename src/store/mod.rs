@@ -51,7 +51,7 @@ mod row;
 mod tokens;
 pub use connections::{PageKey, RetryKey};
 pub use leases::Lease;
-pub use nodes::NodeRecord;
+pub use nodes::{NodeRecord, NodeRegistration};
 pub use record::{ConnectionRecord, DefinedTags, FreeformTags, LifecycleState};
 pub use revocations::RevocationListener;
 pub use tokens::{ConsoleProtocol, ConsoleToken};
