@@ -24,6 +24,7 @@ struct Node {
     dir: tempfile::TempDir,
     config: PathBuf,
     port: u16,
+    api_port: u16,
     child: Option<Child>,
 }
 
@@ -74,6 +75,7 @@ impl Node {
             id: id.to_owned(),
             config,
             port,
+            api_port,
             child: None,
             dir,
         };
@@ -676,4 +678,251 @@ async fn one_node_id_runs_in_one_process_only() {
     pool.close().await;
     first.child = None;
     second.child = None;
+}
+
+/// The example fleet (examples/fleet: three node configs and haproxy.cfg,
+/// on free ports and the tests' PostgreSQL) behind the real HAProxy: one
+/// connection string reaches the console whichever node HAProxy picks, and
+/// the API answers through its HTTP frontend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_fleet_behind_haproxy_serves_one_connection_string_from_every_node() {
+    let Some(url) = postgres_database().await else {
+        return;
+    };
+    let Some(haproxy) = ["/usr/sbin/haproxy", "/usr/bin/haproxy"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+    else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "no haproxy: apt-get install haproxy"
+        );
+        eprintln!("SKIPPED: no haproxy");
+        return;
+    };
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/fleet");
+    let dir = tempfile::tempdir().unwrap();
+    // Every port the example names, and a free one for each.
+    let mut ports = Vec::new();
+    for port in [
+        2222, 8080, 2201, 2202, 2203, 8181, 8182, 8183, 7101, 7102, 7103,
+    ] {
+        ports.push((
+            format!("127.0.0.1:{port}"),
+            format!("127.0.0.1:{}", free_port().await),
+        ));
+    }
+    let public_port = ports[0].1.rsplit(':').next().unwrap().to_owned();
+    let localise = |text: String| {
+        let mut text = text
+            .replace("postgres://consolegate@127.0.0.1:55432/consolegate", &url)
+            .replace(
+                "public_port = 2222",
+                &format!("public_port = {public_port}"),
+            );
+        for (from, to) in &ports {
+            text = text.replace(from, to);
+            // Health checks name the API port alone.
+            let (from_port, to_port) = (from.rsplit(':').next(), to.rsplit(':').next());
+            if let (Some(f), Some(t)) = (from_port, to_port) {
+                text = text.replace(&format!("check port {f}"), &format!("check port {t}"));
+            }
+        }
+        text
+    };
+    let haproxy_cfg = dir.path().join("haproxy.cfg");
+    std::fs::write(
+        &haproxy_cfg,
+        localise(std::fs::read_to_string(example.join("haproxy.cfg")).unwrap()),
+    )
+    .unwrap();
+    let mut nodes = Vec::new();
+    for n in ["a", "b", "c"] {
+        let config = dir.path().join(format!("node-{n}.toml"));
+        std::fs::write(
+            &config,
+            localise(std::fs::read_to_string(example.join(format!("node-{n}.toml"))).unwrap()),
+        )
+        .unwrap();
+        let data = dir.path().join("run").join(n);
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .unwrap();
+        if n != "a" {
+            for file in ["ssh_host_ed25519_key", "ssh_host_rsa_key"] {
+                std::fs::copy(dir.path().join("run/a").join(file), data.join(file)).unwrap();
+            }
+        }
+        let log = dir.path().join(format!("node-{n}.log"));
+        nodes.push(spawn_serve(&config, &log, &[]));
+        let admin = data.join("admin.sock");
+        tokio::time::timeout(GUARD, async {
+            while !admin.exists() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("an example node did not start");
+    }
+    let config_a = dir.path().join("node-a.toml");
+    let owner = holder(&config_a, None).await;
+    let mut balancer = tokio::process::Command::new(haproxy)
+        .arg("-f")
+        .arg(&haproxy_cfg)
+        .arg("-db")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::from(
+            std::fs::File::create(dir.path().join("haproxy.log")).unwrap(),
+        ))
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // The API through HAProxy's HTTP frontend.
+    let api_port: u16 = ports[1].1.rsplit(':').next().unwrap().parse().unwrap();
+    let _ = connect_eventually(api_port).await;
+    let (status, _) = http_get(api_port, "/readyz").await;
+    assert_eq!(status, 200);
+
+    // Three sessions at once through HAProxy's SSH port (leastconn): one
+    // connection string, three nodes, one console.
+    let key = Key::ed25519(dir.path(), "user");
+    let conn = create_connection(&config_a, "demo", &key, dir.path()).await;
+    assert!(
+        conn.connection_string
+            .contains(&format!("-p {public_port} ")),
+        "{}",
+        conn.connection_string
+    );
+    let mut terms = Vec::new();
+    for _ in 0..3 {
+        let mut term = Terminal::spawn(&conn.ssh_argv(&key)).await;
+        term.expect("serial console of demo").await;
+        terms.push(term);
+    }
+    let owner_config = dir.path().join(format!("{}.toml", owner));
+    let rows = audit_rows(&owner_config, &["--connection", &conn.id]).await;
+    let mut through: Vec<String> = rows
+        .iter()
+        .filter(|r| r["event"] == "attach")
+        .map(|r| {
+            let detail = r["detail"].as_str().unwrap_or_default();
+            detail
+                .split("through node ")
+                .nth(1)
+                .and_then(|rest| rest.split(',').next())
+                .unwrap_or(&owner)
+                .to_owned()
+        })
+        .collect();
+    through.sort();
+    assert_eq!(through, ["node-a", "node-b", "node-c"], "{rows:#?}");
+    for mut term in terms {
+        term.send(b"\r&.").await;
+        term.wait().await;
+    }
+    let _ = balancer.kill().await;
+    for mut node in nodes {
+        signal(&node, "TERM");
+        let _ = tokio::time::timeout(GUARD, node.wait()).await;
+    }
+}
+
+/// A node that (re)joins gets its share back: the console its name
+/// prefers, held meanwhile by the node that was alone, moves to it once
+/// idle (after four lease times), and the other nodes' consoles stay put.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_joins_takes_its_share_of_idle_consoles() {
+    let Some(url) = postgres_database().await else {
+        return;
+    };
+    let ids = ["gw-p", "gw-q"];
+    let instances = instance("vm1", "simulator", None);
+    let preferred = consolegate::fleet::preferred(&ids, "vm1");
+    let other = ids.iter().copied().find(|&i| i != preferred).unwrap();
+    // The other node first: alone, it takes the console.
+    let mut first = Node::start(other, &url, &instances, None).await;
+    first.ready().await;
+    assert_eq!(holder(&first.config, None).await, other);
+    let mut joining = Node::start(preferred, &url, &instances, Some(&first)).await;
+    joining.ready().await;
+    let moved = tokio::time::timeout(Duration::from_secs(LEASE * 4 + 20), async {
+        loop {
+            let nodes = holders(&first.config).await;
+            if nodes.iter().any(|n| n.0 == preferred && n.2 == 1) {
+                return nodes;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    })
+    .await
+    .expect("the joining node never got its console");
+    assert!(moved.iter().any(|n| n.0 == other && n.2 == 0), "{moved:?}");
+    first.stop().await;
+    joining.stop().await;
+}
+
+/// A delete through one node's OCI API (the stock oci CLI) ends a session
+/// relayed through another node within seconds, and the id then gets no
+/// one in through any node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_through_one_node_s_api_ends_the_session_on_another() {
+    let Some(bin) = common::oci::oci_cli() else {
+        return;
+    };
+    let user = common::oci::ApiUser::new();
+    let instances = user.toml() + &instance("vm1", "simulator", None);
+    let Some((_url, mut nodes)) = fleet(&instances).await else {
+        return;
+    };
+    let owner = holder(&nodes[0].config, None).await;
+    let o = index(&nodes, &owner);
+    let (b, c) = ((o + 1) % 3, (o + 2) % 3);
+    let oci = user.oci(
+        bin,
+        nodes[c].dir.path(),
+        format!("http://127.0.0.1:{}", nodes[c].api_port),
+    );
+    let key = Key::ed25519(nodes[c].dir.path(), "user");
+    let created = oci
+        .run(&[
+            "create",
+            "--instance-id",
+            "vm1",
+            "--ssh-public-key-file",
+            key.public.to_str().unwrap(),
+        ])
+        .await;
+    let id = created["data"]["id"].as_str().unwrap().to_owned();
+    let out = run_cli(&nodes[c].config, &["connection", "get", &id]).await;
+    let conn = Connection::from_json(
+        serde_json::from_slice(&out.stdout).unwrap(),
+        nodes[c].dir.path(),
+    );
+    let mut term = Terminal::spawn(&nodes[b].argv(&conn, &key, &nodes[c])).await;
+    term.expect("serial console of vm1").await;
+
+    let asked = std::time::Instant::now();
+    oci.run(&["delete", "--instance-console-connection-id", &id, "--force"])
+        .await;
+    term.expect("has been deleted").await;
+    term.wait().await;
+    let took = asked.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "the session ended {took:?} after the delete"
+    );
+    for n in 0..3 {
+        let out = ssh_batch(&nodes[n].argv(&conn, &key, &nodes[c])).await;
+        assert!(
+            !out.status.success(),
+            "node {} let a deleted id in",
+            nodes[n].id
+        );
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(said.contains("Permission denied"), "{said}");
+    }
+    for n in &mut nodes {
+        n.stop().await;
+    }
 }

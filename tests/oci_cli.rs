@@ -7,115 +7,20 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-
+use common::oci::{ApiUser, oci_cli};
 use common::*;
-use rsa::RsaPrivateKey;
-use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
 use serde_json::Value;
-
-const TENANCY: &str = "ocid1.tenancy.oc1..aaaaaaaaconsolegatetest";
-const USER: &str = "ocid1.user.oc1..aaaaaaaaconsolegateoperator";
-
-fn oci_cli() -> Option<PathBuf> {
-    let path = std::env::var_os("OCI_CLI")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/oci"));
-    if path.exists() {
-        return Some(path);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "the oci CLI is missing at {} (.ci/run installs it)",
-        path.display()
-    );
-    eprintln!(
-        "SKIPPED: no oci CLI at {}; run .ci/run or set OCI_CLI",
-        path.display()
-    );
-    None
-}
-
-struct Oci {
-    bin: PathBuf,
-    config: PathBuf,
-    endpoint: String,
-}
-
-impl Oci {
-    /// Runs `oci compute instance-console-connection <args>`; returns its JSON.
-    async fn run(&self, args: &[&str]) -> Value {
-        let out = tokio::time::timeout(
-            GUARD * 4,
-            tokio::process::Command::new(&self.bin)
-                .args(["compute", "instance-console-connection"])
-                .args(args)
-                .arg("--endpoint")
-                .arg(&self.endpoint)
-                .arg("--config-file")
-                .arg(&self.config)
-                .args(["--no-retry"])
-                .env("OCI_CLI_SUPPRESS_FILE_PERMISSIONS_WARNING", "True")
-                .env("SUPPRESS_LABEL_WARNING", "True")
-                .output(),
-        )
-        .await
-        .expect("oci CLI hung")
-        .expect("cannot run the oci CLI");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "oci {args:?} failed:\n{stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        if stdout.trim().is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stock_oci_cli_manages_console_connections() {
     let Some(bin) = oci_cli() else { return };
-    let api_key = RsaPrivateKey::new(&mut rand::rng(), 2048).unwrap();
-    let public_pem = api_key
-        .to_public_key()
-        .to_public_key_pem(LineEnding::LF)
-        .unwrap();
-    let api_users = format!(
-        "[[api_user]]\ntenancy = \"{TENANCY}\"\nuser = \"{USER}\"\n\
-         public_key = \"\"\"{public_pem}\"\"\"\ncompartments = [\"test\"]\n\n"
-    );
-    let gw = Gateway::start(&(api_users + &instance("vm1", "simulator", None))).await;
-
-    // What `oci setup config` would write.
-    let key_file = gw.path("oci_api_key.pem");
-    std::fs::write(
-        &key_file,
-        api_key.to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes(),
-    )
-    .unwrap();
-    let fingerprint = consolegate::api::signature::fingerprint(&api_key.to_public_key());
-    let config = gw.path("oci_config");
-    std::fs::write(
-        &config,
-        format!(
-            "[DEFAULT]\nuser={USER}\nfingerprint={fingerprint}\nkey_file={}\ntenancy={TENANCY}\nregion=us-ashburn-1\n",
-            key_file.display()
-        ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    for f in [&key_file, &config] {
-        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
-    let oci = Oci {
+    let user = ApiUser::new();
+    let gw = Gateway::start(&(user.toml() + &instance("vm1", "simulator", None))).await;
+    let oci = user.oci(
         bin,
-        config,
-        endpoint: format!("http://127.0.0.1:{}", gw.api_port),
-    };
+        gw.dir.path(),
+        format!("http://127.0.0.1:{}", gw.api_port),
+    );
 
     let ssh_key = Key::ed25519(gw.dir.path(), "operator");
     let created = oci

@@ -39,11 +39,6 @@ use crate::config::{ClusterConfig, StoreLost};
 use crate::console::hub::ConsoleHubs;
 use crate::store::{Lease, NodeRecord, Store, StoreError};
 
-/// How long a node holds a console before handing it back for balance (so
-/// fleets whose nodes disagree on the instances do not pass idle consoles
-/// back and forth every round).
-const MIN_HOLD: Duration = Duration::from_secs(60);
-
 /// Where an instance's console is held.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Owner {
@@ -111,8 +106,9 @@ struct View {
 #[derive(Debug, Clone, Copy)]
 struct Held {
     epoch: i64,
-    /// Since when (a console is not handed back for balance before
-    /// [`MIN_HOLD`]).
+    /// Since when (a console is handed back for balance only after four
+    /// lease times, so that fleets whose nodes disagree on the instances do
+    /// not pass idle consoles back and forth every round).
     since: Instant,
     /// Let go by then unless renewed (this node's monotonic clock).
     deadline: Instant,
@@ -455,7 +451,7 @@ impl Fleet {
             let configured = instances.contains(&id);
             if configured
                 && (preferred(&live, &id) == me
-                    || since.elapsed() < MIN_HOLD
+                    || since.elapsed() < self.inner.lease * 4
                     || !self.idle(&id).await)
             {
                 continue;

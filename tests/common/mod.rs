@@ -3,6 +3,8 @@
 //! running in a real pseudo-terminal (as a user's terminal would run it).
 #![allow(dead_code)]
 
+pub mod oci;
+
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Output, Stdio};
 use std::time::Duration;
