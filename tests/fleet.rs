@@ -313,6 +313,46 @@ async fn any_node_serves_the_console_with_the_same_session_rules() {
             "{attaches:?}"
         );
     }
+    // A console held elsewhere is not down here: status, /readyz, /metrics
+    // and doctor on a node that does not hold it say so, and the holder
+    // reports it up.
+    for (n, held) in [(o, true), (y, false)] {
+        let node = &nodes[n];
+        let out = run_cli(&node.config, &["status", "--json"]).await;
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let vm1 = &status["instances"][0];
+        assert_eq!(
+            (vm1["held"].as_bool(), vm1["connected"].as_bool()),
+            (Some(held), Some(held)),
+            "{status}"
+        );
+        let (code, ready) = readyz(node.api_port).await;
+        assert_eq!(code, 200);
+        assert_eq!(ready["backends"]["down"], serde_json::json!([]), "{ready}");
+        assert_eq!(
+            ready["backends"]["heldElsewhere"],
+            u64::from(!held),
+            "{ready}"
+        );
+        let (_, metrics) = http_get(node.api_port, "/metrics").await;
+        let held_line = format!(
+            "consolegate_console_held{{instance=\"vm1\"}} {}",
+            u8::from(held)
+        );
+        assert!(metrics.contains(&held_line), "{metrics}");
+        assert_eq!(
+            metrics.contains("consolegate_backend_up{instance=\"vm1\"}"),
+            held,
+            "{metrics}"
+        );
+        let out = run_cli(&node.config, &["doctor", "--instance", "vm1"]).await;
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            said.contains("held by another node of the fleet"),
+            !held,
+            "{said}"
+        );
+    }
     for n in &mut nodes {
         n.stop().await;
     }

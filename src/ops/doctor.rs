@@ -494,6 +494,14 @@ async fn check_backend(
     let check = format!("console of {} ({})", instance.id, instance.serial);
     let hub = gateway.and_then(|g| g.instances.iter().find(|h| h.instance == instance.id));
     match hub {
+        // A QEMU chardev serves one client: only its holder can check it.
+        Some(h) if !h.held => report.add(
+            check,
+            "CG-FLEET-001",
+            Outcome::Ok,
+            "held by another node of the fleet (`consolegate cluster status` names it); \
+             run doctor there for this console",
+        ),
         Some(h) if h.connected && h.bytes_from_console == 0 => report.add(
             check,
             "CG-CONS-004",

@@ -91,6 +91,7 @@ pub struct Metrics {
     // Read from the hubs at each scrape.
     sessions: Family<SessionLabels, Gauge>,
     backend_up: Family<InstanceLabels, Gauge>,
+    console_held: Family<InstanceLabels, Gauge>,
     backend_reconnects: Family<InstanceLabels, Counter>,
     console_bytes: Family<BytesLabels, Counter>,
     skipped_bytes: Family<InstanceLabels, Counter>,
@@ -117,6 +118,7 @@ impl Metrics {
             session_cuts: Family::default(),
             sessions: Family::default(),
             backend_up: Family::default(),
+            console_held: Family::default(),
             backend_reconnects: Family::default(),
             console_bytes: Family::default(),
             skipped_bytes: Family::default(),
@@ -162,6 +164,12 @@ impl Metrics {
             "backend_up",
             "Whether each console's serial backend is connected (1) or not (0)",
             m.backend_up.clone(),
+        );
+        registry.register(
+            "console_held",
+            "Whether this node holds each console (1) or another node of the fleet does (0); \
+             backend_up is reported for held consoles only",
+            m.console_held.clone(),
         );
         registry.register(
             "backend_reconnects",
@@ -256,6 +264,7 @@ impl Metrics {
     fn refresh(&self, statuses: &[HubStatus]) {
         self.sessions.clear();
         self.backend_up.clear();
+        self.console_held.clear();
         self.backend_reconnects.clear();
         self.console_bytes.clear();
         self.skipped_bytes.clear();
@@ -263,9 +272,14 @@ impl Metrics {
             let instance = || InstanceLabels {
                 instance: s.instance.clone(),
             };
-            self.backend_up
+            self.console_held
                 .get_or_create(&instance())
-                .set(i64::from(s.connected));
+                .set(i64::from(s.held));
+            if s.held {
+                self.backend_up
+                    .get_or_create(&instance())
+                    .set(i64::from(s.connected));
+            }
             set_counter(
                 &self.backend_reconnects.get_or_create(&instance()),
                 s.reconnects,

@@ -30,7 +30,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
 
-use crate::console::hub::ConsoleHubs;
+use crate::console::hub::{ConsoleHubs, HubStatus};
 use crate::store::Store;
 use metrics::Metrics;
 
@@ -135,7 +135,9 @@ async fn readyz(State(state): State<OpsState>) -> Response {
     let ssh = state.health.ssh_listening.load(Ordering::Relaxed);
     let api = state.health.api_listening.load(Ordering::Relaxed);
     let hubs = state.hubs.statuses().await;
-    let down: Vec<&str> = hubs
+    // A console another node of the fleet holds is not down here.
+    let held: Vec<&HubStatus> = hubs.iter().filter(|h| h.held).collect();
+    let down: Vec<&str> = held
         .iter()
         .filter(|h| !h.connected)
         .map(|h| h.instance.as_str())
@@ -148,8 +150,9 @@ async fn readyz(State(state): State<OpsState>) -> Response {
         "reload": state.health.last_reload(),
         "backends": {
             "total": hubs.len(),
-            "connected": hubs.len() - down.len(),
+            "connected": held.len() - down.len(),
             "down": down,
+            "heldElsewhere": hubs.len() - held.len(),
         },
     });
     let status = if ready {

@@ -31,10 +31,14 @@ pub fn table(status: &GatewayStatus) -> String {
             "\n{}  {}  {} since {}",
             i.instance,
             i.target,
-            if i.connected { "UP" } else { "DOWN" },
+            match (i.held, i.connected) {
+                (false, _) => "HELD ELSEWHERE",
+                (true, true) => "UP",
+                (true, false) => "DOWN",
+            },
             i.since
         );
-        if !i.connected {
+        if !i.connected && i.held {
             let _ = writeln!(out, "  {}", i.state);
         }
         let _ = writeln!(
@@ -94,6 +98,7 @@ mod tests {
                 instance: "vm1".into(),
                 target: "unix:/run/vm1".into(),
                 connected: false,
+                held: true,
                 state: "CG-CONS-001 console unix:/run/vm1 is unavailable".into(),
                 since: "t1".into(),
                 last_output: None,

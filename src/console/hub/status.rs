@@ -14,6 +14,10 @@ pub struct HubStatus {
     pub target: String,
     /// Whether the backend is connected.
     pub connected: bool,
+    /// Whether this node holds the console (always, alone; in a fleet, while
+    /// it holds the console's lease; another node holds it otherwise).
+    #[serde(default = "held_by_default")]
+    pub held: bool,
     /// `connected`, or why not (with its runbook code).
     pub state: String,
     /// When the backend entered this state (RFC 3339).
@@ -30,6 +34,10 @@ pub struct HubStatus {
     pub reconnects: u64,
     /// The attached sessions.
     pub sessions: Vec<SessionStatus>,
+}
+
+fn held_by_default() -> bool {
+    true
 }
 
 /// One attached session, as `consolegate status` shows it.
@@ -131,6 +139,7 @@ impl Hub {
             instance: self.instance.id.clone(),
             target: self.instance.serial.to_string(),
             connected: self.unavailable.is_none(),
+            held: self.unavailable.as_deref() != Some(super::NOT_HELD),
             state: self
                 .unavailable
                 .clone()
