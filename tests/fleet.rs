@@ -966,3 +966,117 @@ async fn a_delete_through_one_node_s_api_ends_the_session_on_another() {
         n.stop().await;
     }
 }
+
+/// A recorded node-link session replayed byte for byte gets nothing: the
+/// holder's key exchange is fresh each time, so the replayed
+/// authentication and relay request never count, and nothing attaches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_node_link_handshake_gets_nothing() {
+    let Some((_url, mut nodes)) = fleet(&instance("vm1", "simulator", None)).await else {
+        return;
+    };
+    let owner = holder(&nodes[0].config, None).await;
+    let o = index(&nodes, &owner);
+    let b = (o + 1) % 3;
+    let link = link_address(&nodes[0].config, &owner).await;
+    let key = Key::ed25519(nodes[o].dir.path(), "user");
+    let conn = create_connection(&nodes[o].config, "vm1", &key, nodes[o].dir.path()).await;
+    let fingerprint = conn.json["fingerprint"].as_str().unwrap().to_owned();
+
+    // A recording proxy in front of the holder's node link.
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_addr = proxy.local_addr().unwrap().to_string();
+    let recorded = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let tape = recorded.clone();
+    let target = link.clone();
+    tokio::spawn(async move {
+        let (client, _) = proxy.accept().await.unwrap();
+        let server = tokio::net::TcpStream::connect(&target).await.unwrap();
+        let (mut cr, mut cw) = client.into_split();
+        let (mut sr, mut sw) = server.into_split();
+        let up = async {
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = match tokio::io::AsyncReadExt::read(&mut cr, &mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                tape.lock().unwrap().extend_from_slice(&buf[..n]);
+                if sw.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        };
+        let down = tokio::io::copy(&mut sr, &mut cw);
+        let _ = tokio::join!(up, down);
+    });
+
+    // A real relay by node b, recorded on the way.
+    let (handle, ok) = link_client(&proxy_addr, &nodes[b].id, nodes[b].link_key()).await;
+    assert!(ok);
+    let request = serde_json::json!({
+        "instance_id": "vm1",
+        "principal": {"kind": "key", "connection_id": conn.id, "fingerprint": fingerprint},
+        "peer": "192.0.2.1:5555",
+        "options": {"replay": null, "read_only": false, "force": false, "disconnect_when_lagging": false},
+        "via": "outer hop",
+        "cols": 80, "rows": 24, "term": null, "resumed": false
+    });
+    let mut channel = handle.channel_open_session().await.unwrap();
+    channel
+        .exec(true, format!("consolegate-relay-v1 {request}").as_bytes())
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    tokio::time::timeout(GUARD, async {
+        while !String::from_utf8_lossy(&seen).contains("serial console of vm1") {
+            match channel.wait().await {
+                Some(russh::ChannelMsg::Data { data }) => seen.extend_from_slice(&data),
+                Some(_) => {}
+                None => panic!("the relay ended: {}", String::from_utf8_lossy(&seen)),
+            }
+        }
+    })
+    .await
+    .expect("the relayed session was not greeted");
+    let attaches =
+        |rows: Vec<serde_json::Value>| rows.iter().filter(|r| r["event"] == "attach").count();
+    let rows = audit_rows(&nodes[o].config, &["--connection", &conn.id]).await;
+    assert_eq!(attaches(rows), 1);
+    drop(channel);
+    let _ = handle
+        .disconnect(russh::Disconnect::ByApplication, "", "")
+        .await;
+    drop(handle);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let authenticated = |log: &str| log.matches("node link authenticated").count();
+    let before = authenticated(&nodes[o].log());
+    assert!(
+        before >= 1,
+        "the recorded session's authentication is not in the log"
+    );
+
+    // The same bytes again, straight to the holder.
+    let tape = recorded.lock().unwrap().clone();
+    assert!(tape.len() > 1000, "recorded only {} bytes", tape.len());
+    let mut replay = tokio::net::TcpStream::connect(&link).await.unwrap();
+    let _ = replay.write_all(&tape).await;
+    let mut sink = Vec::new();
+    let closed = tokio::time::timeout(
+        GUARD,
+        tokio::io::AsyncReadExt::read_to_end(&mut replay, &mut sink),
+    )
+    .await;
+    assert!(closed.is_ok(), "the holder kept a replayed connection open");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        authenticated(&nodes[o].log()),
+        before,
+        "a replayed handshake authenticated"
+    );
+    let rows = audit_rows(&nodes[o].config, &["--connection", &conn.id]).await;
+    assert_eq!(attaches(rows), 1, "a replayed relay request attached");
+    for n in &mut nodes {
+        n.stop().await;
+    }
+}
