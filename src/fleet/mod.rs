@@ -62,6 +62,16 @@ pub struct Peer {
     pub key: PublicKey,
 }
 
+/// What a node needs to reach the others: the fleet's directory and this
+/// node's node-link key.
+#[derive(Debug, Clone)]
+pub struct FleetLink {
+    /// Where consoles are held.
+    pub fleet: Fleet,
+    /// This node's link key.
+    pub key: Arc<russh::keys::PrivateKey>,
+}
+
 /// This node's view of the fleet; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Fleet {

@@ -125,7 +125,7 @@ pub struct AttachContext {
     /// (a node that lost its store, with `store_lost = "end-sessions"`).
     pub cut: tokio::sync::watch::Receiver<Option<Arc<str>>>,
     /// In a fleet: where consoles are held, and how to reach them.
-    pub fleet: Option<crate::sessions::link::FleetLink>,
+    pub fleet: Option<crate::fleet::FleetLink>,
 }
 
 impl AttachContext {

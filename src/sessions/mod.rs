@@ -40,7 +40,7 @@ pub struct Sessions {
     tracker: TaskTracker,
     cancel: CancellationToken,
     limit: Arc<Semaphore>,
-    fleet: Option<link::FleetLink>,
+    fleet: Option<crate::fleet::FleetLink>,
     /// Set while console sessions must end at once, with the reason.
     cut: Arc<tokio::sync::watch::Sender<Option<Arc<str>>>>,
 }
@@ -65,7 +65,7 @@ impl Sessions {
 
     /// At most `max_connections` sessions at once, on a node of `fleet`:
     /// console sessions reach their console wherever it is held.
-    pub fn in_fleet(max_connections: usize, fleet: link::FleetLink) -> Sessions {
+    pub fn in_fleet(max_connections: usize, fleet: crate::fleet::FleetLink) -> Sessions {
         Sessions {
             fleet: Some(fleet),
             ..Sessions::new(max_connections)

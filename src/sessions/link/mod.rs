@@ -25,17 +25,15 @@ mod client;
 mod server;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use russh::keys::PrivateKey;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::attach::{self, Attach, AttachContext, Keyboard, Outcome, SHUTTING_DOWN, notice};
 use crate::console::hub::Principal;
 use crate::console::options::SessionOptions;
-use crate::fleet::{Fleet, Owner};
+use crate::fleet::{FleetLink, Owner};
 pub use server::{LinkServer, serve};
 
 /// The command a relayed session's channel runs, before its request.
@@ -47,24 +45,6 @@ const EXIT_MOVED: u32 = 75;
 const EXIT_REFUSED: u32 = 2;
 /// How long dialling a node and opening a relayed session may take.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// What a node needs to reach the others: the fleet's directory and this
-/// node's link key.
-#[derive(Debug, Clone)]
-pub struct FleetLink {
-    /// Where consoles are held.
-    pub fleet: Fleet,
-    /// This node's link key.
-    pub key: Arc<PrivateKey>,
-}
-
-impl FleetLink {
-    /// How long a session waits for its console to be held somewhere:
-    /// long enough for a dead holder's lease to lapse and be taken.
-    fn patience(&self) -> Duration {
-        self.fleet.lease() * 2 + Duration::from_secs(5)
-    }
-}
 
 /// A relayed session, as the relaying node asks the holder for it.
 #[derive(Debug, Serialize, Deserialize)]
@@ -101,7 +81,7 @@ pub async fn attach_anywhere<K, W>(
     };
     let instance_id = session.instance.id.clone();
     // Until when a session may go on finding its console.
-    let mut patience = tokio::time::Instant::now() + link.patience();
+    let mut patience = tokio::time::Instant::now() + waiting_time(link);
     loop {
         let mut owner = link.fleet.owner_of(&instance_id);
         if owner == Owner::Nobody {
@@ -124,7 +104,7 @@ pub async fn attach_anywhere<K, W>(
                 if owner != Owner::Nobody || !link.fleet.keeps_sessions_waiting() {
                     break;
                 }
-                patience = tokio::time::Instant::now() + link.patience();
+                patience = tokio::time::Instant::now() + waiting_time(link);
             }
         }
         let outcome = match owner {
@@ -155,13 +135,13 @@ pub async fn attach_anywhere<K, W>(
         match outcome {
             Ok(Outcome::Ended) => return,
             Ok(Outcome::Moved) => {
-                patience = tokio::time::Instant::now() + link.patience();
+                patience = tokio::time::Instant::now() + waiting_time(link);
             }
             Err(why) => {
                 tracing::info!(code = "CG-FLEET-002", instance = %instance_id, %why,
                     "console holder unreachable; waiting for its next holder");
                 if link.fleet.keeps_sessions_waiting() {
-                    patience = tokio::time::Instant::now() + link.patience();
+                    patience = tokio::time::Instant::now() + waiting_time(link);
                 }
                 if tokio::time::Instant::now() >= patience {
                     let _ = show(
@@ -193,6 +173,12 @@ pub async fn attach_anywhere<K, W>(
             () = ctx.ending.cancelled() => {}
         }
     }
+}
+
+/// How long a session waits for its console to be held somewhere: long
+/// enough for a dead holder's lease to lapse and be taken.
+fn waiting_time(link: &FleetLink) -> Duration {
+    link.fleet.lease() * 2 + Duration::from_secs(5)
 }
 
 /// What a session that resumed on `node` is told.
