@@ -9,8 +9,9 @@
 //! node names chosen so that the first node holds both consoles, and
 //! console servers run by the bench. Both viewers are the real `/usr/bin/ssh`
 //! with a connectionString. Measures keystroke echo (a key typed, through
-//! the console and back) and console output throughput (a burst the console
-//! prints), and prints holder, relayed, their ratio and the target (the
+//! the console and back; both viewers attached at once and typing in turn,
+//! so that each pair of samples shares its conditions) and console output
+//! throughput (a burst the console prints), and prints holder, relayed, their ratio and the target (the
 //! relay adds at most 0.5 ms to the keystroke p99). Writes `relay.json` to
 //! the output directory (default `target/bench`). It reports; it never fails
 //! on a target.
@@ -23,6 +24,10 @@ use anyhow::{Context, Result, bail};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
+
+#[path = "shared/ssh.rs"]
+mod shared;
+use shared::spawn_ssh;
 
 const BIN: &str = env!("CARGO_BIN_EXE_consolegate");
 /// What the burst console prints last.
@@ -91,9 +96,11 @@ async fn main() -> Result<()> {
     let mut samples = [Vec::new(), Vec::new()];
     let mut rates = [Vec::new(), Vec::new()];
     for _ in 0..rounds {
+        let to_keys = [&a, &b].map(|node| argv(node, &keys_conn, "keys", &key, &known_hosts));
+        let [own, rel] = keystrokes(&to_keys, keys).await?;
+        samples[0].extend(own);
+        samples[1].extend(rel);
         for (i, node) in [&a, &b].into_iter().enumerate() {
-            let to_keys = argv(node, &keys_conn, "keys", &key, &known_hosts);
-            samples[i].extend(keystrokes(&to_keys, keys).await?);
             let to_burst = argv(node, &burst_conn, "burst", &key, &known_hosts);
             rates[i].push(burst(&to_burst, burst_mib << 20).await?);
         }
@@ -408,17 +415,6 @@ fn argv(node: &Node, id: &str, instance: &str, key: &Path, known_hosts: &Path) -
     argv
 }
 
-fn spawn_ssh(argv: &[String]) -> Result<Child> {
-    Command::new("/usr/bin/ssh")
-        .args(argv)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .context("spawn ssh")
-}
-
 /// Opens the console and waits until its greeting has been shown and it
 /// has gone quiet.
 async fn attach(
@@ -458,30 +454,39 @@ async fn attach(
 }
 
 /// Keystroke round trips (ms): a key typed, echoed by the console, seen.
-async fn keystrokes(argv: &[String], n: usize) -> Result<Vec<f64>> {
-    let (child, mut input, mut out) = attach(argv).await?;
-    let mut samples = Vec::with_capacity(WARM_UP_KEYS + n);
-    let mut b = [0u8; 1];
+async fn keystrokes(argvs: &[Vec<String>; 2], n: usize) -> Result<[Vec<f64>; 2]> {
+    // Both viewers attached to the one echoing console at once, typing in
+    // turn (from separate alphabets, so neither takes the other's echo for
+    // its own), and taking turns at going first: each pair of samples is
+    // taken under the same conditions.
+    let (holder, mut holder_in, mut holder_out) = attach(&argvs[0]).await?;
+    let (relayed, mut relayed_in, mut relayed_out) = attach(&argvs[1]).await?;
+    const HOLDER_KEYS: &[u8] = b"abcdefghijklm";
+    const RELAYED_KEYS: &[u8] = b"nopqrstuvwxyz";
+    let mut samples = [Vec::with_capacity(n), Vec::with_capacity(n)];
     for i in 0..WARM_UP_KEYS + n {
-        let key = b'a' + (i % 26) as u8;
-        let t = Instant::now();
-        input.write_all(&[key]).await?;
-        input.flush().await?;
-        tokio::time::timeout(LIMIT, async {
-            loop {
-                out.read_exact(&mut b).await?;
-                if b[0] == key {
-                    return anyhow::Ok(());
-                }
-            }
-        })
-        .await
-        .context("echo never came")??;
-        samples.push(t.elapsed().as_secs_f64() * 1000.0);
+        let own_key = [HOLDER_KEYS[i % HOLDER_KEYS.len()]];
+        let rel_key = [RELAYED_KEYS[i % RELAYED_KEYS.len()]];
+        let (own, rel) = if i % 2 == 0 {
+            let own =
+                shared::echo_round_trips(&mut holder_in, &mut holder_out, &own_key, LIMIT).await?;
+            let rel = shared::echo_round_trips(&mut relayed_in, &mut relayed_out, &rel_key, LIMIT)
+                .await?;
+            (own, rel)
+        } else {
+            let rel = shared::echo_round_trips(&mut relayed_in, &mut relayed_out, &rel_key, LIMIT)
+                .await?;
+            let own =
+                shared::echo_round_trips(&mut holder_in, &mut holder_out, &own_key, LIMIT).await?;
+            (own, rel)
+        };
+        if i >= WARM_UP_KEYS {
+            samples[0].extend(own);
+            samples[1].extend(rel);
+        }
     }
-    drop(input);
-    drop(child);
-    Ok(samples.split_off(WARM_UP_KEYS))
+    drop((holder_in, relayed_in, holder, relayed));
+    Ok(samples)
 }
 
 /// Console output throughput (MB/s): the burst console asked for `bytes`,

@@ -180,16 +180,8 @@ async fn fleet(instances: &str) -> Option<(String, Vec<Node>)> {
 
 /// Each node and the consoles `cluster status` says it holds.
 async fn holders(config: &Path) -> Vec<(String, String, u64)> {
-    let out = run_cli(config, &["cluster", "status", "--json"]).await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let nodes: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    nodes
-        .as_array()
-        .unwrap()
+    cluster_status(config)
+        .await
         .iter()
         .map(|n| {
             (
@@ -223,11 +215,8 @@ async fn holder(config: &Path, not: Option<&str>) -> String {
 
 /// The node-link address node `id` registered.
 async fn link_address(config: &Path, id: &str) -> String {
-    let out = run_cli(config, &["cluster", "status", "--json"]).await;
-    let nodes: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    nodes
-        .as_array()
-        .unwrap()
+    cluster_status(config)
+        .await
         .iter()
         .find(|n| n["nodeId"] == id)
         .and_then(|n| n["advertise"].as_str())
@@ -924,15 +913,7 @@ async fn a_delete_through_one_node_s_api_ends_the_session_on_another() {
         format!("http://127.0.0.1:{}", nodes[c].api_port),
     );
     let key = Key::ed25519(nodes[c].dir.path(), "user");
-    let created = oci
-        .run(&[
-            "create",
-            "--instance-id",
-            "vm1",
-            "--ssh-public-key-file",
-            key.public.to_str().unwrap(),
-        ])
-        .await;
+    let created = oci.create("vm1", &key.public).await;
     let id = created["data"]["id"].as_str().unwrap().to_owned();
     let out = run_cli(&nodes[c].config, &["connection", "get", &id]).await;
     let conn = Connection::from_json(

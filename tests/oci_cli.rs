@@ -23,15 +23,7 @@ async fn the_stock_oci_cli_manages_console_connections() {
     );
 
     let ssh_key = Key::ed25519(gw.dir.path(), "operator");
-    let created = oci
-        .run(&[
-            "create",
-            "--instance-id",
-            "vm1",
-            "--ssh-public-key-file",
-            ssh_key.public.to_str().unwrap(),
-        ])
-        .await;
+    let created = oci.create("vm1", &ssh_key.public).await;
     let data = &created["data"];
     let id = data["id"].as_str().unwrap().to_owned();
     assert_eq!(data["lifecycle-state"], "ACTIVE");

@@ -559,16 +559,8 @@ async fn cluster_status_lists_the_nodes_of_a_fleet() {
     let a = Gateway::start_with(tempfile::tempdir().unwrap(), 0, "", &node("gw-a")).await;
     let b = Gateway::start_with(tempfile::tempdir().unwrap(), 0, "", &node("gw-b")).await;
     let status = |gw_config: std::path::PathBuf| async move {
-        let out = run_cli(&gw_config, &["cluster", "status", "--json"]).await;
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let nodes: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        nodes
-            .as_array()
-            .unwrap()
+        cluster_status(&gw_config)
+            .await
             .iter()
             .map(|n| {
                 (

@@ -13,6 +13,8 @@ mod chart;
 mod measure;
 mod memory;
 mod setup;
+#[path = "../shared/ssh.rs"]
+mod shared;
 mod stats;
 
 use std::path::PathBuf;

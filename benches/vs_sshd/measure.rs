@@ -212,24 +212,10 @@ pub async fn keystrokes(world: &World, system: Option<System>, n: usize) -> Resu
                     bail!("console closed");
                 }
             }
-            let mut b = [0u8; 1];
-            for i in 0..WARM_UP_KEYS + n {
-                let key = b'a' + (i % 26) as u8;
-                let t = Instant::now();
-                input.write_all(&[key]).await?;
-                input.flush().await?;
-                tokio::time::timeout(LIMIT, async {
-                    loop {
-                        out.read_exact(&mut b).await?;
-                        if b[0] == key {
-                            return anyhow::Ok(());
-                        }
-                    }
-                })
-                .await
-                .context("echo never came")??;
-                samples.push(ms(t.elapsed()));
-            }
+            let keys: Vec<u8> = (0..WARM_UP_KEYS + n)
+                .map(|i| b'a' + (i % 26) as u8)
+                .collect();
+            samples = crate::shared::echo_round_trips(&mut input, &mut out, &keys, LIMIT).await?;
             drop(input);
             finish(child).await;
         }

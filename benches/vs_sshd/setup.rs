@@ -624,17 +624,7 @@ impl System {
     }
 }
 
-/// Spawns `ssh argv` with piped stdin and stdout.
-pub fn spawn_ssh(argv: &[String]) -> Result<Child> {
-    Command::new("/usr/bin/ssh")
-        .args(argv)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .context("spawn ssh")
-}
+pub use crate::shared::spawn_ssh;
 
 /// Reads `child`'s stdout until `needle` has appeared (within `limit`);
 /// returns what was read after it.

@@ -791,18 +791,27 @@ async fn wait_held(
     loop {
         tokio::select! {
             holds = take_hold(held) => return holds,
-            command = commands.recv() => match command {
-                Some(HubCommand::Retire(reason)) => {
-                    hub.close_all(&reason);
-                    return false;
-                }
-                Some(command) => {
-                    let _ = hub.handle(command, None).await;
-                }
-                None => return false,
+            command = commands.recv() => if !serve_disconnected(hub, command).await {
+                return false;
             },
             () = shutdown.cancelled() => return false,
         }
+    }
+}
+
+/// Serves a command while the backend is not connected (input is dropped,
+/// breaks refused). Returns `false` when the hub must stop.
+async fn serve_disconnected(hub: &mut Hub, command: Option<HubCommand>) -> bool {
+    match command {
+        Some(HubCommand::Retire(reason)) => {
+            hub.close_all(&reason);
+            false
+        }
+        Some(command) => {
+            let _ = hub.handle(command, None).await;
+            true
+        }
+        None => false,
     }
 }
 
@@ -867,15 +876,8 @@ async fn wait_disconnected(
                 hub.disown();
                 return true;
             }
-            command = commands.recv() => match command {
-                Some(HubCommand::Retire(reason)) => {
-                    hub.close_all(&reason);
-                    return false;
-                }
-                Some(command) => {
-                    let _ = hub.handle(command, None).await;
-                }
-                None => return false,
+            command = commands.recv() => if !serve_disconnected(hub, command).await {
+                return false;
             },
             () = shutdown.cancelled() => return false,
         }

@@ -165,6 +165,21 @@ pub async fn run_cli(config: &Path, args: &[&str]) -> Output {
     .expect("cannot run consolegate")
 }
 
+/// `consolegate cluster status --json` against `config`: one object per
+/// node.
+pub async fn cluster_status(config: &Path) -> Vec<Value> {
+    let out = run_cli(config, &["cluster", "status", "--json"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    match serde_json::from_slice(&out.stdout).unwrap() {
+        Value::Array(nodes) => nodes,
+        other => panic!("cluster status printed {other}"),
+    }
+}
+
 /// Creates a console connection with the CLI against `config`; its
 /// known_hosts file goes into `dir`. Panics if that fails.
 pub async fn create_connection(config: &Path, instance: &str, key: &Key, dir: &Path) -> Connection {

@@ -99,6 +99,19 @@ pub struct Oci {
 }
 
 impl Oci {
+    /// Creates a console connection to `instance` for the public key in
+    /// `public_key_file`; returns the CLI's JSON.
+    pub async fn create(&self, instance: &str, public_key_file: &Path) -> Value {
+        self.run(&[
+            "create",
+            "--instance-id",
+            instance,
+            "--ssh-public-key-file",
+            public_key_file.to_str().unwrap(),
+        ])
+        .await
+    }
+
     /// Runs `oci compute instance-console-connection <args>`; returns its JSON.
     pub async fn run(&self, args: &[&str]) -> Value {
         let out = tokio::time::timeout(

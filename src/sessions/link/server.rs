@@ -186,10 +186,7 @@ impl Handler for LinkHandler {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         let Some(node) = self.node.clone() else {
-            reply
-                .reject(ChannelOpenFailure::AdministrativelyProhibited)
-                .await;
-            return Ok(());
+            return prohibit(reply).await;
         };
         if self.channels >= MAX_CHANNELS {
             reply.reject(ChannelOpenFailure::ResourceShortage).await;
@@ -212,10 +209,7 @@ impl Handler for LinkHandler {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        reply
-            .reject(ChannelOpenFailure::AdministrativelyProhibited)
-            .await;
-        Ok(())
+        prohibit(reply).await
     }
 
     async fn channel_open_direct_streamlocal(
@@ -225,10 +219,7 @@ impl Handler for LinkHandler {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        reply
-            .reject(ChannelOpenFailure::AdministrativelyProhibited)
-            .await;
-        Ok(())
+        prohibit(reply).await
     }
 
     async fn exec_request(
@@ -265,6 +256,14 @@ impl Handler for LinkHandler {
     ) -> Result<bool, Self::Error> {
         Ok(false)
     }
+}
+
+/// Refuses a channel: the node link opens nothing but relayed sessions.
+async fn prohibit(reply: ChannelOpenHandle) -> Result<(), russh::Error> {
+    reply
+        .reject(ChannelOpenFailure::AdministrativelyProhibited)
+        .await;
+    Ok(())
 }
 
 /// One relayed session: read and check its request, then run it through
