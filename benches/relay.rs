@@ -457,35 +457,28 @@ async fn attach(
 async fn keystrokes(argvs: &[Vec<String>; 2], n: usize) -> Result<[Vec<f64>; 2]> {
     // Both viewers attached to the one echoing console at once, typing in
     // turn (from separate alphabets, so neither takes the other's echo for
-    // its own), and taking turns at going first: each pair of samples is
-    // taken under the same conditions.
-    let (holder, mut holder_in, mut holder_out) = attach(&argvs[0]).await?;
-    let (relayed, mut relayed_in, mut relayed_out) = attach(&argvs[1]).await?;
-    const HOLDER_KEYS: &[u8] = b"abcdefghijklm";
-    const RELAYED_KEYS: &[u8] = b"nopqrstuvwxyz";
+    // its own) and taking turns at going first: each pair of samples is
+    // taken under the same conditions. A key's echo reaches both viewers;
+    // the next key waits until it has, so no sample shares the path with
+    // the tail of the one before.
+    let mut viewers = [attach(&argvs[0]).await?, attach(&argvs[1]).await?];
+    const KEYS: [&[u8]; 2] = [b"abcdefghijklm", b"nopqrstuvwxyz"];
     let mut samples = [Vec::with_capacity(n), Vec::with_capacity(n)];
     for i in 0..WARM_UP_KEYS + n {
-        let own_key = [HOLDER_KEYS[i % HOLDER_KEYS.len()]];
-        let rel_key = [RELAYED_KEYS[i % RELAYED_KEYS.len()]];
-        let (own, rel) = if i % 2 == 0 {
-            let own =
-                shared::echo_round_trips(&mut holder_in, &mut holder_out, &own_key, LIMIT).await?;
-            let rel = shared::echo_round_trips(&mut relayed_in, &mut relayed_out, &rel_key, LIMIT)
-                .await?;
-            (own, rel)
-        } else {
-            let rel = shared::echo_round_trips(&mut relayed_in, &mut relayed_out, &rel_key, LIMIT)
-                .await?;
-            let own =
-                shared::echo_round_trips(&mut holder_in, &mut holder_out, &own_key, LIMIT).await?;
-            (own, rel)
-        };
-        if i >= WARM_UP_KEYS {
-            samples[0].extend(own);
-            samples[1].extend(rel);
+        let order = if i % 2 == 0 { [0, 1] } else { [1, 0] };
+        for who in order {
+            let key = [KEYS[who][i % KEYS[who].len()]];
+            let (_, input, out) = &mut viewers[who];
+            let took = shared::echo_round_trips(input, out, &key, LIMIT).await?;
+            // The other viewer sees the same echo: wait for it, untimed.
+            let (_, _, other) = &mut viewers[1 - who];
+            shared::read_past(other, key[0], LIMIT).await?;
+            if i >= WARM_UP_KEYS {
+                samples[who].extend(took);
+            }
         }
     }
-    drop((holder_in, relayed_in, holder, relayed));
+    drop(viewers);
     Ok(samples)
 }
 

@@ -283,6 +283,24 @@ async fn any_node_serves_the_console_with_the_same_session_rules() {
             "{listed}"
         );
     }
+
+    // A web console on the third node is relayed the same way.
+    let token = console_token(
+        &nodes[z].config,
+        "vm1",
+        consolegate::connections::tokens::ConsoleProtocol::Serial,
+    )
+    .await;
+    let mut web = common::web::Web::new(
+        common::web::connect(nodes[z].api_port, &format!("/serial?token={token}")).await,
+    );
+    web.expect("serial console of vm1").await;
+    second.send(b"echo to-the-browser\r").await;
+    web.expect("to-the-browser").await;
+    web.send("&W").await;
+    web.expect("3 session(s) attached").await;
+    web.send("&.").await;
+    assert!(web.closed_by_server().await);
     first.send(b"\r&.").await;
     first.wait().await;
     second.send(b"\r&.").await;
@@ -295,6 +313,15 @@ async fn any_node_serves_the_console_with_the_same_session_rules() {
         .map(|r| r["detail"].as_str().unwrap_or_default().to_owned())
         .collect();
     assert_eq!(attaches.len(), 2, "{rows:#?}");
+    let rows = audit_rows(&nodes[o].config, &["--instance", "vm1"]).await;
+    let web_through = format!("web serial console through node {}", nodes[z].id);
+    assert!(
+        rows.iter().any(|r| r["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&web_through)),
+        "{rows:#?}"
+    );
     for n in [y, z] {
         let through = format!("through node {}", nodes[n].id);
         assert!(

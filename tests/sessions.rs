@@ -16,18 +16,14 @@ use consolegate::connections::tokens::ConsoleProtocol;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::net::TcpStream;
+use tokio_tungstenite::MaybeTlsStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+use common::web::{Socket, Web};
 
 /// Opens `path` (`/serial?token=…`) on the gateway's API port.
 async fn web(gw: &Gateway, path: &str) -> Socket {
-    let url = format!("ws://127.0.0.1:{}{path}", gw.api_port);
-    let (socket, _) = tokio_tungstenite::connect_async(&url)
-        .await
-        .unwrap_or_else(|e| panic!("{url}: {e}"));
-    socket
+    common::web::connect(gw.api_port, path).await
 }
 
 /// Why `path` was not upgraded: the status and the runbook code header.
@@ -51,71 +47,6 @@ async fn web_refused(gw: &Gateway, path: &str) -> (u16, String) {
 async fn web_serial(gw: &Gateway, instance: &str) -> Web {
     let token = gw.console_token(instance, ConsoleProtocol::Serial).await;
     Web::new(web(gw, &format!("/serial?token={token}")).await)
-}
-
-/// A web console client that remembers what it received and not yet
-/// consumed, as [`Terminal`] does for `ssh`.
-struct Web {
-    socket: Socket,
-    seen: String,
-}
-
-impl Web {
-    fn new(socket: Socket) -> Web {
-        Web {
-            socket,
-            seen: String::new(),
-        }
-    }
-
-    /// Reads frames until `needle` appears in what was not yet consumed;
-    /// consumes through it and returns what was consumed. Panics if the
-    /// socket closes first or the guard time passes.
-    async fn expect(&mut self, needle: &str) -> String {
-        let found = tokio::time::timeout(GUARD, async {
-            loop {
-                if let Some(at) = self.seen.find(needle) {
-                    return Some(self.seen.drain(..at + needle.len()).collect());
-                }
-                match self.socket.next().await {
-                    Some(Ok(Message::Binary(b))) => {
-                        self.seen.push_str(&String::from_utf8_lossy(&b))
-                    }
-                    Some(Ok(Message::Text(t))) => self.seen.push_str(t.as_str()),
-                    Some(Ok(_)) => {}
-                    Some(Err(_)) | None => return None,
-                }
-            }
-        })
-        .await
-        .ok()
-        .flatten();
-        found.unwrap_or_else(|| panic!("never received {needle:?}; got:\n{}", self.seen))
-    }
-
-    /// Types `text`.
-    async fn send(&mut self, text: &str) {
-        self.socket
-            .send(Message::Binary(text.as_bytes().to_vec().into()))
-            .await
-            .unwrap();
-    }
-
-    /// Reads until the socket ends; says whether the server sent a close frame.
-    async fn closed_by_server(&mut self) -> bool {
-        tokio::time::timeout(GUARD, async {
-            while let Some(frame) = self.socket.next().await {
-                match frame {
-                    Ok(Message::Close(_)) => return true,
-                    Ok(_) => {}
-                    Err(_) => return false,
-                }
-            }
-            false
-        })
-        .await
-        .expect("the socket stayed open")
-    }
 }
 
 /// The audit rows of `instance`, as `consolegate audit` prints them.

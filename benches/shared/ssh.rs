@@ -30,22 +30,29 @@ pub async fn echo_round_trips(
     limit: Duration,
 ) -> Result<Vec<f64>> {
     let mut samples = Vec::with_capacity(keys.len());
-    let mut b = [0u8; 1];
     for &key in keys {
         let t = Instant::now();
         input.write_all(&[key]).await?;
         input.flush().await?;
-        tokio::time::timeout(limit, async {
-            loop {
-                out.read_exact(&mut b).await?;
-                if b[0] == key {
-                    return anyhow::Ok(());
-                }
-            }
-        })
-        .await
-        .context("echo never came")??;
+        read_past(out, key, limit)
+            .await
+            .context("echo never came")?;
         samples.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     Ok(samples)
+}
+
+/// Reads `out` until `byte` has gone past (within `limit`).
+pub async fn read_past(out: &mut ChildStdout, byte: u8, limit: Duration) -> Result<()> {
+    let mut b = [0u8; 1];
+    tokio::time::timeout(limit, async {
+        loop {
+            out.read_exact(&mut b).await?;
+            if b[0] == byte {
+                return anyhow::Ok(());
+            }
+        }
+    })
+    .await
+    .context("the byte never came")?
 }

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod oci;
+pub mod web;
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Output, Stdio};
@@ -163,6 +164,22 @@ pub async fn run_cli(config: &Path, args: &[&str]) -> Output {
     .await
     .expect("CLI hung")
     .expect("cannot run consolegate")
+}
+
+/// Issues a console token for `instance`'s `protocol` console on the store
+/// of the gateway configured by `config`, as the Nova API does.
+pub async fn console_token(
+    config: &Path,
+    instance: &str,
+    protocol: consolegate::connections::tokens::ConsoleProtocol,
+) -> String {
+    let config = Config::load(config).unwrap();
+    let (store, _) = consolegate::gateway::open_state(&config).await.unwrap();
+    let shared = consolegate::config::SharedConfig::new(std::sync::Arc::new(config));
+    let tokens = consolegate::connections::ConsoleTokens::new(store.clone(), shared);
+    let token = tokens.issue(instance, protocol).await.unwrap();
+    store.close().await;
+    token
 }
 
 /// `consolegate cluster status --json` against `config`: one object per
@@ -527,13 +544,7 @@ impl Gateway {
         instance: &str,
         protocol: consolegate::connections::tokens::ConsoleProtocol,
     ) -> String {
-        let config = Config::load(&self.config_path).unwrap();
-        let (store, _) = consolegate::gateway::open_state(&config).await.unwrap();
-        let shared = consolegate::config::SharedConfig::new(std::sync::Arc::new(config));
-        let tokens = consolegate::connections::ConsoleTokens::new(store.clone(), shared);
-        let token = tokens.issue(instance, protocol).await.unwrap();
-        store.close().await;
-        token
+        console_token(&self.config_path, instance, protocol).await
     }
 
     /// The audit trail of one connection, as `consolegate audit` prints it.
