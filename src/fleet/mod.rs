@@ -39,6 +39,11 @@ use crate::config::{ClusterConfig, StoreLost};
 use crate::console::hub::ConsoleHubs;
 use crate::store::{Lease, NodeRecord, Store, StoreError};
 
+/// Consoles handed back for balance in one round at most, so that a node
+/// rejoining a large fleet gets its share over several rounds and no round
+/// runs long.
+const HAND_BACK_PER_ROUND: usize = 64;
+
 /// Where an instance's console is held.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Owner {
@@ -103,6 +108,8 @@ struct Inner {
     store_lost_after: Duration,
     /// Whether the store has been unreachable for `store_lost_after`.
     lost: tokio::sync::watch::Sender<bool>,
+    /// When a renewal last succeeded: the store answered.
+    last_renewed: std::sync::Mutex<Instant>,
 }
 
 #[derive(Debug, Default)]
@@ -150,6 +157,7 @@ impl Fleet {
                 store_lost: cluster.store_lost,
                 store_lost_after: Duration::from_secs(cluster.store_lost_secs),
                 lost: tokio::sync::watch::channel(false).0,
+                last_renewed: std::sync::Mutex::new(Instant::now()),
             }),
         }
     }
@@ -288,41 +296,36 @@ impl Fleet {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut free_before = HashSet::new();
         let mut failing = false;
-        let mut last_ok = Instant::now();
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 () = shutdown.cancelled() => break,
             }
             let deadline = self.earliest_deadline();
-            // A round that hangs on the store counts as failed.
+            // A round that takes longer than a tick is cut short; what it
+            // took so far it keeps, and the next round goes on.
             let round = tokio::time::timeout(every, self.round(&mut free_before));
-            let ok = tokio::select! {
+            tokio::select! {
                 result = round => match result {
-                    Ok(Ok(())) => {
-                        if failing {
-                            tracing::info!(node = %self.inner.node_id, "console leases renewed again");
-                        }
+                    Ok(Ok(())) if failing => {
                         failing = false;
-                        true
+                        tracing::info!(node = %self.inner.node_id, "console leases renewed again");
                     }
+                    Ok(Ok(())) | Err(_) => {}
                     Ok(Err(e)) => {
                         if !failing {
                             tracing::warn!(code = "CG-FLEET-004", node = %self.inner.node_id, error = %e,
                                 "cannot renew console leases; consoles are let go of before their leases can lapse");
                         }
                         failing = true;
-                        false
                     }
-                    Err(_) => false,
                 },
-                () = sleep_until_opt(deadline) => false,
+                () = sleep_until_opt(deadline) => {}
                 () = shutdown.cancelled() => break,
-            };
-            if ok {
-                last_ok = Instant::now();
             }
-            let lost = last_ok.elapsed() >= self.inner.store_lost_after;
+            // The store counts as lost when no renewal has gone through
+            // for `store_lost_secs`, however long the rest of a round takes.
+            let lost = self.since_renewed() >= self.inner.store_lost_after;
             self.inner
                 .lost
                 .send_if_modified(|l| std::mem::replace(l, lost) != lost);
@@ -330,6 +333,14 @@ impl Fleet {
             self.inner.round_done.notify_waiters();
         }
         self.hand_back().await;
+    }
+
+    fn since_renewed(&self) -> Duration {
+        self.inner
+            .last_renewed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .elapsed()
     }
 
     fn earliest_deadline(&self) -> Option<Instant> {
@@ -387,6 +398,11 @@ impl Fleet {
         let ttl = self.inner.lease.as_millis() as i64;
         let started = Instant::now();
         let renewed = store.renew_leases(owner, ttl).await?;
+        *self
+            .inner
+            .last_renewed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Instant::now();
         let renewed: HashMap<&str, i64> = renewed
             .iter()
             .map(|l| (l.instance_id.as_str(), l.epoch))
@@ -457,7 +473,11 @@ impl Fleet {
         // Consoles no longer configured, and idle ones a live node prefers.
         let held: Vec<(String, Held)> =
             self.held().iter().map(|(id, h)| (id.clone(), *h)).collect();
+        let mut handed_back = 0;
         for (id, Held { epoch, since, .. }) in held {
+            if handed_back == HAND_BACK_PER_ROUND {
+                break;
+            }
             let configured = instances.contains(&id);
             if configured
                 && (preferred(&live, &id) == me
@@ -469,6 +489,7 @@ impl Fleet {
             tracing::info!(instance = %id, configured, "handing the console to its preferred node");
             self.let_go(&id);
             store.release_lease(&id, owner, epoch).await?;
+            handed_back += 1;
         }
         let mut view = self
             .inner
