@@ -45,15 +45,8 @@ impl Node {
         cluster: &str,
     ) -> Node {
         let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        std::fs::create_dir(&data).unwrap();
-        std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-            .unwrap();
-        if let Some(other) = keys_from {
-            for file in ["ssh_host_ed25519_key", "ssh_host_rsa_key"] {
-                std::fs::copy(other.dir.path().join("data").join(file), data.join(file)).unwrap();
-            }
-        }
+        let keys = keys_from.map(|other| other.dir.path().join("data"));
+        node_data_dir(&dir.path().join("data"), keys.as_deref());
         let port = free_port().await;
         let api_port = free_port().await;
         let config = dir.path().join("gateway.toml");
@@ -801,14 +794,8 @@ async fn the_example_fleet_behind_haproxy_serves_one_connection_string_from_ever
         )
         .unwrap();
         let data = dir.path().join("run").join(n);
-        std::fs::create_dir_all(&data).unwrap();
-        std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-            .unwrap();
-        if n != "a" {
-            for file in ["ssh_host_ed25519_key", "ssh_host_rsa_key"] {
-                std::fs::copy(dir.path().join("run/a").join(file), data.join(file)).unwrap();
-            }
-        }
+        let first = dir.path().join("run/a");
+        node_data_dir(&data, (n != "a").then_some(first.as_path()));
         let log = dir.path().join(format!("node-{n}.log"));
         nodes.push(spawn_serve(&config, &log, &[]));
         let admin = data.join("admin.sock");

@@ -767,12 +767,7 @@ async fn a_delete_on_one_node_ends_sessions_on_another_at_once() {
     let a = Gateway::start_with(tempfile::tempdir().unwrap(), 0, slow, &node("gw-a")).await;
     // Nodes behind one name present one host key: B gets A's.
     let b_dir = tempfile::tempdir().unwrap();
-    let b_data = b_dir.path().join("data");
-    std::fs::create_dir(&b_data).unwrap();
-    std::fs::set_permissions(&b_data, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-    for file in ["ssh_host_ed25519_key", "ssh_host_rsa_key"] {
-        std::fs::copy(a.path(&format!("data/{file}")), b_data.join(file)).unwrap();
-    }
+    node_data_dir(&b_dir.path().join("data"), Some(&a.path("data")));
     let b = Gateway::start_with(b_dir, 0, slow, &node("gw-b")).await;
     // Created through node A; used through node B.
     let key = Key::ed25519(b.dir.path(), "user");

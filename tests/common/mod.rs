@@ -166,6 +166,19 @@ pub async fn run_cli(config: &Path, args: &[&str]) -> Output {
     .expect("cannot run consolegate")
 }
 
+/// Creates a node's private `data` directory (owner-only), with the SSH
+/// host keys of the node whose data directory is `keys_from`, if any:
+/// nodes behind one name present one host key.
+pub fn node_data_dir(data: &Path, keys_from: Option<&Path>) {
+    std::fs::create_dir_all(data).unwrap();
+    std::fs::set_permissions(data, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    if let Some(from) = keys_from {
+        for file in ["ssh_host_ed25519_key", "ssh_host_rsa_key"] {
+            std::fs::copy(from.join(file), data.join(file)).unwrap();
+        }
+    }
+}
+
 /// Issues a console token for `instance`'s `protocol` console on the store
 /// of the gateway configured by `config`, as the Nova API does.
 pub async fn console_token(
