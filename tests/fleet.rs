@@ -11,8 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use russh::keys::{PrivateKey, PrivateKeyWithHashAlg};
-use tokio::io::AsyncWriteExt;
+use consolegate::sessions::link::wire::{self, Kind, WireError};
+use russh::keys::{PrivateKey, PublicKey};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Child;
 
 /// The lease time the test fleets run with (seconds).
@@ -410,63 +411,69 @@ async fn a_killed_holder_s_console_moves_and_relayed_viewers_resume() {
     }
 }
 
-/// An SSH client for the node link, as `user` with `key`, accepting any
-/// host key.
-struct AnyHost;
-
-impl russh::client::Handler for AnyHost {
-    type Error = russh::Error;
-
-    async fn check_server_key(
-        &mut self,
-        _key: &russh::keys::PublicKeyOrCertificate,
-    ) -> Result<bool, Self::Error> {
-        Ok(true)
-    }
+/// What the holder answered a relay request with: the exit status it
+/// sent (`None`: it closed without one) and the screen.
+#[derive(Debug)]
+struct Answer {
+    status: Option<u32>,
+    screen: String,
 }
 
-async fn link_client(
+/// Opens the node link at `addr` as node `me` with `key`, to `holder`
+/// proving `holder_key`, sends `first` as a frame of `kind`, and reads the
+/// answer until the holder closes, or until `until` is on the screen.
+async fn relay_as(
     addr: &str,
-    user: &str,
-    key: PrivateKey,
-) -> (russh::client::Handle<AnyHost>, bool) {
-    let mut handle =
-        russh::client::connect(Arc::new(russh::client::Config::default()), addr, AnyHost)
-            .await
-            .expect("the node link does not answer");
-    let auth = handle
-        .authenticate_publickey(user, PrivateKeyWithHashAlg::new(Arc::new(key), None))
-        .await
-        .unwrap();
-    (handle, auth.success())
-}
-
-/// Runs `command` on a link channel: its exit status and output.
-async fn link_exec(
-    handle: &russh::client::Handle<AnyHost>,
-    command: &str,
-) -> (Option<u32>, String) {
-    let mut channel = handle.channel_open_session().await.unwrap();
-    channel.exec(true, command.as_bytes()).await.unwrap();
-    let mut status = None;
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(GUARD, async {
-        while let Some(msg) = channel.wait().await {
-            match msg {
-                russh::ChannelMsg::Data { data } => out.extend_from_slice(&data),
-                russh::ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
-                russh::ChannelMsg::Close => break,
+    (me, key): (&str, &PrivateKey),
+    (holder, holder_key): (&str, &PublicKey),
+    (kind, first): (Kind, &[u8]),
+    until: &str,
+) -> Result<Answer, WireError> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let (tx, mut rx) = wire::dial(tcp, me, key, holder, holder_key).await?;
+    tx.send(kind, first).await?;
+    let mut answer = Answer {
+        status: None,
+        screen: String::new(),
+    };
+    let reading = async {
+        while let Ok(Some(frame)) = rx.next().await {
+            match frame.kind {
+                Kind::Data => answer.screen += &String::from_utf8_lossy(&frame.body),
+                Kind::Exit => {
+                    answer.status = Some(u32::from_be_bytes(frame.body[..].try_into().unwrap()))
+                }
                 _ => {}
             }
+            if !until.is_empty() && answer.screen.contains(until) {
+                break;
+            }
         }
+    };
+    tokio::time::timeout(GUARD, reading)
+        .await
+        .expect("the holder neither answered nor closed");
+    Ok(answer)
+}
+
+/// A relay request as a relaying node sends it.
+fn relay_request(connection: &str, fingerprint: &str) -> Vec<u8> {
+    serde_json::json!({
+        "instance_id": "vm1",
+        "principal": {"kind": "key", "connection_id": connection, "fingerprint": fingerprint},
+        "peer": "192.0.2.1:5555",
+        "options": {"replay": null, "read_only": false, "force": false, "disconnect_when_lagging": false},
+        "via": "outer hop",
+        "cols": 80, "rows": 24, "term": null, "resumed": false
     })
-    .await;
-    (status, String::from_utf8_lossy(&out).into_owned())
+    .to_string()
+    .into_bytes()
 }
 
 /// The node link takes only nodes of the fleet, by their registered keys;
-/// a node gets no shell, no forwarding and no session for a connection that
-/// is not active; junk bytes end only the connection that sent them.
+/// a node gets no session for a connection that is not active, and nothing
+/// but a relay request is taken; junk bytes end only the connection that
+/// sent them; and a relaying node talks only to the holder it dialled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_node_link_takes_only_nodes_of_the_fleet_and_is_no_proxy() {
     let Some((_url, mut nodes)) = fleet(&instance("vm1", "simulator", None)).await else {
@@ -475,24 +482,60 @@ async fn the_node_link_takes_only_nodes_of_the_fleet_and_is_no_proxy() {
     let owner = holder(&nodes[0].config, None).await;
     let o = index(&nodes, &owner);
     let other = (o + 1) % 3;
-    let link = link_address(&nodes[0].config, &owner).await;
-
-    // A stranger's key, under a real node's name or any other: refused.
-    let stranger = PrivateKey::random(&mut rand::rng(), russh::keys::Algorithm::Ed25519).unwrap();
-    for user in [nodes[other].id.as_str(), "gw-z", &owner] {
-        let (_h, ok) = link_client(&link, user, stranger.clone()).await;
-        assert!(!ok, "a stranger authenticated as {user}");
-    }
-    // A real node's key under another node's name: refused.
     let third = (o + 2) % 3;
-    let (_h, ok) = link_client(&link, &nodes[third].id, nodes[other].link_key()).await;
-    assert!(!ok, "node keys are not interchangeable");
+    let link = link_address(&nodes[0].config, &owner).await;
+    let holder_key = nodes[o].link_key().public_key().clone();
+    let to_holder = (owner.as_str(), &holder_key);
+    // A request that a node of the fleet gets a session for.
+    let key = Key::ed25519(nodes[o].dir.path(), "user");
+    let conn = create_connection(&nodes[o].config, "vm1", &key, nodes[o].dir.path()).await;
+    let good = relay_request(&conn.id, conn.json["fingerprint"].as_str().unwrap());
+    let greeting = "serial console of vm1";
+
+    // A stranger's key, under a real node's name or any other: the holder
+    // closes the link without a word.
+    let stranger = PrivateKey::random(&mut rand::rng(), russh::keys::Algorithm::Ed25519).unwrap();
+    for name in [nodes[other].id.as_str(), "gw-z", &owner] {
+        let answer = relay_as(
+            &link,
+            (name, &stranger),
+            to_holder,
+            (Kind::Request, &good),
+            greeting,
+        )
+        .await;
+        assert!(
+            matches!(&answer, Ok(a) if a.status.is_none() && a.screen.is_empty()),
+            "a stranger was answered as {name}: {answer:?}"
+        );
+    }
+    // A real node's key under another node's name: the same.
+    let swapped = (nodes[third].id.as_str(), &nodes[other].link_key());
+    let answer = relay_as(&link, swapped, to_holder, (Kind::Request, &good), greeting).await;
+    assert!(
+        matches!(&answer, Ok(a) if a.status.is_none() && a.screen.is_empty()),
+        "node keys are interchangeable: {answer:?}"
+    );
     assert!(nodes[o].log().contains("CG-FLEET-005"));
 
-    // Junk bytes: that connection ends; the node serves on.
+    // A relaying node talks only to the node it dialled, by its key.
+    let me = (nodes[other].id.as_str(), &nodes[other].link_key());
+    let impostor_key = nodes[third].link_key().public_key().clone();
+    for claimed in [
+        (owner.as_str(), &impostor_key),
+        (nodes[third].id.as_str(), &holder_key),
+    ] {
+        let answer = relay_as(&link, me, claimed, (Kind::Request, &good), greeting).await;
+        assert!(
+            matches!(answer, Err(WireError::NotThePeer(_))),
+            "a relaying node accepted the wrong holder: {answer:?}"
+        );
+    }
+
+    // Junk bytes, and an SSH client: that connection ends; the node serves on.
     for junk in [
         pseudo_random_bytes(4096, 7),
-        b"SSH-2.0-x\r\n"
+        b"SSH-2.0-OpenSSH_9.2\r\n"
             .iter()
             .copied()
             .chain(pseudo_random_bytes(4096, 9))
@@ -500,43 +543,48 @@ async fn the_node_link_takes_only_nodes_of_the_fleet_and_is_no_proxy() {
     ] {
         let mut s = tokio::net::TcpStream::connect(&link).await.unwrap();
         let _ = s.write_all(&junk).await;
-        drop(s);
+        let mut sink = Vec::new();
+        let closed = tokio::time::timeout(GUARD, s.read_to_end(&mut sink)).await;
+        assert!(closed.is_ok(), "the node link kept a junk connection open");
     }
 
-    // The real node, by its key: in, but only for relay requests.
-    let (handle, ok) = link_client(&link, &nodes[other].id, nodes[other].link_key()).await;
-    assert!(ok, "a node of the fleet was refused");
-    let forward = handle
-        .channel_open_direct_tcpip("127.0.0.1", 22, "127.0.0.1", 1)
-        .await;
-    assert!(forward.is_err(), "the node link forwarded a connection");
-    let (status, out) = link_exec(&handle, "sh -c id").await;
-    assert_ne!(status, Some(0), "{out}");
-    let request = |conn: &str| {
-        serde_json::json!({
-            "instance_id": "vm1",
-            "principal": {"kind": "key", "connection_id": conn, "fingerprint": "SHA256:x"},
-            "peer": "192.0.2.1:5555",
-            "options": {"replay": null, "read_only": false, "force": false, "disconnect_when_lagging": false},
-            "via": "outer hop",
-            "cols": 80, "rows": 24, "term": null, "resumed": false
-        })
-        .to_string()
-    };
-    // A connection that does not exist: refused, and nothing attached.
+    // The real node, by its key: only for relay requests it may serve.
     let fake = "ocid1.instanceconsoleconnection.oc1..aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
-    let (status, out) =
-        link_exec(&handle, &format!("consolegate-relay-v1 {}", request(fake))).await;
-    assert_eq!(status, Some(2), "{out}");
-    assert!(!out.contains("serial console"), "{out}");
-    let (status, _) = link_exec(&handle, "consolegate-relay-v1 {not json").await;
-    assert_eq!(status, Some(2));
+    for (request, what) in [
+        (
+            relay_request(fake, "SHA256:x"),
+            "a connection that does not exist",
+        ),
+        (relay_request(&conn.id, "SHA256:x"), "another key's session"),
+        (b"{not json".to_vec(), "junk"),
+    ] {
+        let answer = relay_as(&link, me, to_holder, (Kind::Request, &request), "")
+            .await
+            .unwrap();
+        assert_eq!(answer.status, Some(2), "{what}: {answer:?}");
+        assert!(!answer.screen.contains(greeting), "{what}: {answer:?}");
+    }
+    // Keystrokes, or a second hello, before any request: the link ends.
+    for kind in [Kind::Data, Kind::Hello, Kind::Exit] {
+        let answer = relay_as(&link, me, to_holder, (kind, &good), "")
+            .await
+            .unwrap();
+        assert!(
+            answer.status.is_none() && answer.screen.is_empty(),
+            "{kind:?}: {answer:?}"
+        );
+    }
+    // The same node with the good request: greeted.
+    let answer = relay_as(&link, me, to_holder, (Kind::Request, &good), greeting)
+        .await
+        .unwrap();
+    assert!(answer.screen.contains(greeting), "{answer:?}");
 
     // After all that, a session through the other node still works.
     let key = Key::ed25519(nodes[other].dir.path(), "user");
     let conn = create_connection(&nodes[other].config, "vm1", &key, nodes[other].dir.path()).await;
     let mut term = Terminal::spawn(&nodes[other].argv(&conn, &key, &nodes[other])).await;
-    term.expect("serial console of vm1").await;
+    term.expect(greeting).await;
     term.send(b"\r&.").await;
     term.wait().await;
     for n in &mut nodes {
@@ -1007,42 +1055,26 @@ async fn a_replayed_node_link_handshake_gets_nothing() {
     });
 
     // A real relay by node b, recorded on the way.
-    let (handle, ok) = link_client(&proxy_addr, &nodes[b].id, nodes[b].link_key()).await;
-    assert!(ok);
-    let request = serde_json::json!({
-        "instance_id": "vm1",
-        "principal": {"kind": "key", "connection_id": conn.id, "fingerprint": fingerprint},
-        "peer": "192.0.2.1:5555",
-        "options": {"replay": null, "read_only": false, "force": false, "disconnect_when_lagging": false},
-        "via": "outer hop",
-        "cols": 80, "rows": 24, "term": null, "resumed": false
-    });
-    let mut channel = handle.channel_open_session().await.unwrap();
-    channel
-        .exec(true, format!("consolegate-relay-v1 {request}").as_bytes())
-        .await
-        .unwrap();
-    let mut seen = Vec::new();
-    tokio::time::timeout(GUARD, async {
-        while !String::from_utf8_lossy(&seen).contains("serial console of vm1") {
-            match channel.wait().await {
-                Some(russh::ChannelMsg::Data { data }) => seen.extend_from_slice(&data),
-                Some(_) => {}
-                None => panic!("the relay ended: {}", String::from_utf8_lossy(&seen)),
-            }
-        }
-    })
+    let b_key = nodes[b].link_key();
+    let holder_key = nodes[o].link_key().public_key().clone();
+    let request = relay_request(&conn.id, &fingerprint);
+    let answer = relay_as(
+        &proxy_addr,
+        (&nodes[b].id, &b_key),
+        (&owner, &holder_key),
+        (Kind::Request, &request),
+        "serial console of vm1",
+    )
     .await
-    .expect("the relayed session was not greeted");
+    .unwrap();
+    assert!(
+        answer.screen.contains("serial console of vm1"),
+        "{answer:?}"
+    );
     let attaches =
         |rows: Vec<serde_json::Value>| rows.iter().filter(|r| r["event"] == "attach").count();
     let rows = audit_rows(&nodes[o].config, &["--connection", &conn.id]).await;
     assert_eq!(attaches(rows), 1);
-    drop(channel);
-    let _ = handle
-        .disconnect(russh::Disconnect::ByApplication, "", "")
-        .await;
-    drop(handle);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let authenticated = |log: &str| log.matches("node link authenticated").count();
     let before = authenticated(&nodes[o].log());
@@ -1053,7 +1085,7 @@ async fn a_replayed_node_link_handshake_gets_nothing() {
 
     // The same bytes again, straight to the holder.
     let tape = recorded.lock().unwrap().clone();
-    assert!(tape.len() > 1000, "recorded only {} bytes", tape.len());
+    assert!(tape.len() > 300, "recorded only {} bytes", tape.len());
     let mut replay = tokio::net::TcpStream::connect(&link).await.unwrap();
     let _ = replay.write_all(&tape).await;
     let mut sink = Vec::new();

@@ -244,7 +244,7 @@ pub async fn run_with(
             fleet: fleet.clone(),
             store: store.clone(),
             sessions: sessions.clone(),
-            config: LinkServer::ssh_config(&n.key),
+            key: n.key.clone(),
         };
         http_link = Some(tokio::spawn(crate::sessions::link::serve(
             n.listener,

@@ -2,7 +2,8 @@
 //!
 //! A console is held by one node (see [`crate::fleet`]). A session that
 //! lands on another node is relayed to the holder over the node link, an
-//! SSH connection between the two nodes' link keys:
+//! encrypted stream between the two nodes, each proving itself with the
+//! link key it registered in the store ([`wire`]):
 //!
 //! - [`attach_anywhere`] is what the front ends (SSH, web) call: it runs the
 //!   attach core here when this node holds the console, or relays the
@@ -18,11 +19,12 @@
 //!   escapes, exclusive input, `&F` and `&W` are the same on every node.
 //!
 //! The link is no proxy: its only request is "attach this session to a
-//! console this node holds"; it opens no shell, no forwarding and no
-//! connection anywhere.
+//! console this node holds"; it has no shell, no forwarding and no way to
+//! open a connection anywhere. One link connection carries one session.
 
 mod client;
 mod server;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -36,8 +38,6 @@ use crate::console::options::SessionOptions;
 use crate::fleet::{FleetLink, Owner};
 pub use server::{LinkServer, serve};
 
-/// The command a relayed session's channel runs, before its request.
-const RELAY_COMMAND: &str = "consolegate-relay-v1 ";
 /// The exit status of a relayed session that must resume elsewhere
 /// (EX_TEMPFAIL): the console moved, or its holder is shutting down.
 const EXIT_MOVED: u32 = 75;
@@ -46,7 +46,8 @@ const EXIT_REFUSED: u32 = 2;
 /// How long dialling a node and opening a relayed session may take.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A relayed session, as the relaying node asks the holder for it.
+/// A relayed session, as the relaying node asks the holder for it (JSON,
+/// in the link's `Request` frame).
 #[derive(Debug, Serialize, Deserialize)]
 struct RelayRequest {
     instance_id: String,

@@ -1,40 +1,35 @@
 //! The holding end of the node link: the listener the other nodes relay
 //! sessions to.
 //!
-//! A peer authenticates as a node of the fleet: user name = its `node_id`,
-//! key = the link key that node registered in the store (a node that left
-//! has none). It may then open session channels whose one request is
-//! `exec consolegate-relay-v1 <request>`: attach this user to a console
-//! this node holds. Anything else (shells, forwarding, other commands,
-//! junk) is refused, and nothing a peer sends reaches a console before the
-//! request is read and checked: the console must be held here, and a key
-//! principal's connection must still be active, for that instance, with
-//! that key.
+//! A peer proves it is a node of the fleet by the link key that node
+//! registered in the store (a node that left has none; see
+//! [`super::wire`]). Its one request is "attach this user to a console
+//! this node holds"; anything else (junk, another kind of frame, a request
+//! that does not parse) ends the connection, and nothing a peer sends
+//! reaches a console before the request is read and checked: the console
+//! must be held here, and a key principal's connection must still be
+//! active, for that instance, with that key.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use russh::keys::PublicKey;
-use russh::server::{
-    Auth, ChannelOpenHandle, Handler, Msg, PublicKeyOffer, Session, VerifiedPublicKey,
-};
-use russh::{Channel, ChannelMsg, ChannelOpenFailure};
+use bytes::Bytes;
+use russh::keys::PrivateKey;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{EXIT_MOVED, EXIT_REFUSED, RELAY_COMMAND, RelayRequest, resumed_note};
+use super::wire::{self, Kind, Receiver, SILENT_FOR, Screen, Sender, WireError};
+use super::{EXIT_MOVED, EXIT_REFUSED, RelayRequest, resumed_note};
 use crate::console::hub::{ConsoleHubs, Principal};
 use crate::fleet::Fleet;
 use crate::sessions::Sessions;
-use crate::sessions::attach::{self, Attach, AttachContext, Outcome, Terminal};
-use crate::sessions::ssh::channels::{answer, publickey_only, truncate};
-use crate::sessions::ssh::console_session::ChannelKeyboard;
+use crate::sessions::attach::{self, Attach, AttachContext, Keyboard, Outcome, Terminal};
+use crate::sessions::ssh::channels::truncate;
 use crate::store::{LifecycleState, Store};
 
-/// Relayed sessions one link connection may carry.
-const MAX_CHANNELS: usize = 64;
-/// How long a peer has to finish the handshake, and to send its request.
+/// How long a peer has to finish the handshake and send its request.
 const HANDSHAKE_TIME: Duration = Duration::from_secs(10);
 
 /// What the node link listener serves with.
@@ -50,19 +45,8 @@ pub struct LinkServer {
     pub store: Store,
     /// The owner of every session.
     pub sessions: Sessions,
-    /// This node's link key, as the SSH server's host key.
-    pub config: Arc<russh::server::Config>,
-}
-
-impl LinkServer {
-    /// The link server's SSH configuration: this node's link key as its
-    /// host key, `publickey` only, keepalives to find dead peers.
-    pub fn ssh_config(key: &russh::keys::PrivateKey) -> Arc<russh::server::Config> {
-        Arc::new(crate::sessions::ssh::russh_config(
-            vec![key.clone()],
-            Some(Duration::from_secs(2)),
-        ))
-    }
+    /// This node's link key, which it proves itself with.
+    pub key: Arc<PrivateKey>,
 }
 
 /// Serves the node link on `listener` until `shutdown`.
@@ -87,235 +71,103 @@ pub async fn serve(listener: TcpListener, server: LinkServer, shutdown: Cancella
     }
 }
 
+/// One link connection: the handshake, the peer's proof, its request,
+/// then the session through the attach core; the `Exit` frame tells the
+/// relaying node whether to resume elsewhere.
 async fn connection(server: LinkServer, socket: TcpStream, peer: SocketAddr) {
-    let _ = socket.set_nodelay(true);
-    let handler = LinkHandler {
-        server: server.clone(),
-        peer,
-        node: None,
-        channels: 0,
+    let opening = async {
+        let accepted = wire::accept(socket, server.fleet.node_id(), &server.key).await?;
+        let node = accepted.node().to_owned();
+        let key = if node == server.fleet.node_id() {
+            None
+        } else {
+            server.fleet.peer_key(&node).await
+        };
+        let (node, tx, mut rx) = accepted.verify(key.as_ref())?;
+        tracing::debug!(%peer, %node, "node link authenticated");
+        let request = match rx.next().await? {
+            Some(frame) if frame.kind == Kind::Request => frame.body,
+            _ => return Err(WireError::Protocol),
+        };
+        Ok((node, tx, rx, request))
     };
-    let session = match tokio::time::timeout(
-        HANDSHAKE_TIME,
-        russh::server::run_stream(server.config.clone(), socket, handler),
-    )
-    .await
-    {
-        Ok(Ok(session)) => session,
+    let opened = tokio::select! {
+        opened = tokio::time::timeout(HANDSHAKE_TIME, opening) => opened,
+        () = server.attach.ending.cancelled() => return,
+    };
+    let (node, tx, rx, request) = match opened {
+        Ok(Ok(opened)) => opened,
+        Ok(Err(WireError::NotANode(node))) => {
+            tracing::warn!(code = "CG-FLEET-005", %peer, node = %truncate(&node),
+                "node link refused: not the link key of a live node of the fleet");
+            return;
+        }
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "node link handshake failed");
             return;
         }
         Err(_) => {
-            tracing::info!(%peer, "node link peer sent no SSH identification in time");
+            tracing::info!(%peer, "node link peer did not finish its handshake in time");
             return;
         }
     };
-    let ending = server.attach.ending.clone();
-    tokio::pin!(session);
-    tokio::select! {
-        _ = &mut session => {}
-        // Relayed sessions end (and tell their nodes to resume elsewhere)
-        // through the attach core; the connection then closes.
-        () = ending.cancelled() => {
-            let _ = tokio::time::timeout(Duration::from_secs(3), &mut session).await;
-        }
-    }
-}
-
-struct LinkHandler {
-    server: LinkServer,
-    peer: SocketAddr,
-    /// The node it authenticated as.
-    node: Option<String>,
-    channels: usize,
-}
-
-impl LinkHandler {
-    /// Whether `key` is the link key node `user` registered.
-    async fn is_node(&self, user: &str, key: &PublicKey) -> bool {
-        let known = self.server.fleet.peer_key(user).await;
-        let ok = known.is_some_and(|k| k.key_data() == key.key_data())
-            && user != self.server.fleet.node_id();
-        if !ok {
-            tracing::warn!(code = "CG-FLEET-005", peer = %self.peer, user = %truncate(user),
-                fingerprint = %crate::keys::fingerprint(key),
-                "node link refused: not the link key of a live node of the fleet");
-        }
-        ok
-    }
-}
-
-impl Handler for LinkHandler {
-    type Error = russh::Error;
-
-    async fn auth_none(&mut self, _user: &str) -> Result<Auth, Self::Error> {
-        Ok(publickey_only())
-    }
-
-    async fn auth_publickey_offered(
-        &mut self,
-        user: &str,
-        offer: PublicKeyOffer<'_>,
-    ) -> Result<Auth, Self::Error> {
-        Ok(if Box::pin(self.is_node(user, offer.public_key)).await {
-            Auth::Accept
-        } else {
-            publickey_only()
-        })
-    }
-
-    async fn auth_publickey(
-        &mut self,
-        user: &str,
-        key: VerifiedPublicKey<'_>,
-    ) -> Result<Auth, Self::Error> {
-        if Box::pin(self.is_node(user, key.public_key)).await {
-            tracing::debug!(peer = %self.peer, node = %user, "node link authenticated");
-            self.node = Some(user.to_owned());
-            Ok(Auth::Accept)
-        } else {
-            Ok(publickey_only())
-        }
-    }
-
-    async fn channel_open_session(
-        &mut self,
-        channel: Channel<Msg>,
-        reply: ChannelOpenHandle,
-        _session: &mut Session,
-    ) -> Result<(), Self::Error> {
-        let Some(node) = self.node.clone() else {
-            return prohibit(reply).await;
-        };
-        if self.channels >= MAX_CHANNELS {
-            reply.reject(ChannelOpenFailure::ResourceShortage).await;
-            return Ok(());
-        }
-        self.channels += 1;
-        reply.accept().await;
-        let server = self.server.clone();
-        self.server.sessions.spawn(relayed(server, node, channel));
-        Ok(())
-    }
-
-    async fn channel_open_direct_tcpip(
-        &mut self,
-        _channel: Channel<Msg>,
-        _host: &str,
-        _port: u32,
-        _originator: &str,
-        _originator_port: u32,
-        reply: ChannelOpenHandle,
-        _session: &mut Session,
-    ) -> Result<(), Self::Error> {
-        prohibit(reply).await
-    }
-
-    async fn channel_open_direct_streamlocal(
-        &mut self,
-        _channel: Channel<Msg>,
-        _socket_path: &str,
-        reply: ChannelOpenHandle,
-        _session: &mut Session,
-    ) -> Result<(), Self::Error> {
-        prohibit(reply).await
-    }
-
-    async fn exec_request(
-        &mut self,
-        channel: russh::ChannelId,
-        data: &[u8],
-        session: &mut Session,
-    ) -> Result<(), Self::Error> {
-        answer(session, channel, data.starts_with(RELAY_COMMAND.as_bytes()))
-    }
-
-    async fn shell_request(
-        &mut self,
-        channel: russh::ChannelId,
-        session: &mut Session,
-    ) -> Result<(), Self::Error> {
-        answer(session, channel, false)
-    }
-
-    async fn subsystem_request(
-        &mut self,
-        channel: russh::ChannelId,
-        _name: &str,
-        session: &mut Session,
-    ) -> Result<(), Self::Error> {
-        answer(session, channel, false)
-    }
-
-    async fn tcpip_forward(
-        &mut self,
-        _address: &str,
-        _port: &mut u32,
-        _session: &mut Session,
-    ) -> Result<bool, Self::Error> {
-        Ok(false)
-    }
-}
-
-/// Refuses a channel: the node link opens nothing but relayed sessions.
-async fn prohibit(reply: ChannelOpenHandle) -> Result<(), russh::Error> {
-    reply
-        .reject(ChannelOpenFailure::AdministrativelyProhibited)
-        .await;
-    Ok(())
-}
-
-/// One relayed session: read and check its request, then run it through
-/// the attach core; the exit status tells the relaying node whether to
-/// resume elsewhere.
-async fn relayed(server: LinkServer, node: String, mut channel: Channel<Msg>) {
-    let command = tokio::time::timeout(HANDSHAKE_TIME, async {
-        loop {
-            match channel.wait().await {
-                Some(ChannelMsg::Exec { command, .. }) => return Some(command),
-                Some(ChannelMsg::Eof | ChannelMsg::Close) | None => return None,
-                Some(_) => {}
+    let status = match check(&server, &node, &request).await {
+        Ok(session) => {
+            let keyboard = LinkKeyboard {
+                rx,
+                tx: tx.clone(),
+                heard: Instant::now(),
+            };
+            match attach::run(&server.attach, &session, keyboard, Screen(tx.clone())).await {
+                Outcome::Moved => EXIT_MOVED,
+                Outcome::Ended => 0,
             }
         }
-    })
-    .await;
-    let status = match command {
-        Ok(Some(command)) => match check(&server, &node, &command).await {
-            Ok(session) => {
-                let (reader, writer) = channel.split();
-                let outcome = attach::run(
-                    &server.attach,
-                    &session,
-                    ChannelKeyboard(reader),
-                    writer.make_writer(),
-                )
-                .await;
-                let status = match outcome {
-                    Outcome::Moved => EXIT_MOVED,
-                    Outcome::Ended => 0,
-                };
-                let _ = writer.exit_status(status).await;
-                let _ = writer.eof().await;
-                let _ = writer.close().await;
-                return;
-            }
-            Err(status) => status,
-        },
-        Ok(None) | Err(_) => return,
+        Err(status) => status,
     };
-    let _ = channel.exit_status(status).await;
-    let _ = channel.eof().await;
-    let _ = channel.close().await;
+    let _ = tx.send(Kind::Exit, &status.to_be_bytes()).await;
+    tx.close().await;
+}
+
+/// A relayed session's keystrokes, as the relaying node sends them; keeps
+/// the link alive while the user types nothing.
+struct LinkKeyboard {
+    rx: Receiver,
+    tx: Sender,
+    /// When the relaying node was last heard.
+    heard: Instant,
+}
+
+impl Keyboard for LinkKeyboard {
+    async fn typed(&mut self) -> Option<Bytes> {
+        loop {
+            tokio::select! {
+                frame = self.rx.next() => match frame {
+                    Ok(Some(frame)) => {
+                        self.heard = Instant::now();
+                        match frame.kind {
+                            Kind::Data => return Some(frame.body),
+                            Kind::Ping => {}
+                            // A second request, a hello, an exit: not from a relaying node.
+                            _ => return None,
+                        }
+                    }
+                    Ok(None) | Err(_) => return None,
+                },
+                sent = self.tx.keep_alive() => if sent.is_err() {
+                    return None;
+                },
+                // The relaying node went silent: its machine is gone.
+                () = tokio::time::sleep_until(self.heard + SILENT_FOR) => return None,
+            }
+        }
+    }
 }
 
 /// The session a relay request asks for, if this node may run it; else
 /// the exit status that says why not.
-async fn check(server: &LinkServer, node: &str, command: &[u8]) -> Result<Attach, u32> {
-    let request = command
-        .strip_prefix(RELAY_COMMAND.as_bytes())
-        .and_then(|json| serde_json::from_slice::<RelayRequest>(json).ok());
-    let Some(request) = request else {
+async fn check(server: &LinkServer, node: &str, request: &[u8]) -> Result<Attach, u32> {
+    let Ok(request) = serde_json::from_slice::<RelayRequest>(request) else {
         tracing::warn!(code = "CG-FLEET-005", %node, "node link: unreadable relay request refused");
         return Err(EXIT_REFUSED);
     };
