@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::*;
 use consolegate::sessions::link::wire::{self, Kind, WireError};
-use russh::keys::{PrivateKey, PublicKey};
+use russh::keys::{HashAlg, PrivateKey, PublicKey};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Child;
 
@@ -516,7 +516,14 @@ async fn the_node_link_takes_only_nodes_of_the_fleet_and_is_no_proxy() {
         matches!(&answer, Ok(a) if a.status.is_none() && a.screen.is_empty()),
         "node keys are interchangeable: {answer:?}"
     );
-    assert!(nodes[o].log().contains("CG-FLEET-005"));
+    // The holder's log names the key that was shown, for the runbook's check.
+    let log = nodes[o].log();
+    assert!(log.contains("CG-FLEET-005"));
+    let shown = stranger
+        .public_key()
+        .fingerprint(HashAlg::Sha256)
+        .to_string();
+    assert!(log.contains(&shown), "the refusal does not name {shown}");
 
     // A relaying node talks only to the node it dialled, by its key.
     let me = (nodes[other].id.as_str(), &nodes[other].link_key());

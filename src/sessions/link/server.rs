@@ -97,8 +97,8 @@ async fn connection(server: LinkServer, socket: TcpStream, peer: SocketAddr) {
     };
     let (node, tx, rx, request) = match opened {
         Ok(Ok(opened)) => opened,
-        Ok(Err(WireError::NotANode(node))) => {
-            tracing::warn!(code = "CG-FLEET-005", %peer, node = %truncate(&node),
+        Ok(Err(WireError::NotANode(node, fingerprint))) => {
+            tracing::warn!(code = "CG-FLEET-005", %peer, node = %truncate(&node), %fingerprint,
                 "node link refused: not the link key of a live node of the fleet");
             return;
         }

@@ -106,9 +106,10 @@ pub enum WireError {
     /// decrypt (tampered with, replayed, reordered).
     #[error("not the node link protocol, or a frame that does not decrypt")]
     Protocol,
-    /// The relaying end is not the node it says, or no live node at all.
-    #[error("{0:?} is not a live node of the fleet with that link key")]
-    NotANode(String),
+    /// The relaying end is not the node it says, or no live node at all:
+    /// the name it gave and the fingerprint of the key it signed with.
+    #[error("{0:?} is not a live node of the fleet with link key {1}")]
+    NotANode(String, String),
     /// The holding end did not prove it is the node that was dialled.
     #[error("the peer did not prove it is node {0}")]
     NotThePeer(String),
@@ -269,7 +270,13 @@ impl Accepted {
             Some(key) if proves(key, RELAYER, &self.hash, &self.node, &self.sig) => {
                 Ok((self.node, self.tx, self.rx))
             }
-            _ => Err(WireError::NotANode(self.node)),
+            _ => {
+                let signer = PublicKey::from(self.sig.public_key().clone());
+                Err(WireError::NotANode(
+                    self.node,
+                    signer.fingerprint(HashAlg::Sha256).to_string(),
+                ))
+            }
         }
     }
 }
@@ -575,9 +582,10 @@ mod tests {
     async fn a_relayer_without_its_registered_key_is_refused() {
         let (r, h, other) = (key(), key(), key());
         let (_, holding) = link(&r, &h, h.public_key(), Some(other.public_key())).await;
-        assert!(matches!(holding, Err(WireError::NotANode(n)) if n == "relayer"));
+        assert!(matches!(holding, Err(WireError::NotANode(n, f))
+            if n == "relayer" && f == r.public_key().fingerprint(HashAlg::Sha256).to_string()));
         let (_, holding) = link(&r, &h, h.public_key(), None).await;
-        assert!(matches!(holding, Err(WireError::NotANode(_))));
+        assert!(matches!(holding, Err(WireError::NotANode(..))));
     }
 
     #[tokio::test]
