@@ -1,6 +1,7 @@
 //! The console hub through the real `ssh`: shared and exclusive input,
-//! force, replay options, slow viewers, released write access, recordings
-//! (played back with `asciinema cat`) and the audit trail.
+//! force, breaks only from sessions with write access, replay options,
+//! slow viewers, released write access, recordings (played back with
+//! `asciinema cat`) and the audit trail.
 
 mod common;
 
@@ -128,6 +129,65 @@ async fn killing_the_writer_releases_write_access_at_once() {
     assert_eq!(read_exactly(&mut console, 9).await, b"mine-now\r");
     b.send(b"\r&.").await;
     b.wait().await;
+    gw.stop().await;
+}
+
+/// `&B` is input like typing: a viewer that attached `ro`, and one that is
+/// read-only because another session holds exclusive write access, are
+/// refused and their breaks never reach the machine; the writer's still
+/// does. The simulator answers a break followed by `h` with SysRq help, and
+/// an `h` without a break as a shell command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_session_with_write_access_sends_a_break() {
+    let gw = Gateway::start(&format!(
+        "{}\ninput = \"exclusive\"\n",
+        instance("vm1", "simulator", None).trim_end()
+    ))
+    .await;
+    let (mut writer, writer_conn, _) = attach(&gw, "writer", None).await;
+    let (mut viewer, viewer_conn, _) = attach(&gw, "viewer", Some("ro")).await;
+    let (mut other, other_conn, _) = attach(&gw, "other", None).await;
+    writer.send(b"\r").await;
+    writer.expect("vm1 login: ").await;
+    writer.send(b"root\r").await;
+    writer.expect("root@vm1:~$ ").await;
+
+    // Both read-only sessions are refused, each on its own screen.
+    viewer.send(b"&B").await;
+    viewer
+        .expect("CG-INPUT-001 you are read-only here: the break was not sent")
+        .await;
+    other.send(b"&B").await;
+    other
+        .expect("CG-INPUT-001 you are read-only here: the break was not sent")
+        .await;
+
+    // Neither break reached the machine: the writer's next `h` is typed
+    // into the shell, not taken as a SysRq key.
+    writer.send(b"h\r").await;
+    writer.expect("-sh: h: command not found").await;
+    let shown = String::from_utf8_lossy(&writer.transcript).into_owned();
+    assert!(
+        !shown.contains("sysrq"),
+        "a read-only session's break reached the machine:\n{shown}"
+    );
+
+    // The writer's break still works.
+    writer.send(b"\r&B").await;
+    writer.expect("break sent").await;
+    writer.send(b"h").await;
+    writer.expect("sysrq: HELP").await;
+    viewer.expect("sysrq: HELP").await;
+
+    for term in [&mut writer, &mut viewer, &mut other] {
+        term.send(b"\r&.").await;
+        term.wait().await;
+    }
+    // Only the break that was sent is audited.
+    let breaks = |rows: &[serde_json::Value]| rows.iter().filter(|r| r["event"] == "break").count();
+    assert_eq!(breaks(&gw.audit(&writer_conn.id).await), 1);
+    assert_eq!(breaks(&gw.audit(&viewer_conn.id).await), 0);
+    assert_eq!(breaks(&gw.audit(&other_conn.id).await), 0);
     gw.stop().await;
 }
 

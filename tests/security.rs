@@ -213,24 +213,60 @@ async fn deleting_a_connection_ends_its_sessions_and_its_id() {
     gw.stop().await;
 }
 
+/// Reads `stream` until the gateway ends it: end of stream, or a reset (a
+/// socket closed with unread input is reset). Fails if the gateway still
+/// holds it open when the guard time runs out, or if it ends otherwise.
+async fn refused(what: &str, stream: &mut TcpStream) {
+    let mut sink = Vec::new();
+    let read = tokio::time::timeout(GUARD, stream.read_to_end(&mut sink))
+        .await
+        .unwrap_or_else(|_| panic!("the gateway kept the {what} connection open for {GUARD:?}"));
+    match read {
+        Ok(_) => {}
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
+            ) => {}
+        Err(e) => panic!("the {what} connection ended neither closed nor reset: {e}"),
+    }
+}
+
+/// Writes hostile bytes. The gateway may close the connection part way
+/// through (the write then fails, which is what we want), but it must not
+/// stall the writer past the guard time.
+async fn write_hostile(what: &str, stream: &mut TcpStream, bytes: &[u8]) {
+    let written = tokio::time::timeout(GUARD, stream.write_all(bytes)).await;
+    assert!(
+        written.is_ok(),
+        "the gateway neither read nor closed the {what} connection within {GUARD:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_clients_do_not_disturb_others() {
+    // Each hostile connection must be closed by the gateway before GUARD
+    // runs out. Junk, a liar and a giant break the protocol and are
+    // refused for it (at once, in practice). Silent clients break nothing
+    // and are held until the handshake deadline: the harness sets
+    // `handshake_timeout_secs = 10`, well inside GUARD, so they too must be
+    // seen closed before the guard expires. Only "closed before the guard"
+    // is asserted, never how fast.
     let gw = Gateway::start(&two_instances()).await;
     let mut good = attach_good_session(&gw, "good").await;
 
     // Pure junk instead of an SSH identification.
     let mut junk = TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
     let bytes = pseudo_random_bytes(256 * 1024, 0x9e37_79b9);
-    let _ = junk.write_all(&bytes).await;
-    let mut sink = Vec::new();
-    let _ = tokio::time::timeout(GUARD, junk.read_to_end(&mut sink)).await;
+    write_hostile("junk", &mut junk, &bytes).await;
+    refused("junk", &mut junk).await;
 
     // A valid identification followed by garbage packets.
     let mut liar = TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
     liar.write_all(b"SSH-2.0-OpenSSH_9.2\r\n").await.unwrap();
-    let _ = liar.write_all(&[0xff, 0xff, 0xff, 0xf0, 0, 0, 0, 0]).await;
-    let _ = liar.write_all(&bytes[..4096]).await;
-    let _ = tokio::time::timeout(GUARD, liar.read_to_end(&mut sink)).await;
+    write_hostile("liar", &mut liar, &[0xff, 0xff, 0xff, 0xf0, 0, 0, 0, 0]).await;
+    write_hostile("liar", &mut liar, &bytes[..4096]).await;
+    refused("liar", &mut liar).await;
 
     // A packet claiming to be enormous.
     let mut giant = TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
@@ -238,7 +274,10 @@ async fn hostile_clients_do_not_disturb_others() {
         .write_all(b"SSH-2.0-x\r\n\x7f\xff\xff\xff\x04")
         .await
         .unwrap();
-    let _ = tokio::time::timeout(GUARD, giant.read_to_end(&mut sink)).await;
+    refused("giant", &mut giant).await;
+
+    // The session that was working all along still works.
+    still_works(&mut good, "still-here-4").await;
 
     // Clients that connect and say nothing, holding sockets open.
     let mut idle = Vec::new();
@@ -254,15 +293,13 @@ async fn hostile_clients_do_not_disturb_others() {
     term.send(b"\r&.").await;
     assert!(term.wait().await.success());
 
-    // The silent clients are dropped at the handshake deadline.
-    let mut buf = Vec::new();
-    let dropped = tokio::time::timeout(GUARD, idle[0].read_to_end(&mut buf)).await;
-    assert!(
-        dropped.is_ok(),
-        "a silent client was kept past the handshake timeout"
-    );
+    // The silent clients are dropped at the handshake deadline (10 s, see
+    // above), every one of them.
+    for socket in &mut idle {
+        refused("silent", socket).await;
+    }
 
-    still_works(&mut good, "still-here-4").await;
+    still_works(&mut good, "still-here-5").await;
     leave(good).await;
     gw.stop().await;
 }

@@ -18,6 +18,8 @@
 //! - input follows the instance's policy: `shared` (every read-write session
 //!   types) or `exclusive` (one writer; the others are read-only and told
 //!   who writes, until they force). A session that is gone holds nothing.
+//!   A serial break is input too: only a session that may type sends one;
+//!   a read-only session's break is refused and never reaches the backend.
 //!
 //! Sessions talk to the hub through [`ConsoleHub`]; all state lives in the
 //! task, so there are no locks.
@@ -121,7 +123,7 @@ enum HubCommand {
         reply: oneshot::Sender<Attachment>,
     },
     Input(SessionId, Bytes),
-    Break(oneshot::Sender<Result<(), BreakError>>),
+    Break(SessionId, oneshot::Sender<Result<(), BreakError>>),
     Force(SessionId, oneshot::Sender<Option<Role>>),
     Who(oneshot::Sender<Vec<WhoEntry>>),
     Status(oneshot::Sender<HubStatus>),
@@ -213,9 +215,11 @@ impl ConsoleHub {
             .map_err(|_| HubStopped)
     }
 
-    /// Sends a serial break.
-    pub async fn send_break(&self) -> Result<(), BreakError> {
-        self.ask(HubCommand::Break).await?
+    /// Sends a serial break for `session`, which needs write access as
+    /// typing does (refused with [`BreakError::ReadOnly`] otherwise; in
+    /// exclusive mode a break takes free write access, as typing does).
+    pub async fn send_break(&self, session: SessionId) -> Result<(), BreakError> {
+        self.ask(|reply| HubCommand::Break(session, reply)).await?
     }
 
     /// Takes write access for `session`: its role now, or `None` if it is
@@ -575,18 +579,30 @@ impl Hub {
                     );
                 }
             }
-            HubCommand::Break(reply) => {
-                // Let the machine read what was typed just before: emulated
-                // UARTs (QEMU's 16550) flag a break on whatever byte is first
-                // in the FIFO, so a break hard on the heels of a keystroke
-                // lands on that keystroke instead.
-                if let Some(at) = self.last_input {
-                    let quiet = BREAK_QUIET.saturating_sub(at.elapsed());
-                    tokio::time::sleep(quiet).await;
-                }
-                let result = match conn {
-                    Some(conn) => conn.send_break().await.map_err(BreakError::from),
-                    None => Err(BreakError::NotConnected),
+            HubCommand::Break(id, reply) => {
+                // A break is input: a session that may not type (attached
+                // `ro`, or read-only while another session holds exclusive
+                // write access) may not break either; it never reaches the
+                // backend.
+                let result = if self.may_write(id) {
+                    // Let the machine read what was typed just before: emulated
+                    // UARTs (QEMU's 16550) flag a break on whatever byte is first
+                    // in the FIFO, so a break hard on the heels of a keystroke
+                    // lands on that keystroke instead.
+                    if let Some(at) = self.last_input {
+                        let quiet = BREAK_QUIET.saturating_sub(at.elapsed());
+                        tokio::time::sleep(quiet).await;
+                    }
+                    match conn {
+                        Some(conn) => conn.send_break().await.map_err(BreakError::from),
+                        None => Err(BreakError::NotConnected),
+                    }
+                } else {
+                    if let Some(s) = self.sessions.iter().find(|s| s.id == id) {
+                        tracing::info!(code = "CG-INPUT-001", instance = %self.instance.id,
+                            session = %s.label(), "break refused: the session has no write access");
+                    }
+                    Err(BreakError::ReadOnly)
                 };
                 let _ = reply.send(result);
             }

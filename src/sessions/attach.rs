@@ -394,7 +394,7 @@ where
                     }
                     Segment::Action(EscapeAction::Help) => show(HELP.to_owned()),
                     Segment::Action(EscapeAction::Break) => {
-                        let message = match hub.send_break().await {
+                        let message = match hub.send_break(session_id).await {
                             Ok(()) => {
                                 ctx.store
                                     .record_audit(session.event(AuditKind::Break, None))

@@ -82,7 +82,7 @@ async fn fans_out_replays_and_reconnects() {
     let mut buf = [0u8; 5];
     console.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"root\r");
-    let refused = hub.send_break().await.unwrap_err();
+    let refused = hub.send_break(b.id).await.unwrap_err();
     assert!(matches!(refused, BreakError::Backend(_)), "{refused:?}");
     assert!(refused.to_string().starts_with("CG-BRK-001"), "{refused}");
 
@@ -170,6 +170,113 @@ async fn read_only_sessions_never_type() {
     let mut buf = [0u8; 3];
     console.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"rw!");
+    shutdown.cancel();
+}
+
+/// A telnet "machine" behind a hub: unlike a raw TCP one it carries breaks
+/// (`IAC BRK`), so a break that gets through shows in what it receives.
+async fn telnet_console(input: InputPolicy) -> (ConsoleHub, TcpListener, CancellationToken) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let shutdown = CancellationToken::new();
+    let (hub, _task) = ConsoleHub::start(
+        instance(SerialTarget::Telnet("127.0.0.1".into(), port), input),
+        shutdown.clone(),
+    );
+    (hub, listener, shutdown)
+}
+
+/// Everything the console receives up to and including `end` (typed last).
+async fn console_until(console: &mut tokio::net::TcpStream, end: u8) -> Vec<u8> {
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 256];
+        while !got.ends_with(&[end]) {
+            let n = console.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the hub closed the console");
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("the console never received the end marker");
+    got
+}
+
+/// How many breaks (`IAC BRK`) `bytes` carry.
+fn breaks(bytes: &[u8]) -> usize {
+    bytes
+        .windows(2)
+        .filter(|w| *w == crate::console::telnet::TelnetCodec::break_sequence())
+        .count()
+}
+
+#[tokio::test]
+async fn a_read_only_session_cannot_send_a_break() {
+    let (hub, listener, shutdown) = telnet_console(InputPolicy::Shared).await;
+    let spy = hub.attach(who(1, true), None).await.unwrap();
+    let rw = hub.attach(who(2, false), None).await.unwrap();
+    let (mut console, _) = listener.accept().await.unwrap();
+    assert_eq!(spy.role, Role::ReadOnlyAsked);
+
+    // The read-only session is refused, with the read-only code ...
+    let refused = hub.send_break(spy.id).await.unwrap_err();
+    assert!(matches!(refused, BreakError::ReadOnly), "{refused:?}");
+    let text = refused.to_string();
+    assert!(text.starts_with("CG-INPUT-001 "), "{text}");
+    assert!(text.contains("the break was not sent"), "{text}");
+    // ... and a read-write session's break still goes through.
+    hub.input(rw.id, Bytes::from_static(b"a")).await.unwrap();
+    hub.send_break(rw.id).await.unwrap();
+    hub.input(rw.id, Bytes::from_static(b"z")).await.unwrap();
+
+    // Only the one break reached the machine, in order with the typing.
+    let got = console_until(&mut console, b'z').await;
+    assert_eq!(breaks(&got), 1, "a read-only break leaked: {got:?}");
+    assert!(got.ends_with(b"a\xff\xf3z"), "{got:?}");
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn only_the_writer_breaks_an_exclusive_console() {
+    let (hub, listener, shutdown) = telnet_console(InputPolicy::Exclusive).await;
+    let writer = hub.attach(who(1, false), None).await.unwrap();
+    let other = hub.attach(who(2, false), None).await.unwrap();
+    let (mut console, _) = listener.accept().await.unwrap();
+    assert_eq!(writer.role, Role::Writer);
+    assert!(
+        matches!(other.role, Role::ReadOnlyWhile(_)),
+        "{:?}",
+        other.role
+    );
+
+    // Read-only while another session writes: refused.
+    assert!(matches!(
+        hub.send_break(other.id).await.unwrap_err(),
+        BreakError::ReadOnly
+    ));
+    hub.input(writer.id, Bytes::from_static(b"1"))
+        .await
+        .unwrap();
+    hub.send_break(writer.id).await.unwrap();
+    hub.input(writer.id, Bytes::from_static(b"2"))
+        .await
+        .unwrap();
+    let got = console_until(&mut console, b'2').await;
+    assert_eq!(breaks(&got), 1, "a read-only break leaked: {got:?}");
+    assert!(got.ends_with(b"1\xff\xf32"), "{got:?}");
+
+    // Once it forces, it holds write access and its break goes through,
+    // while the old writer's is refused.
+    assert_eq!(hub.force(other.id).await.unwrap(), Some(Role::Writer));
+    assert!(matches!(
+        hub.send_break(writer.id).await.unwrap_err(),
+        BreakError::ReadOnly
+    ));
+    hub.send_break(other.id).await.unwrap();
+    hub.input(other.id, Bytes::from_static(b"3")).await.unwrap();
+    let got = console_until(&mut console, b'3').await;
+    assert_eq!(got, b"\xff\xf33", "exactly the new writer's break");
+    assert!(other.can_write() && !writer.can_write());
     shutdown.cancel();
 }
 
@@ -269,7 +376,7 @@ async fn unreachable_backend_is_reported_not_hung() {
     assert!(notice.contains("unavailable"), "{notice}");
     assert!(notice.contains("/nonexistent/console.sock"), "{notice}");
     assert!(matches!(
-        hub.send_break().await.unwrap_err(),
+        hub.send_break(a.id).await.unwrap_err(),
         BreakError::NotConnected
     ));
     shutdown.cancel();

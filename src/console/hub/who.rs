@@ -102,6 +102,10 @@ pub enum BreakError {
     /// The console is not connected (it is reconnecting).
     #[error("CG-BRK-002 the console is not connected; the break was not sent")]
     NotConnected,
+    /// The session may not write (it attached `ro`, or another session
+    /// holds exclusive write access): a break is input like any other.
+    #[error("CG-INPUT-001 you are read-only here: the break was not sent (&F takes write access)")]
+    ReadOnly,
     /// The backend cannot carry a break, or sending it failed.
     #[error(transparent)]
     Backend(#[from] crate::console::backend::BreakError),
