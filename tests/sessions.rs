@@ -341,19 +341,36 @@ async fn web_sockets_count_in_the_connection_limit() {
     .expect("the web socket never got the freed place");
     socket.expect("login: ").await;
 
-    // The web socket holds the place: another is refused, and an SSH
-    // client waits (in the listen backlog) until the web session ends.
+    // The web socket holds the place: another is refused, and so is an
+    // SSH client once it has authenticated, with a code (it does not wait
+    // holding a place of the unauthenticated).
     let another = gw.console_token("vm1", ConsoleProtocol::Serial).await;
     assert_eq!(
         web_refused(&gw, &format!("/serial?token={another}")).await,
         (503, "CG-WEB-006".into())
     );
-    let mut waiting = Terminal::spawn(&conn.ssh_argv(&key)).await;
+    let full = ssh_batch(&conn.ssh_argv(&key)).await;
+    let err = String::from_utf8_lossy(&full.stderr);
+    assert!(err.contains("CG-SSH-005"), "{err}");
     socket.send("\r&.").await;
     socket.expect("bye]").await;
-    waiting.expect("vm1 login: ").await;
-    waiting.send(b"\r&.").await;
-    waiting.wait().await;
+    // Once the web session has ended, the SSH client gets in.
+    let mut later = tokio::time::timeout(GUARD, async {
+        loop {
+            let mut term = Terminal::spawn(&conn.ssh_argv(&key)).await;
+            if term
+                .saw_within("vm1 login: ", std::time::Duration::from_secs(5))
+                .await
+            {
+                return term;
+            }
+            term.kill().await;
+        }
+    })
+    .await
+    .expect("the SSH client never got the freed place");
+    later.send(b"\r&.").await;
+    later.wait().await;
     gw.stop().await;
 }
 

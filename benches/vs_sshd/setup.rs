@@ -234,6 +234,7 @@ impl Gateway {
             "data_dir = \"data\"\n\
              [ssh]\nlisten = \"127.0.0.1:{port}\"\npublic_host = \"127.0.0.1\"\npublic_port = {port}\n\
              max_connections = 30000\nhandshake_timeout_secs = 60\n\
+             max_startups = \"10000\"\nexempt_sources = [\"127.0.0.1\"]\n\
              [api]\nlisten = \"127.0.0.1:{api_port}\"\n\
              [log]\nlevel = \"warn\"\n\n"
         );

@@ -17,8 +17,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod limits;
 mod replay;
 mod targets;
+pub use limits::{AddressRange, StartupLimits};
 pub use replay::Replay;
 use targets::is_valid_host;
 pub use targets::{SerialTarget, VncTarget};
@@ -347,11 +349,25 @@ pub struct SshConfig {
     pub public_host: String,
     /// Port written into connection strings; defaults to the listen port.
     pub public_port: Option<u16>,
-    /// Most simultaneous sessions: SSH connections and web console sockets
-    /// together. Further SSH clients wait in the kernel backlog; further
-    /// web sockets are refused with 503 (CG-WEB-006).
+    /// Most simultaneous sessions: authenticated SSH connections and web
+    /// console sockets together. Further SSH clients are told so when they
+    /// authenticate (CG-SSH-005); further web sockets are refused with 503
+    /// (CG-WEB-006).
     pub max_connections: usize,
-    /// Seconds a client has to finish key exchange and authentication.
+    /// Unauthenticated SSH connections (OpenSSH's `MaxStartups`): past
+    /// `start`, new ones are dropped at random, `rate` % rising to all at
+    /// `full`. They never take places under `max_connections`.
+    pub max_startups: StartupLimits,
+    /// Unauthenticated SSH connections from one address (IPv6: one /64);
+    /// 0: no limit.
+    pub per_source_max_startups: u32,
+    /// Addresses and CIDR ranges with no per-source limit and no penalties
+    /// (a load balancer that does not pass client addresses on).
+    pub exempt_sources: Vec<AddressRange>,
+    /// Per-source penalties (OpenSSH's `PerSourcePenalties`).
+    pub penalties: PenaltyConfig,
+    /// Seconds a client has to finish key exchange and authentication
+    /// (it has 10 s, or this if less, to send its SSH identification).
     pub handshake_timeout_secs: u64,
     /// Seconds between checks that a session's connection record is still ACTIVE.
     pub revalidate_interval_secs: u64,
@@ -366,7 +382,11 @@ impl Default for SshConfig {
             public_host: "127.0.0.1".to_owned(),
             public_port: None,
             max_connections: 1024,
-            handshake_timeout_secs: 30,
+            max_startups: StartupLimits::default(),
+            per_source_max_startups: 10,
+            exempt_sources: Vec::new(),
+            penalties: PenaltyConfig::default(),
+            handshake_timeout_secs: 20,
             revalidate_interval_secs: 2,
             keepalive_interval_secs: 30,
         }
@@ -387,6 +407,47 @@ impl SshConfig {
     /// How often live sessions re-read their connection record.
     pub fn revalidate_interval(&self) -> Duration {
         Duration::from_secs(self.revalidate_interval_secs)
+    }
+}
+
+/// `[ssh.penalties]`: seconds of penalty a source earns for each
+/// connection that ends before it authenticates, and when they are
+/// enforced (OpenSSH's `PerSourcePenalties`, with its defaults).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PenaltyConfig {
+    /// Off: no source is ever refused for what it did before.
+    pub enabled: bool,
+    /// Keys offered or signed, none accepted.
+    pub authfail_secs: u64,
+    /// Left without trying a key.
+    pub noauth_secs: u64,
+    /// Ran out `handshake_timeout_secs`.
+    pub grace_exceeded_secs: u64,
+    /// Not SSH, or broke the protocol.
+    pub junk_secs: u64,
+    /// A source's penalty is enforced (its connections refused) once it
+    /// reaches this.
+    pub min_secs: u64,
+    /// The longest penalty.
+    pub max_secs: u64,
+    /// The most sources remembered at once; past it, new sources go
+    /// without per-source limits until entries expire.
+    pub max_sources: usize,
+}
+
+impl Default for PenaltyConfig {
+    fn default() -> Self {
+        PenaltyConfig {
+            enabled: true,
+            authfail_secs: 5,
+            noauth_secs: 1,
+            grace_exceeded_secs: 10,
+            junk_secs: 10,
+            min_secs: 15,
+            max_secs: 600,
+            max_sources: 65_536,
+        }
     }
 }
 
@@ -659,6 +720,12 @@ fn check_ssh(ssh: &SshConfig) -> Result<(), String> {
     }
     if ssh.max_connections == 0 {
         return Err("[ssh] max_connections must be at least 1".into());
+    }
+    let p = &ssh.penalties;
+    if p.min_secs == 0 || p.max_secs < p.min_secs || p.max_sources == 0 {
+        return Err(
+            "[ssh.penalties] needs 1 <= min_secs <= max_secs and max_sources of at least 1".into(),
+        );
     }
     if ssh.handshake_timeout_secs == 0 || ssh.revalidate_interval_secs == 0 {
         return Err(

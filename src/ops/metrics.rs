@@ -60,6 +60,11 @@ struct InstanceLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusedLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SessionLabels {
     instance: String,
     role: &'static str,
@@ -83,6 +88,7 @@ fn latency_histogram() -> Histogram {
 pub struct Metrics {
     registry: Registry,
     ssh_connections: Counter,
+    ssh_refused: Family<RefusedLabels, Counter>,
     ssh_auth: Family<AuthLabels, Counter>,
     api_requests: Family<ApiLabels, Counter>,
     api_latency: HistogramFamily,
@@ -111,6 +117,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("consolegate");
         let m = Metrics {
             ssh_connections: Counter::default(),
+            ssh_refused: Family::default(),
             ssh_auth: Family::default(),
             api_requests: Family::default(),
             api_latency: HistogramFamily::new_with_constructor(latency_histogram),
@@ -129,6 +136,11 @@ impl Metrics {
             "ssh_connections",
             "TCP connections accepted by the SSH listener",
             m.ssh_connections.clone(),
+        );
+        registry.register(
+            "ssh_refused",
+            "SSH connections dropped before their handshake, by reason",
+            m.ssh_refused.clone(),
         );
         registry.register(
             "ssh_auth",
@@ -192,6 +204,14 @@ impl Metrics {
     /// An SSH connection was accepted.
     pub fn ssh_connection(&self) {
         self.ssh_connections.inc();
+    }
+
+    /// A connection was dropped before its handshake (`max_startups`,
+    /// per-source limit, penalty).
+    pub fn ssh_refused(&self, reason: &'static str) {
+        self.ssh_refused
+            .get_or_create(&RefusedLabels { reason })
+            .inc();
     }
 
     /// A public key was accepted (`reason` = `None`) or refused, on `hop`.

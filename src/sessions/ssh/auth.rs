@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use russh::keys::PublicKey;
+use russh::keys::{Algorithm, PublicKey};
 
 use super::SshContext;
 use crate::audit::{AuditEvent, AuditKind};
@@ -39,6 +39,9 @@ pub(super) enum AuthRefusal {
     /// The record's instance is not in this gateway's config.
     #[error("instance {0} is not configured on this gateway")]
     UnknownInstance(String),
+    /// An RSA signature with SHA-1 (`ssh-rsa`), which is forgeable.
+    #[error("SHA-1 RSA signatures (ssh-rsa) are refused; use rsa-sha2-256 or rsa-sha2-512")]
+    Sha1Signature,
     /// The store could not be read.
     #[error("store error: {0}")]
     Store(String),
@@ -53,6 +56,7 @@ impl AuthRefusal {
             AuthRefusal::NotActive(_) => "CG-AUTH-003",
             AuthRefusal::WrongKey(_) => "CG-AUTH-004",
             AuthRefusal::UnknownInstance(_) => "CG-AUTH-005",
+            AuthRefusal::Sha1Signature => "CG-AUTH-008",
             AuthRefusal::Store(_) => "CG-STORE-002",
         }
     }
@@ -65,20 +69,31 @@ impl AuthRefusal {
             AuthRefusal::NotActive(_) => "connection_not_active",
             AuthRefusal::WrongKey(_) => "wrong_key",
             AuthRefusal::UnknownInstance(_) => "unknown_instance",
+            AuthRefusal::Sha1Signature => "sha1_signature",
             AuthRefusal::Store(_) => "store_error",
         }
     }
 }
 
-/// Checks `key` against the record named `connection_id`.
+/// Whether a signature algorithm is SHA-1 RSA (`ssh-rsa`).
+pub(super) fn is_sha1_rsa(algorithm: &Algorithm) -> bool {
+    matches!(algorithm, Algorithm::Rsa { hash: None })
+}
+
+/// Checks `key`, signing with `algorithm`, against the record named
+/// `connection_id`.
 pub(super) async fn authorize(
     ctx: &SshContext,
     connection_id: &str,
     key: &PublicKey,
+    algorithm: &Algorithm,
     peer: SocketAddr,
 ) -> Result<Authorized, AuthRefusal> {
     if !crate::ids::looks_like_connection_id(connection_id) {
         return Err(AuthRefusal::NotAConnectionId);
+    }
+    if is_sha1_rsa(algorithm) {
+        return Err(AuthRefusal::Sha1Signature);
     }
     let record = match ctx.store.get_connection(connection_id).await {
         Ok(Some(r)) => r,

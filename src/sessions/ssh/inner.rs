@@ -15,7 +15,7 @@ use russh::server::{
 };
 
 use super::SshContext;
-use super::auth::Authorized;
+use super::auth::{Authorized, is_sha1_rsa};
 use super::channels::{ChannelTasks, VNC_PORT, console_session_requests, publickey_only, truncate};
 use crate::audit::AuditKind;
 
@@ -28,30 +28,58 @@ pub(super) async fn serve(
     tasks: ChannelTasks,
 ) {
     let connection = outer.connection_id.clone();
+    let (on_auth, authenticated) = tokio::sync::oneshot::channel();
     let handler = InnerHandler {
         ctx: ctx.clone(),
         outer,
         authenticated: false,
+        on_auth: Some(on_auth),
         user_name: String::new(),
         tasks,
     };
-    let handshake = ctx.config.ssh.handshake_timeout();
-    let session = match tokio::time::timeout(
-        handshake,
-        russh::server::run_stream(config, channel.into_stream(), handler),
-    )
-    .await
-    {
-        Ok(Ok(session)) => session,
-        Ok(Err(e)) => {
-            tracing::debug!(%connection, error = %e, "inner SSH handshake failed");
+    // Key exchange and authentication within the handshake timeout, as on
+    // the outer hop: an inner client that stalls holds nothing for long.
+    let deadline = tokio::time::Instant::now() + ctx.config.ssh.handshake_timeout();
+    // However this returns, the inner session's channel is closed.
+    let cut = tokio_util::sync::CancellationToken::new();
+    let _cut_on_return = cut.clone().drop_guard();
+    let stream = super::cut::Cuttable::new(channel.into_stream(), cut);
+    let session =
+        match tokio::time::timeout_at(deadline, russh::server::run_stream(config, stream, handler))
+            .await
+        {
+            Ok(Ok(session)) => session,
+            Ok(Err(e)) => {
+                tracing::debug!(%connection, error = %e, "inner SSH handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::info!(%connection, "inner SSH handshake timed out");
+                return;
+            }
+        };
+    let handle = session.handle();
+    tokio::pin!(session);
+    tokio::select! {
+        result = &mut session => {
+            if let Err(e) = result {
+                tracing::debug!(%connection, error = %e, "inner SSH session ended");
+            }
             return;
         }
-        Err(_) => {
-            tracing::info!(%connection, "inner SSH handshake timed out");
+        _ = authenticated => {}
+        () = tokio::time::sleep_until(deadline) => {
+            tracing::info!(code = "CG-AUTH-007", %connection, "inner hop authentication timed out");
+            let bye = handle.disconnect(
+                russh::Disconnect::ByApplication,
+                "CG-AUTH-007 authentication timed out".into(),
+                String::new(),
+            );
+            let _ = tokio::time::timeout(super::GOODBYE_TIME, bye).await;
+            let _ = tokio::time::timeout(super::GOODBYE_TIME, &mut session).await;
             return;
         }
-    };
+    }
     if let Err(e) = session.await {
         tracing::debug!(%connection, error = %e, "inner SSH session ended");
     }
@@ -61,14 +89,17 @@ struct InnerHandler {
     ctx: Arc<SshContext>,
     outer: Authorized,
     authenticated: bool,
+    /// Told when the client authenticates.
+    on_auth: Option<tokio::sync::oneshot::Sender<()>>,
     /// The user name the client authenticated as: session options.
     user_name: String,
     tasks: ChannelTasks,
 }
 
 impl InnerHandler {
-    fn same_key(&self, key: &russh::keys::PublicKey) -> bool {
-        crate::keys::fingerprint(key) == self.outer.fingerprint
+    /// The outer hop's key, signing with SHA-2 if it is RSA.
+    fn same_key(&self, key: &russh::keys::PublicKey, algorithm: &russh::keys::Algorithm) -> bool {
+        !is_sha1_rsa(algorithm) && crate::keys::fingerprint(key) == self.outer.fingerprint
     }
 }
 
@@ -82,7 +113,7 @@ impl Handler for InnerHandler {
         _user: &str,
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
-        Ok(if self.same_key(offer.public_key) {
+        Ok(if self.same_key(offer.public_key, offer.algorithm) {
             Auth::Accept
         } else {
             publickey_only()
@@ -94,9 +125,12 @@ impl Handler for InnerHandler {
         user: &str,
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
-        if self.same_key(key.public_key) {
+        if self.same_key(key.public_key, key.algorithm) {
             self.ctx.metrics.ssh_auth("inner", None);
             self.authenticated = true;
+            if let Some(tx) = self.on_auth.take() {
+                let _ = tx.send(());
+            }
             self.user_name = user.chars().take(256).collect();
             Ok(Auth::Accept)
         } else {

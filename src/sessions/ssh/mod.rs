@@ -3,6 +3,8 @@
 //! - this file: the accept loop, per-connection supervision (handshake
 //!   deadline, periodic re-validation of the connection record, shutdown) and
 //!   the russh configurations;
+//! - [`gate`]: who may start a handshake (unauthenticated connections in
+//!   all and per source, per-source penalties);
 //! - [`outer`]: the gateway's own SSH server (user = connection id);
 //! - [`inner`]: the nested per-instance SSH server reached through
 //!   `direct-tcpip` to `<instance-id>:22`;
@@ -21,6 +23,8 @@
 mod auth;
 pub(crate) mod channels;
 pub(crate) mod console_session;
+mod cut;
+pub mod gate;
 mod inner;
 mod outer;
 mod quickack;
@@ -29,6 +33,7 @@ mod tunnel;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use russh::keys::{Algorithm, HashAlg, PrivateKey};
@@ -47,9 +52,13 @@ use crate::sessions::attach::AttachContext;
 use crate::store::LifecycleState;
 use crate::store::Store;
 use channels::ChannelTasks;
+use gate::{Gate, Offence, Startup};
 
 /// How long a closing connection gets to say goodbye at shutdown.
 const GOODBYE_TIME: Duration = Duration::from_secs(3);
+/// How long a client has to send its SSH identification (or the handshake
+/// timeout, if shorter): a silent socket holds its place no longer.
+const IDENT_TIME: Duration = Duration::from_secs(10);
 
 /// Everything SSH connections share.
 pub struct SshContext {
@@ -62,6 +71,8 @@ pub struct SshContext {
     /// Ids of connections just deleted (on any node), for their sessions.
     revoked: tokio::sync::broadcast::Sender<String>,
     outer: Arc<RusshConfig>,
+    /// Who may start a handshake.
+    gate: Arc<Gate>,
     /// The configured instances; a reload replaces the table whole.
     instances: std::sync::RwLock<Arc<InstanceTable>>,
 }
@@ -114,6 +125,7 @@ impl SshContext {
         ));
         let table = InstanceTable::new(&config.instances, instance_keys);
         let attach = sessions.attach_context(store.clone(), metrics.clone());
+        let gate = Arc::new(Gate::new(&config.ssh));
         SshContext {
             store,
             metrics,
@@ -123,6 +135,7 @@ impl SshContext {
             attach,
             revoked: tokio::sync::broadcast::channel(256).0,
             outer,
+            gate,
             instances: std::sync::RwLock::new(Arc::new(table)),
         }
     }
@@ -173,6 +186,26 @@ impl std::fmt::Debug for SshContext {
     }
 }
 
+/// The key exchanges offered, best first.
+const KEX: &[russh::kex::Name] = &[
+    russh::kex::MLKEM768X25519_SHA256,
+    russh::kex::CURVE25519,
+    russh::kex::CURVE25519_PRE_RFC_8731,
+    russh::kex::DH_G18_SHA512,
+    russh::kex::DH_G17_SHA512,
+    russh::kex::DH_G16_SHA512,
+    russh::kex::DH_G15_SHA512,
+    russh::kex::EXTENSION_SUPPORT_AS_SERVER,
+    russh::kex::EXTENSION_OPENSSH_STRICT_KEX_AS_SERVER,
+];
+
+/// The MACs offered (AEAD ciphers, preferred, need none).
+const MACS: &[russh::mac::Name] = &[russh::mac::HMAC_SHA512_ETM, russh::mac::HMAC_SHA256_ETM];
+
+/// `zlib@openssh.com` starts after authentication.
+const COMPRESSION: &[russh::compression::Name] =
+    &[russh::compression::NONE, russh::compression::ZLIB_LEGACY];
+
 pub(crate) fn russh_config(keys: Vec<PrivateKey>, keepalive: Option<Duration>) -> RusshConfig {
     RusshConfig {
         server_id: SshId::Standard(
@@ -211,6 +244,15 @@ pub(crate) fn russh_config(keys: Vec<PrivateKey>, keepalive: Option<Duration>) -
                     hash: Some(HashAlg::Sha256),
                 },
             ]),
+            // No group exchange (russh serves it only with a group table
+            // of the handler's), no 2048-bit group14, MACs only
+            // encrypt-then-MAC: what ssh-audit warns about, and no
+            // supported client (OpenSSH 9.2, PuTTY 0.76) needs.
+            kex: std::borrow::Cow::Borrowed(KEX),
+            mac: std::borrow::Cow::Borrowed(MACS),
+            // Compression only once authenticated: no inflating of
+            // anything an unauthenticated client sends.
+            compression: std::borrow::Cow::Borrowed(COMPRESSION),
             ..Preferred::default()
         },
         ..RusshConfig::default()
@@ -234,78 +276,126 @@ pub async fn serve(listener: TcpListener, ctx: Arc<SshContext>, shutdown: Cancel
             },
             () = shutdown.cancelled() => break,
         };
-        // A place under the limit the web consoles share. While there is
-        // none, this one client waits and the rest wait in the backlog.
-        let admission = tokio::select! {
-            a = ctx.sessions.admit() => match a {
-                Some(a) => a,
-                None => break,
-            },
-            () = shutdown.cancelled() => break,
+        // Unauthenticated connections have places of their own: a place
+        // under `max_connections` is taken only once a client has
+        // authenticated, so clients that never do cannot keep users out.
+        let startup = match ctx.gate.enter(peer.ip(), rand::random::<f64>()) {
+            Ok(startup) => startup,
+            Err(refusal) => {
+                ctx.metrics.ssh_refused(refusal.reason());
+                tracing::debug!(%peer, reason = refusal.reason(), "SSH connection dropped before its handshake");
+                continue;
+            }
         };
         ctx.metrics.ssh_connection();
-        let connection = handle_connection(ctx.clone(), socket, peer);
-        ctx.sessions.spawn(async move {
-            connection.await;
-            drop(admission);
-        });
+        ctx.sessions
+            .spawn(handle_connection(ctx.clone(), socket, peer, startup));
     }
 }
 
-async fn handle_connection(ctx: Arc<SshContext>, socket: TcpStream, peer: SocketAddr) {
+async fn handle_connection(
+    ctx: Arc<SshContext>,
+    socket: TcpStream,
+    peer: SocketAddr,
+    startup: Startup,
+) {
     let _ = socket.set_nodelay(true);
     let shutdown = ctx.sessions.ending().clone();
     let (auth_tx, auth_rx) = oneshot::channel();
     let tasks = ChannelTasks::new(ctx.sessions.clone());
-    let handler = outer::OuterHandler::new(ctx.clone(), peer, auth_tx, tasks.clone());
-    let deadline = tokio::time::Instant::now() + ctx.config.ssh.handshake_timeout();
+    let refusals = Arc::new(AtomicU32::new(0));
+    let handler =
+        outer::OuterHandler::new(ctx.clone(), peer, auth_tx, tasks.clone(), refusals.clone());
+    let started = tokio::time::Instant::now();
+    let deadline = started + ctx.config.ssh.handshake_timeout();
+    // However this supervisor returns, the session's socket is closed.
+    let cut = CancellationToken::new();
+    let _cut_on_return = cut.clone().drop_guard();
+    let stream = cut::Cuttable::new(quickack::QuickAck::new(socket), cut);
     let session = match tokio::time::timeout_at(
-        deadline,
-        russh::server::run_stream(ctx.outer.clone(), quickack::QuickAck::new(socket), handler),
+        deadline.min(started + IDENT_TIME),
+        russh::server::run_stream(ctx.outer.clone(), stream, handler),
     )
     .await
     {
         Ok(Ok(session)) => session,
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "SSH handshake failed");
+            startup.ended(if broke_protocol(&e) {
+                Offence::Junk
+            } else {
+                // Closed before a word (a TCP health check, a port scan).
+                Offence::NoAuth
+            });
             return;
         }
         Err(_) => {
             tracing::info!(%peer, "client sent no SSH identification in time");
+            startup.ended(Offence::GraceExceeded);
             return;
         }
     };
     let handle = session.handle();
     tokio::pin!(session);
+    // Bounded: a client that stops reading cannot hold the goodbye (and
+    // the shutdown waiting on it) open.
     let goodbye = |reason: String| {
         let handle = handle.clone();
         async move {
-            let _ = handle
-                .disconnect(russh::Disconnect::ByApplication, reason, String::new())
-                .await;
+            let _ = tokio::time::timeout(
+                GOODBYE_TIME,
+                handle.disconnect(russh::Disconnect::ByApplication, reason, String::new()),
+            )
+            .await;
         }
     };
+    // How a connection that never authenticated ended, for the penalties.
+    let unauthenticated = |broke: bool| match refusals.load(Ordering::Relaxed) {
+        0 if broke => Offence::Junk,
+        0 => Offence::NoAuth,
+        _ => Offence::AuthFail,
+    };
 
-    let connection_id = tokio::select! {
+    let (connection_id, _admission) = tokio::select! {
         result = &mut session => {
+            startup.ended(unauthenticated(result.as_ref().is_err_and(broke_protocol)));
             log_end(peer, None, result);
             return;
         }
-        id = auth_rx => match id {
-            Ok(id) => id,
+        authenticated = auth_rx => match authenticated {
+            Ok((id, Some(admission))) => {
+                startup.authenticated();
+                (id, admission)
+            }
+            Ok((id, None)) => {
+                startup.authenticated();
+                tracing::warn!(code = "CG-SSH-005", %peer, connection = %id,
+                    max_connections = ctx.config.ssh.max_connections,
+                    "authenticated client refused: the gateway is at max_connections");
+                goodbye(format!(
+                    "CG-SSH-005 the gateway is at its limit of {} sessions; try again later",
+                    ctx.config.ssh.max_connections
+                ))
+                .await;
+                let _ = tokio::time::timeout(GOODBYE_TIME, &mut session).await;
+                return;
+            }
             Err(_) => {
                 // The handler is gone: the session is over.
-                let _ = tokio::time::timeout(GOODBYE_TIME, &mut session).await;
+                let result = tokio::time::timeout(GOODBYE_TIME, &mut session).await;
+                startup.ended(unauthenticated(matches!(&result, Ok(Err(e)) if broke_protocol(e))));
                 return;
             }
         },
         () = tokio::time::sleep_until(deadline) => {
             tracing::info!(code = "CG-AUTH-007", %peer, "authentication timed out");
+            startup.ended(Offence::GraceExceeded);
             goodbye("CG-AUTH-007 authentication timed out".into()).await;
             let _ = tokio::time::timeout(GOODBYE_TIME, &mut session).await;
             return;
         }
         () = shutdown.cancelled() => {
+            drop(startup);
             goodbye("CG-OPS-001 the gateway is shutting down".into()).await;
             let _ = tokio::time::timeout(GOODBYE_TIME, &mut session).await;
             return;
@@ -365,6 +455,15 @@ async fn handle_connection(ctx: Arc<SshContext>, socket: TcpStream, peer: Socket
                 error = %e, "could not re-check console connection"),
         }
     }
+}
+
+/// Whether a connection's error is the client breaking the protocol
+/// (junk, a bad packet), rather than it going away.
+fn broke_protocol(e: &russh::Error) -> bool {
+    !matches!(
+        e,
+        russh::Error::Disconnect | russh::Error::IO(_) | russh::Error::HUP
+    )
 }
 
 fn log_end(peer: SocketAddr, connection: Option<&str>, result: Result<(), russh::Error>) {

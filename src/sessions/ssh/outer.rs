@@ -11,6 +11,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use russh::server::{
     Auth, ChannelOpenHandle, Handler, Msg, PublicKeyOffer, Session, VerifiedPublicKey,
@@ -22,6 +23,7 @@ use super::SshContext;
 use super::auth::{AuthRefusal, Authorized, authorize};
 use super::channels::{ChannelTasks, VNC_PORT, console_session_requests, publickey_only, truncate};
 use crate::audit::{AuditEvent, AuditKind};
+use crate::sessions::Admission;
 
 /// Inner-hop ports on the instance (22 for OpenSSH, 5905 for OCI's PuTTY strings).
 const INNER_PORTS: [u32; 2] = [22, 5905];
@@ -30,16 +32,21 @@ pub(super) struct OuterHandler {
     ctx: Arc<SshContext>,
     peer: SocketAddr,
     authorized: Option<Authorized>,
-    on_auth: Option<oneshot::Sender<String>>,
+    /// Told the connection id once a key is accepted, with the session's
+    /// place under `max_connections` (`None`: no place left).
+    on_auth: Option<oneshot::Sender<(String, Option<Admission>)>>,
     tasks: ChannelTasks,
+    /// Keys refused on this connection, for the per-source penalties.
+    refusals: Arc<AtomicU32>,
 }
 
 impl OuterHandler {
     pub fn new(
         ctx: Arc<SshContext>,
         peer: SocketAddr,
-        on_auth: oneshot::Sender<String>,
+        on_auth: oneshot::Sender<(String, Option<Admission>)>,
         tasks: ChannelTasks,
+        refusals: Arc<AtomicU32>,
     ) -> Self {
         OuterHandler {
             ctx,
@@ -47,6 +54,7 @@ impl OuterHandler {
             authorized: None,
             on_auth: Some(on_auth),
             tasks,
+            refusals,
         }
     }
 }
@@ -54,6 +62,7 @@ impl OuterHandler {
 impl OuterHandler {
     /// Logs a refused key; audits it if it named a real connection.
     async fn refused(&self, user: &str, key: &russh::keys::PublicKey, reason: &AuthRefusal) {
+        self.refusals.fetch_add(1, Ordering::Relaxed);
         self.ctx.metrics.ssh_auth("outer", Some(reason.reason()));
         tracing::warn!(code = reason.code(), peer = %self.peer, user = %truncate(user), %reason,
             "authentication refused");
@@ -87,7 +96,15 @@ impl Handler for OuterHandler {
         user: &str,
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
-        match Box::pin(authorize(&self.ctx, user, offer.public_key, self.peer)).await {
+        match Box::pin(authorize(
+            &self.ctx,
+            user,
+            offer.public_key,
+            offer.algorithm,
+            self.peer,
+        ))
+        .await
+        {
             Ok(_) => Ok(Auth::Accept),
             Err(reason) => {
                 Box::pin(self.refused(user, offer.public_key, &reason)).await;
@@ -101,7 +118,15 @@ impl Handler for OuterHandler {
         user: &str,
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
-        match Box::pin(authorize(&self.ctx, user, key.public_key, self.peer)).await {
+        match Box::pin(authorize(
+            &self.ctx,
+            user,
+            key.public_key,
+            key.algorithm,
+            self.peer,
+        ))
+        .await
+        {
             Ok(authorized) => {
                 self.ctx.metrics.ssh_auth("outer", None);
                 tracing::info!(
@@ -111,10 +136,16 @@ impl Handler for OuterHandler {
                     peer = %self.peer,
                     "authenticated"
                 );
+                // Without a place, the connection opens nothing and is
+                // told why (CG-SSH-005) by its supervisor.
+                let admission = self.ctx.sessions.try_admit();
+                let admitted = admission.is_some();
                 if let Some(tx) = self.on_auth.take() {
-                    let _ = tx.send(authorized.connection_id.clone());
+                    let _ = tx.send((authorized.connection_id.clone(), admission));
                 }
-                self.authorized = Some(authorized);
+                if admitted {
+                    self.authorized = Some(authorized);
+                }
                 Ok(Auth::Accept)
             }
             Err(reason) => {
