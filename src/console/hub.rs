@@ -9,10 +9,12 @@
 //!   not anyone is attached), the optional on-disk [`ConsoleLog`], and each
 //!   session's bounded queue;
 //! - a session whose queue is full holds the console back only while it
-//!   keeps reading (it takes something within every [`SLOW_VIEWER_GRACE`]);
-//!   one that stops reading for that long is skipped from then on (it is
-//!   told how many bytes it missed when it catches up), or disconnected if
-//!   it asked for `lag=disconnect`.
+//!   keeps reading (it takes something within every [`SLOW_VIEWER_GRACE`]),
+//!   for at most that long per chunk, and only while it drains at least
+//!   [`MIN_DRAIN_RATE`]: a viewer that reads a little now and then cannot
+//!   set the console's (and the guest UART's) pace. One that stops reading,
+//!   or drips, is skipped from then on (it is told how many bytes it missed
+//!   when it catches up), or disconnected if it asked for `lag=disconnect`.
 //!   Queues hold shared buffers, so memory is bounded by the queue length,
 //!   not by the number of sessions times the output;
 //! - input follows the instance's policy: `shared` (every read-write session
@@ -46,6 +48,11 @@ const SESSION_QUEUE: usize = 128;
 /// How long a full queue of a session that is still reading may hold the
 /// console back before that session is skipped.
 pub const SLOW_VIEWER_GRACE: Duration = Duration::from_millis(500);
+/// A session holding the console back must take at least this many bytes
+/// a second while it does (four times a 115,200-baud line).
+pub const MIN_DRAIN_RATE: u64 = 64 * 1024;
+/// The window over which that rate is judged.
+const DRAIN_WINDOW: Duration = Duration::from_secs(2);
 /// Quiet time between the last keystroke and a break.
 const BREAK_QUIET: Duration = Duration::from_millis(250);
 /// How long a status query waits for a busy hub.
@@ -265,6 +272,9 @@ struct Session {
     can_write: Arc<AtomicBool>,
     /// Bytes skipped since the session fell behind.
     lagging: Option<u64>,
+    /// How long it held the console back, and what it took meanwhile, in
+    /// the current [`DRAIN_WINDOW`].
+    held_back: HeldBack,
     wants_write: bool,
     told_read_only: bool,
     since: Instant,
@@ -401,6 +411,7 @@ impl Hub {
             progress: progress.clone(),
             can_write: can_write.clone(),
             lagging: None,
+            held_back: HeldBack::default(),
             wants_write,
             told_read_only: false,
             since: Instant::now(),
@@ -627,6 +638,38 @@ impl Hub {
     }
 }
 
+/// How long a session held the console back in a window, and how much it
+/// took meanwhile.
+#[derive(Debug, Default)]
+struct HeldBack {
+    since: Option<Instant>,
+    waited: Duration,
+    bytes: u64,
+    /// It held back too long for too little: skip it without waiting
+    /// until it has caught up (its queue has room again).
+    slow: bool,
+}
+
+impl HeldBack {
+    /// Counts a wait of `waited` for `bytes`; returns whether the session
+    /// is now too slow to wait for.
+    fn record(&mut self, waited: Duration, bytes: u64) -> bool {
+        let now = Instant::now();
+        if self.since.is_none_or(|since| now - since > DRAIN_WINDOW) {
+            self.since = Some(now);
+            self.waited = Duration::ZERO;
+            self.bytes = 0;
+        }
+        self.waited += waited;
+        self.bytes += bytes;
+        let rate = self.bytes as f64 / self.waited.as_secs_f64().max(1e-6);
+        if self.waited > SLOW_VIEWER_GRACE && rate < MIN_DRAIN_RATE as f64 {
+            self.slow = true;
+        }
+        self.slow
+    }
+}
+
 /// Queues output for one session. Returns `false` if it must be dropped.
 async fn deliver(s: &mut Session, bytes: &Bytes) -> bool {
     let len = bytes.len() as u64;
@@ -643,26 +686,28 @@ async fn deliver(s: &mut Session, bytes: &Bytes) -> bool {
     }
     match s.tx.try_send(ConsoleEvent::Output(bytes.clone())) {
         Ok(()) => {
+            // It has caught up.
+            s.held_back.slow = false;
             s.counters.bytes_out += len;
             true
         }
         Err(TrySendError::Closed(_)) => false,
         Err(TrySendError::Full(event)) => {
-            // Wait while the session keeps reading; give up on it once a
-            // whole grace period passes without it taking anything.
-            let mut event = Some(event);
-            while s.reading_recently() {
-                let seen = s.progress.load(Ordering::Relaxed);
-                let Some(e) = event.take() else { break };
+            // Wait while the session keeps reading, for one grace period
+            // per chunk at most, unless it has been draining too slowly.
+            let started = Instant::now();
+            if !s.held_back.slow && s.reading_recently() {
                 match tokio::time::timeout(SLOW_VIEWER_GRACE, s.tx.reserve()).await {
                     Ok(Ok(permit)) => {
-                        permit.send(e);
+                        permit.send(event);
                         s.counters.bytes_out += len;
+                        s.held_back.record(started.elapsed(), len);
                         return true;
                     }
                     Ok(Err(_)) => return false,
-                    Err(_) if s.progress.load(Ordering::Relaxed) != seen => event = Some(e),
-                    Err(_) => break,
+                    Err(_) => {
+                        s.held_back.record(started.elapsed(), 0);
+                    }
                 }
             }
             if s.info.disconnect_when_lagging {

@@ -326,6 +326,82 @@ async fn a_stalled_viewer_is_skipped_and_told_what_it_missed() {
     shutdown.cancel();
 }
 
+/// A viewer that reads one event every 300 ms (never stalled for a whole
+/// grace period) cannot set the console's pace: once it has held the
+/// console back for a grace period while taking less than
+/// `MIN_DRAIN_RATE`, it is skipped like a stalled one.
+#[tokio::test]
+async fn a_drip_reading_viewer_is_skipped_not_waited_for() {
+    let (hub, listener, shutdown) = tcp_console(InputPolicy::Shared).await;
+    let mut drip = hub.attach(who(1, false), Some(Replay::None)).await.unwrap();
+    let mut reader = hub.attach(who(2, false), Some(Replay::None)).await.unwrap();
+    let (mut console, _) = listener.accept().await.unwrap();
+    const CHUNK: usize = 16 * 1024;
+    const TOTAL: usize = 4 * 1024 * 1024;
+    // Both have read something: the drip viewer counts as reading.
+    console.write_all(b"hello").await.unwrap();
+    assert_eq!(next_output(&mut drip).await, b"hello");
+    assert_eq!(next_output(&mut reader).await, b"hello");
+    let stop = CancellationToken::new();
+    let stopped = stop.clone();
+    let dripping = tokio::spawn(async move {
+        // One event every 300 ms, until the test has its answer.
+        while !stopped.is_cancelled() {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if drip.events.try_recv().is_ok() {
+                drip.progress.store(clock_ms(), Ordering::Relaxed);
+            }
+        }
+        drip
+    });
+    let writer = tokio::spawn(async move {
+        let chunk = vec![b'x'; CHUNK];
+        for _ in 0..TOTAL / CHUNK {
+            console.write_all(&chunk).await.unwrap();
+        }
+        console
+    });
+    // Waited for at 300 ms a chunk, the rest of the 4 MiB past the drip
+    // viewer's queue would take over half a minute; skipped, it is
+    // console speed.
+    let got = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut got = 0;
+        while got < TOTAL {
+            match next(&mut reader).await {
+                ConsoleEvent::Output(b) => got += b.len(),
+                ConsoleEvent::Missed(n) => panic!("the reading viewer missed {n} bytes"),
+                ConsoleEvent::Notice(_) | ConsoleEvent::Closed(_) => {}
+            }
+        }
+        got
+    })
+    .await
+    .expect("the console ran at the drip-reading viewer's pace");
+    assert_eq!(got, TOTAL);
+    stop.cancel();
+    let mut console = writer.await.unwrap();
+    // The drip viewer, reading at full speed now, learns what it missed
+    // with the next output.
+    let mut drip = dripping.await.unwrap();
+    let tail = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        console.write_all(b"tail").await.unwrap();
+    };
+    let (missed, ()) = tokio::join!(
+        tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                if let ConsoleEvent::Missed(n) = next(&mut drip).await {
+                    return n;
+                }
+            }
+        }),
+        tail
+    );
+    let missed = missed.expect("the drip viewer was never told it missed output");
+    assert!(missed > 0);
+    shutdown.cancel();
+}
+
 #[tokio::test]
 async fn lag_disconnect_drops_the_stalled_viewer() {
     let (hub, listener, shutdown) = tcp_console(InputPolicy::Shared).await;

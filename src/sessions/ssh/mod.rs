@@ -405,6 +405,8 @@ async fn handle_connection(
     let mut recheck = tokio::time::interval(ctx.config.ssh.revalidate_interval());
     recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut revoked = ctx.revoked.subscribe();
+    // Since when the record could not be read, re-check after re-check.
+    let mut unchecked_since: Option<tokio::time::Instant> = None;
     loop {
         // The record is read at every re-check, and at once when another
         // node (or this one) announces that this connection was deleted.
@@ -451,10 +453,38 @@ async fn handle_connection(
                 let _ = tokio::time::timeout(GOODBYE_TIME, &mut session).await;
                 return;
             }
-            Err(e) => tracing::warn!(code = "CG-STORE-002", connection = %connection_id,
-                error = %e, "could not re-check console connection"),
+            Err(e) => {
+                tracing::warn!(code = "CG-STORE-002", connection = %connection_id,
+                    error = %e, "could not re-check console connection");
+                let since = *unchecked_since.get_or_insert_with(tokio::time::Instant::now);
+                if unchecked_too_long(&ctx.config, since.elapsed()) {
+                    tracing::warn!(code = "CG-STORE-003", %peer, connection = %connection_id,
+                        "console connection not re-checked for store_lost_secs; closing its session");
+                    goodbye(format!(
+                        "CG-STORE-003 console connection {connection_id} could not be re-checked \
+                         (the store is unreachable); reconnect when it is back"
+                    ))
+                    .await;
+                    let _ = tokio::time::timeout(GOODBYE_TIME, &mut session).await;
+                    return;
+                }
+                continue;
+            }
         }
+        unchecked_since = None;
     }
+}
+
+/// Whether a session whose record could not be read for `for_how_long`
+/// must end: a revoked connection must not live on unseen. A gateway
+/// alone ends it after `[cluster] store_lost_secs` (30) unless
+/// `store_lost = "keep"`; a node of a fleet leaves that to its node-wide
+/// store-lost policy, which ends or keeps all its sessions at once.
+fn unchecked_too_long(config: &Config, for_how_long: Duration) -> bool {
+    let cluster = &config.cluster;
+    cluster.node_id.is_none()
+        && cluster.store_lost == crate::config::StoreLost::EndSessions
+        && for_how_long >= Duration::from_secs(cluster.store_lost_secs)
 }
 
 /// Whether a connection's error is the client breaking the protocol
@@ -470,5 +500,29 @@ fn log_end(peer: SocketAddr, connection: Option<&str>, result: Result<(), russh:
     match result {
         Ok(()) => tracing::debug!(%peer, connection, "SSH connection closed"),
         Err(e) => tracing::debug!(%peer, connection, error = %e, "SSH connection ended"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> Config {
+        let here = std::path::Path::new("/tmp");
+        Config::from_toml(extra, here, here).unwrap()
+    }
+
+    #[test]
+    fn a_session_whose_record_cannot_be_read_ends_after_store_lost_secs_alone() {
+        let alone = config("[cluster]\nstore_lost_secs = 30\n");
+        assert!(!unchecked_too_long(&alone, Duration::from_secs(29)));
+        assert!(unchecked_too_long(&alone, Duration::from_secs(30)));
+        let keep = config("[cluster]\nstore_lost = \"keep\"\n");
+        assert!(!unchecked_too_long(&keep, Duration::from_secs(3600)));
+        // A node of a fleet leaves it to the node-wide policy.
+        let node = config(
+            "[store]\nurl = \"postgres://u@127.0.0.1/db\"\n[cluster]\nnode_id = \"gw1\"\nlisten = \"127.0.0.1:7100\"\n",
+        );
+        assert!(!unchecked_too_long(&node, Duration::from_secs(3600)));
     }
 }
