@@ -276,7 +276,10 @@ fn load_or_generate_file(
     if !path.exists() {
         let key = generate()?;
         let pem = encode_private_key(&key)?;
-        let dir = path.parent().unwrap_or(Path::new("."));
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         let mut tmp = tempfile_in(dir).map_err(io)?;
         tmp.1.write_all(pem.as_bytes()).map_err(io)?;
         tmp.1.sync_all().map_err(io)?;
@@ -284,7 +287,12 @@ fn load_or_generate_file(
         let linked = std::fs::hard_link(&tmp.0, path);
         let _ = std::fs::remove_file(&tmp.0);
         match linked {
-            Ok(()) => {}
+            Ok(()) => {
+                // The key's bytes are on disk, but its name is an entry in
+                // the directory: without this a crash could lose the name,
+                // and the next start would make a new host key.
+                sync_dir(dir).map_err(io)?;
+            }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(io(e)),
         }
@@ -294,6 +302,18 @@ fn load_or_generate_file(
         path: path.to_owned(),
         message,
     })
+}
+
+/// Makes the entries of `dir` (a new name linked into it) durable.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(test)]
+    tests::SYNCED_DIRS.with(|d| d.borrow_mut().push(dir.to_owned()));
+    match std::fs::File::open(dir).and_then(|d| d.sync_all()) {
+        // A file system that cannot sync a directory (EINVAL) has nothing
+        // more to make durable.
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => Ok(()),
+        other => other,
+    }
 }
 
 fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
@@ -311,6 +331,44 @@ fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    thread_local! {
+        /// The directories `sync_dir` synced on this thread.
+        pub(super) static SYNCED_DIRS: std::cell::RefCell<Vec<PathBuf>> =
+            const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    #[test]
+    fn a_new_key_file_is_owner_only_and_its_directory_synced_once_linked() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("data");
+        create_private_dir(&dir).unwrap();
+        SYNCED_DIRS.with(|d| d.borrow_mut().clear());
+        let key = load_or_generate_link_key(&dir).unwrap();
+        let path = dir.join("node_link_key");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        assert_eq!(SYNCED_DIRS.with(|d| d.borrow().clone()), vec![dir.clone()]);
+        // No temporary file is left behind.
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("node_link_key")]);
+        // Loading it again links nothing, so syncs nothing.
+        SYNCED_DIRS.with(|d| d.borrow_mut().clear());
+        let again = load_or_generate_link_key(&dir).unwrap();
+        assert_eq!(
+            fingerprint(key.public_key()),
+            fingerprint(again.public_key())
+        );
+        assert!(SYNCED_DIRS.with(|d| d.borrow().is_empty()));
+    }
 
     const ED25519: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl alice@example\n";
 

@@ -11,7 +11,8 @@
 //!
 //! - [`config`]: `gateway.toml`, parsed strictly.
 //! - [`ids`]: unguessable identifiers. [`timefmt`]: times as printed.
-//!   [`codes`]: runbook codes on the wire.
+//!   [`codes`]: runbook codes on the wire. [`files`]: owner-only files
+//!   and directories, and the data directory's check at start.
 //! - [`keys`]: client key validation and fingerprints; the gateway's host keys.
 //! - [`audit`]: the audit trail's events.
 //! - [`store`]: persistent state (SQLite, or PostgreSQL for a fleet), the
@@ -44,6 +45,7 @@ pub mod codes;
 pub mod config;
 pub mod connections;
 pub mod console;
+pub mod files;
 pub mod fleet;
 pub mod gateway;
 pub mod ids;

@@ -98,6 +98,70 @@ async fn exclusive_console_has_one_writer_until_another_forces() {
     gw.stop().await;
 }
 
+/// `allow_force = false`: `&F` is refused with CG-INPUT-003 while the
+/// writer is attached, and takes the access once it has left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn where_forcing_is_not_allowed_the_writer_keeps_the_console() {
+    let (gw, listener) = machine("input = \"exclusive\"\nallow_force = false").await;
+    let mut console = accept(&listener).await;
+    let (mut a, ..) = attach(&gw, "alice", None).await;
+    let (mut b, ..) = attach(&gw, "bob", None).await;
+    b.send(b"&F").await;
+    b.expect("CG-INPUT-003 this console does not allow taking write access")
+        .await;
+    b.send(b"from-b\r").await;
+    b.expect("CG-INPUT-001 you are read-only here").await;
+    a.send(b"from-a\r").await;
+    assert_eq!(
+        read_exactly(&mut console, 7).await,
+        b"from-a\r",
+        "the refused session's input leaked"
+    );
+    // The writer leaves: the access is free to take.
+    a.send(b"\r&.").await;
+    a.wait().await;
+    b.send(b"\r&F").await;
+    b.expect("you hold write access").await;
+    b.send(b"b-now\r").await;
+    let typed = read_exactly(&mut console, 7).await;
+    assert!(typed.ends_with(b"b-now\r"), "{typed:?}");
+    b.send(b"\r&.").await;
+    b.wait().await;
+    gw.stop().await;
+}
+
+/// A flood of escape commands (`&L` copies up to the whole history each
+/// time) runs only a burst's worth; the rest are dropped with a notice, and
+/// the session and the console go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_escape_flood_runs_a_burst_and_is_told_the_rest_were_dropped() {
+    let (gw, listener) = machine("").await;
+    let mut console = accept(&listener).await;
+    let (mut a, ..) = attach(&gw, "alice", Some("replay=none")).await;
+    console.write_all(b"history line\r\n").await.unwrap();
+    a.expect("history line").await;
+    let flood: Vec<u8> = std::iter::repeat_n(&b"&L"[..], 40)
+        .flatten()
+        .copied()
+        .collect();
+    a.send(b"\r").await;
+    a.send(&flood).await;
+    a.expect("CG-INPUT-004 too many escape commands at once")
+        .await;
+    a.send(b"\r&.").await;
+    a.wait().await;
+    let replays = a
+        .transcript
+        .windows(13)
+        .filter(|w| w == b"end of replay")
+        .count();
+    assert!(
+        (1..=10).contains(&replays),
+        "{replays} replays ran for 40 asked at once"
+    );
+    gw.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_writer_releases_write_access_at_once() {
     let (gw, listener) = machine("input = \"exclusive\"").await;
@@ -358,6 +422,65 @@ async fn a_viewer_that_never_reads_does_not_slow_one_that_does() {
     );
     reader.kill().await.unwrap();
     gw.stop().await;
+}
+
+/// A recording's input events are what reached the console: a viewer
+/// attached `ro` types, the hub refuses it (CG-INPUT-001), and none of it
+/// is recorded as input, in its own recording or any other; the writer's
+/// typing is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_viewers_refused_typing_is_not_recorded_as_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let record_dir = dir.path().join("recordings");
+    let gw = Gateway::start_in(
+        dir,
+        0,
+        &format!(
+            "{}record = \"output+input\"\nrecord_dir = \"{}\"\n",
+            instance("vm1", "simulator", None).trim_end().to_owned() + "\n",
+            record_dir.display()
+        ),
+    )
+    .await;
+    let (mut writer, _, _) = attach(&gw, "writer", None).await;
+    let (mut viewer, _, _) = attach(&gw, "viewer", Some("ro")).await;
+    writer.send(b"\r").await;
+    writer.expect("vm1 login: ").await;
+    writer.send(b"root\r").await;
+    writer.expect("root@vm1:~$ ").await;
+    viewer.send(b"viewer-secret-1\r").await;
+    viewer
+        .expect("CG-INPUT-001 you are read-only here: your typing is not sent")
+        .await;
+    viewer.send(b"viewer-secret-2\r").await;
+    writer.send(b"uname -r\r").await;
+    writer.expect("6.1.0-consolegate-demo").await;
+    viewer.expect("6.1.0-consolegate-demo").await;
+    for term in [&mut writer, &mut viewer] {
+        term.send(b"\r&.").await;
+        term.wait().await;
+    }
+    // Stopping waits for every session to finish its recording.
+    let _dir = gw.stop().await;
+    let mut inputs = Vec::new();
+    let mut recordings = 0;
+    for entry in std::fs::read_dir(record_dir.join("vm1")).unwrap() {
+        recordings += 1;
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        for line in text.lines().skip(1) {
+            let event: serde_json::Value = serde_json::from_str(line).unwrap();
+            if event[1] == "i" {
+                inputs.push(event[2].as_str().unwrap().to_owned());
+            }
+        }
+    }
+    assert_eq!(recordings, 2);
+    let typed = inputs.concat();
+    assert!(typed.contains("uname -r"), "the writer's input: {inputs:?}");
+    assert!(
+        !typed.contains("viewer-secret"),
+        "a read-only viewer's refused typing was recorded as input: {inputs:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -303,3 +303,140 @@ async fn hostile_clients_do_not_disturb_others() {
     leave(good).await;
     gw.stop().await;
 }
+
+fn mode_of(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+/// Every directory and file under `dir` (itself included) that group or
+/// others may use, with its mode.
+fn open_to_others(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u32)> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_owned()];
+    while let Some(path) = todo.pop() {
+        let mode = mode_of(&path);
+        if mode & 0o077 != 0 {
+            found.push((path.clone(), mode));
+        }
+        if path.is_dir() {
+            for entry in std::fs::read_dir(&path).unwrap() {
+                todo.push(entry.unwrap().path());
+            }
+        }
+    }
+    found
+}
+
+/// The data directory of a running gateway holds its host keys, and its
+/// database holds the instances' private host keys (in the `-wal` and
+/// `-shm` files too); recordings and console logs hold what was typed and
+/// shown. All of it is owner-only while the gateway runs, whatever the
+/// umask (the tests run with the usual 022).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_gateways_files_are_owner_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let probe = dir.path().join("umask-probe");
+    std::fs::write(&probe, b"").unwrap();
+    if mode_of(&probe) & 0o077 == 0 {
+        eprintln!("NOTE: the umask is already owner-only; this test proves little here");
+    }
+    let gw = Gateway::start_in(
+        dir,
+        0,
+        &format!(
+            "{}log_file = \"{}\"\nrecord = \"output+input\"\nrecord_dir = \"{}\"\n",
+            instance("vm1", "simulator", None).trim_end().to_owned() + "\n",
+            data.join("logs/vm1.log").display(),
+            data.join("recordings").display()
+        ),
+    )
+    .await;
+    let mut term = attach_good_session(&gw, "user").await;
+    term.send(b"\r").await;
+    term.expect("vm1 login: ").await;
+    term.send(b"root\r").await;
+    term.expect("root@vm1:~$ ").await;
+    // While the session runs: its recording is open, the database in use.
+    for name in [
+        "ssh_host_ed25519_key",
+        "ssh_host_rsa_key",
+        "consolegate.db",
+        "consolegate.db-wal",
+        "consolegate.db-shm",
+        "logs/vm1.log",
+        "recordings/vm1",
+    ] {
+        assert!(data.join(name).exists(), "no {name} in {}", data.display());
+    }
+    let exposed = open_to_others(&data);
+    assert!(
+        exposed.is_empty(),
+        "open to other users: {:?}",
+        exposed
+            .iter()
+            .map(|(p, m)| format!("{} {m:04o}", p.display()))
+            .collect::<Vec<_>>()
+    );
+    leave(term).await;
+    gw.stop().await;
+}
+
+/// A data directory made by an older version or restored carelessly is
+/// made owner-only when the gateway starts, each fix logged with
+/// CG-DISK-002, and the gateway serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_dir_open_to_others_is_made_owner_only_at_start_with_a_warning() {
+    use std::os::unix::fs::PermissionsExt;
+    let gw = Gateway::start(&instance("vm1", "simulator", None)).await;
+    let dir = gw.stop().await;
+    let data = dir.path().join("data");
+    let loosen = |name: &str, mode: u32| {
+        std::fs::set_permissions(data.join(name), std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    loosen("", 0o755);
+    loosen("ssh_host_ed25519_key", 0o644);
+    loosen("ssh_host_rsa_key", 0o640);
+    loosen("consolegate.db", 0o644);
+    let port = free_port().await;
+    let config = dir.path().join("serve.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"data\"\n[ssh]\nlisten = \"127.0.0.1:{port}\"\n[api]\nlisten = \"127.0.0.1:0\"\n\n{}",
+            instance("vm1", "simulator", None)
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("serve.log");
+    let mut child = spawn_serve(&config, &log, &[]);
+    let admin = data.join("admin.sock");
+    tokio::time::timeout(GUARD, async {
+        while !admin.exists() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the gateway did not start");
+    let exposed = open_to_others(&data);
+    assert!(exposed.is_empty(), "still open to other users: {exposed:?}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    for name in ["ssh_host_ed25519_key", "ssh_host_rsa_key", "consolegate.db"] {
+        let path = data.join(name).display().to_string();
+        assert!(
+            text.lines()
+                .any(|l| l.contains("CG-DISK-002") && l.contains(&path)),
+            "no CG-DISK-002 line for {path} in:\n{text}"
+        );
+    }
+    signal(&child, "TERM");
+    tokio::time::timeout(GUARD, child.wait())
+        .await
+        .expect("the gateway did not stop")
+        .unwrap();
+}

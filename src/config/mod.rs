@@ -537,6 +537,11 @@ pub struct InstanceConfig {
     /// (one writer at a time; others read-only until they force).
     #[serde(default)]
     pub input: InputPolicy,
+    /// Whether `&F` (and the `force` option) may take exclusive write
+    /// access from a session that holds it (default `true`); `false`: the
+    /// writer keeps it until it leaves, and `&F` only takes free access.
+    #[serde(default = "default_true")]
+    pub allow_force: bool,
     /// Bytes of recent output kept for replay (default 1 MiB).
     #[serde(default = "default_history_bytes")]
     pub history_bytes: usize,
@@ -560,6 +565,10 @@ pub struct InstanceConfig {
     /// Where recordings go (required when `record` is not `off`).
     #[serde(default)]
     pub record_dir: Option<PathBuf>,
+    /// A recording stops (never its session) when its file reaches this
+    /// size (default 100 MiB).
+    #[serde(default = "default_record_max_bytes")]
+    pub record_max_bytes: u64,
     /// This instance's `[session] idle_timeout_secs` (0: off).
     #[serde(default)]
     pub idle_timeout_secs: Option<u64>,
@@ -607,6 +616,14 @@ pub enum RecordMode {
     /// What it saw and what it typed.
     #[serde(rename = "output+input")]
     OutputAndInput,
+}
+
+fn default_record_max_bytes() -> u64 {
+    100 * 1024 * 1024
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_compartment() -> String {

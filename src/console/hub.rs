@@ -475,6 +475,14 @@ impl Hub {
     fn force(&mut self, id: SessionId) -> Option<Role> {
         self.prune();
         let index = self.sessions.iter().position(|s| s.id == id)?;
+        // Where forcing is not allowed, a writer keeps its access; only
+        // free access can be taken.
+        if self.instance.input == InputPolicy::Exclusive
+            && !self.instance.allow_force
+            && let Some(writer) = self.writer.filter(|&w| w != id).and_then(|w| self.live(w))
+        {
+            return Some(Role::ReadOnlyWhile(writer.label()));
+        }
         self.sessions[index].wants_write = true;
         self.sessions[index].told_read_only = false;
         let label = self.sessions[index].label();

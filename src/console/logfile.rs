@@ -3,10 +3,14 @@
 //!
 //! A write error is logged once and the console goes on without its log:
 //! a full disk must not take the console away.
+//!
+//! The log holds whatever the console printed (passwords echoed by a
+//! careless program included): a new log file is created owner-only
+//! (`0600`), and so is a missing directory for it (`0700`).
 
 use std::path::{Path, PathBuf};
 
-use tokio::fs::{File, OpenOptions};
+use tokio::fs::File;
 use tokio::io::AsyncWriteExt;
 
 /// An open, rotating console log.
@@ -22,8 +26,8 @@ pub struct ConsoleLog {
 impl ConsoleLog {
     /// Opens (appending to) `path`, rotating at `max_bytes`, keeping `keep` old files.
     pub async fn open(path: PathBuf, max_bytes: u64, keep: usize) -> std::io::Result<ConsoleLog> {
-        if let Some(dir) = path.parent() {
-            tokio::fs::create_dir_all(dir).await?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            crate::files::create_private_dir_all(dir).await?;
         }
         let file = append(&path).await?;
         let size = file.metadata().await?.len();
@@ -88,7 +92,7 @@ impl ConsoleLog {
 }
 
 async fn append(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new()
+    crate::files::private_open_options()
         .create(true)
         .append(true)
         .open(path)
@@ -124,5 +128,26 @@ mod tests {
         log.write(b"f").await;
         drop(log);
         assert_eq!(read(path).len(), 601);
+    }
+
+    #[tokio::test]
+    async fn new_logs_and_their_directory_are_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("logs/vm1.log");
+        let mut log = ConsoleLog::open(path.clone(), 10, 1).await.unwrap();
+        assert_eq!(mode(&dir.path().join("logs")), 0o700);
+        assert_eq!(mode(&path), 0o600);
+        log.write(&[b'a'; 8]).await;
+        log.write(&[b'b'; 8]).await;
+        // Rotated: the new file too.
+        assert_eq!(read_len(&numbered(&path, 1)), 8);
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&numbered(&path, 1)), 0o600);
+    }
+
+    fn read_len(path: &Path) -> usize {
+        std::fs::read(path).unwrap().len()
     }
 }

@@ -4,11 +4,22 @@
 //! one `[seconds, "o" | "i", text]` line per chunk. Text must be valid UTF-8
 //! JSON strings, so an incomplete multi-byte sequence at the end of a chunk
 //! is held back for the next chunk (and invalid bytes become U+FFFD).
+//!
+//! Recordings are created owner-only (`0600`, in `0700` directories): they
+//! hold whatever the console showed or was typed. A recording stops at a
+//! size limit (an instance's `record_max_bytes`, 100 MiB by default) with a marker event
+//! (`[t, "m", "…"]`) saying so and a `CG-REC-003` warning; the session
+//! goes on.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use tokio::io::{AsyncWriteExt, BufWriter};
+
+/// The default size at which a session's recording stops (the session
+/// goes on): a console printing flat out for hours must not fill the disk.
+#[cfg(test)]
+const MAX_RECORDING_BYTES: u64 = 100 * 1024 * 1024;
 
 /// An open recording.
 #[derive(Debug)]
@@ -19,6 +30,8 @@ pub struct Recording {
     pending_output: Vec<u8>,
     pending_input: Vec<u8>,
     with_input: bool,
+    written: u64,
+    max_bytes: u64,
 }
 
 /// What the header says about the session.
@@ -35,20 +48,23 @@ pub struct RecordingHeader<'a> {
 }
 
 impl Recording {
-    /// Creates `dir/<instance>/<time>-<session>.cast` and writes the header.
+    /// Creates `dir/<instance>/<time>-<session>.cast` and writes the
+    /// header; the recording stops when the file would grow past
+    /// `max_bytes` (the header is always written).
     pub async fn create(
         dir: &Path,
         instance: &str,
         session: &str,
         header: RecordingHeader<'_>,
         with_input: bool,
+        max_bytes: u64,
     ) -> std::io::Result<Recording> {
         let now = time::OffsetDateTime::now_utc();
         let dir = dir.join(instance);
-        tokio::fs::create_dir_all(&dir).await?;
+        crate::files::create_private_dir_all(&dir).await?;
         let stamp = now.unix_timestamp();
         let path = dir.join(format!("{stamp}-{session}.cast"));
-        let file = tokio::fs::OpenOptions::new()
+        let file = crate::files::private_open_options()
             .create_new(true)
             .write(true)
             .open(&path)
@@ -66,7 +82,8 @@ impl Recording {
             "title": header.title,
             "env": env,
         });
-        file.write_all(format!("{head}\n").as_bytes()).await?;
+        let head = format!("{head}\n");
+        file.write_all(head.as_bytes()).await?;
         Ok(Recording {
             path,
             file: Some(file),
@@ -74,6 +91,8 @@ impl Recording {
             pending_output: Vec::new(),
             pending_input: Vec::new(),
             with_input,
+            written: head.len() as u64,
+            max_bytes,
         })
     }
 
@@ -100,14 +119,59 @@ impl Recording {
         if text.is_empty() {
             return;
         }
-        let Some(file) = &mut self.file else { return };
+        if self.file.is_none() {
+            return;
+        }
+        let line = self.line(kind, &text);
+        if self.written + line.len() as u64 > self.max_bytes {
+            self.stop_at_limit().await;
+            return;
+        }
+        self.write(&line).await;
+    }
+
+    fn line(&self, kind: &str, text: &str) -> String {
         let t = self.start.elapsed().as_secs_f64();
         let line = serde_json::json!([(t * 1e6).round() / 1e6, kind, text]);
-        if let Err(e) = file.write_all(format!("{line}\n").as_bytes()).await {
-            tracing::error!(code = "CG-REC-002", path = %self.path.display(), error = %e,
-                "recording write failed; recording stops");
-            self.file = None;
+        format!("{line}\n")
+    }
+
+    async fn write(&mut self, line: &str) {
+        let Some(file) = &mut self.file else { return };
+        match file.write_all(line.as_bytes()).await {
+            Ok(()) => self.written += line.len() as u64,
+            Err(e) => {
+                tracing::error!(code = "CG-REC-002", path = %self.path.display(), error = %e,
+                    "recording write failed; recording stops");
+                self.file = None;
+            }
         }
+    }
+
+    /// Ends the recording at its size limit: a marker says so in the file
+    /// (it may take the file just past the limit), the log says so, and
+    /// nothing more is written. The session goes on.
+    async fn stop_at_limit(&mut self) {
+        let note = format!(
+            "CG-REC-003 recording stopped: it reached its size limit of {} bytes; the session went on unrecorded",
+            self.max_bytes
+        );
+        let line = self.line("m", &note);
+        self.write(&line).await;
+        tracing::warn!(code = "CG-REC-003", path = %self.path.display(), max_bytes = self.max_bytes,
+            "recording reached its size limit; recording stops, the session goes on");
+        if let Some(mut file) = self.file.take()
+            && let Err(e) = file.flush().await
+        {
+            tracing::error!(code = "CG-REC-002", path = %self.path.display(), error = %e,
+                "the end of a recording could not be written");
+        }
+    }
+
+    /// Whether it is still being written (not stopped by its size limit
+    /// or a write error).
+    pub fn is_open(&self) -> bool {
+        self.file.is_some()
     }
 
     /// Flushes what is held back and closes the file.
@@ -174,7 +238,7 @@ mod tests {
             term: Some("xterm"),
             title: "t".into(),
         };
-        let mut r = Recording::create(dir.path(), "vm1", "s1", header, true)
+        let mut r = Recording::create(dir.path(), "vm1", "s1", header, true, MAX_RECORDING_BYTES)
             .await
             .unwrap();
         r.output(b"hello \xe2\x82").await;
@@ -196,5 +260,71 @@ mod tests {
             .collect();
         assert_eq!(output, "hello €\r\n");
         assert!(lines.iter().any(|l| l[1] == "i" && l[2] == "ls\r"));
+    }
+
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[tokio::test]
+    async fn a_recording_and_its_directory_are_owner_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let header = RecordingHeader {
+            cols: 80,
+            rows: 24,
+            term: None,
+            title: "t".into(),
+        };
+        let r = Recording::create(dir.path(), "vm1", "s1", header, false, 1 << 20)
+            .await
+            .unwrap();
+        let path = r.path().to_owned();
+        r.finish().await;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&dir.path().join("vm1")), 0o700);
+    }
+
+    #[tokio::test]
+    async fn a_recording_stops_at_its_size_limit_with_a_marker() {
+        let dir = tempfile::tempdir().unwrap();
+        let header = RecordingHeader {
+            cols: 80,
+            rows: 24,
+            term: None,
+            title: "t".into(),
+        };
+        let max = 4096;
+        let mut r = Recording::create(dir.path(), "vm1", "s1", header, true, max)
+            .await
+            .unwrap();
+        for i in 0..200 {
+            r.output(format!("line {i:04} of console output\r\n").as_bytes())
+                .await;
+            r.input(b"typed").await;
+        }
+        assert!(!r.is_open());
+        let path = r.path().to_owned();
+        r.finish().await;
+        let text = std::fs::read_to_string(path).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let last = lines.last().unwrap();
+        assert_eq!(last[1], "m");
+        assert!(last[2].as_str().unwrap().contains("CG-REC-003"), "{last}");
+        // Everything before the marker fits in the limit; the output up to
+        // there is all there, in order.
+        let marker_len = text.lines().last().unwrap().len() as u64 + 1;
+        assert!(text.len() as u64 - marker_len <= max, "{}", text.len());
+        assert!(text.len() as u64 > max - 100);
+        let output: String = lines[1..]
+            .iter()
+            .filter(|l| l[1] == "o")
+            .map(|l| l[2].as_str().unwrap())
+            .collect();
+        assert!(output.starts_with("line 0000 of console output\r\nline 0001"));
+        assert_eq!(lines.iter().filter(|l| l[1] == "m").count(), 1);
     }
 }

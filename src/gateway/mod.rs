@@ -67,6 +67,10 @@ pub enum GatewayError {
     /// The admin socket could not be created.
     #[error(transparent)]
     Admin(#[from] crate::ops::admin::AdminError),
+    /// The data directory or a secret in it is open to other users and
+    /// cannot be made owner-only.
+    #[error(transparent)]
+    Exposed(#[from] crate::files::ExposedError),
 }
 
 /// How long sessions get to end at shutdown (say why, write their Detach
@@ -84,9 +88,12 @@ pub struct Listeners {
     pub metrics: Option<TcpListener>,
 }
 
-/// Opens the store and the host keys named by `config` (creating them on first use).
+/// Opens the store and the host keys named by `config` (creating them on
+/// first use), after making a data directory that is open to other users,
+/// and the secrets in it, owner-only (`CG-DISK-002`).
 pub async fn open_state(config: &Config) -> Result<(Store, HostKeys), GatewayError> {
     crate::keys::create_private_dir(&config.data_dir)?;
+    crate::files::secure_data_dir(&config.data_dir)?;
     let store = Store::open(config).await?;
     let data_dir = config.data_dir.clone();
     // RSA key generation takes a moment: keep it off the async threads.

@@ -4,8 +4,9 @@
 //! then hands this module the user's keystrokes (a [`Keyboard`]) and a
 //! writer for what the user sees. From there everything is done here, once:
 //! the banner and the replay, the `&` escapes, the idle and maximum-duration
-//! timeouts, the recording (output, and input if the instance records it)
-//! and the Attach, Force, Break, Timeout and Detach audit rows.
+//! timeouts, the recording (output, and the input the console took if the
+//! instance records input) and the Attach, Force, Break, Timeout and Detach
+//! audit rows.
 //!
 //! Everything the user is shown goes through the one writer in one future,
 //! so the recording is exactly what the user received, and a user who stops
@@ -36,6 +37,56 @@ use crate::console::recording::{Recording, RecordingHeader};
 use crate::console::timeouts::{SessionClock, announce};
 use crate::ops::metrics::Metrics;
 use crate::store::Store;
+
+/// Escape commands a session may give in a burst, and how many a second
+/// after that.
+const ESCAPE_BURST: f64 = 8.0;
+const ESCAPES_PER_SEC: f64 = 4.0;
+
+/// A token bucket for one session's escape commands.
+struct EscapeBudget {
+    tokens: f64,
+    last: Instant,
+    /// When the session was last told that some were ignored.
+    told: Option<Instant>,
+}
+
+impl EscapeBudget {
+    fn new() -> EscapeBudget {
+        EscapeBudget {
+            tokens: ESCAPE_BURST,
+            last: Instant::now(),
+            told: None,
+        }
+    }
+
+    /// Whether one more command may run now.
+    fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * ESCAPES_PER_SEC;
+        self.tokens = (self.tokens + refill).min(ESCAPE_BURST);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Whether to tell the session about ignored commands (once a second).
+    fn tell(&mut self) -> bool {
+        let now = Instant::now();
+        if self
+            .told
+            .is_some_and(|at| now.duration_since(at) < Duration::from_secs(1))
+        {
+            return false;
+        }
+        self.told = Some(now);
+        true
+    }
+}
 
 /// Lines `&L` replays.
 const REPLAY_LINES: usize = 50;
@@ -251,7 +302,7 @@ where
         Some(_) => Some(Replay::None),
         None => session.options.replay,
     };
-    let Ok(attachment) = hub.attach(info, replay).await else {
+    let Ok(mut attachment) = hub.attach(info, replay).await else {
         let _ = show(screen, notice(SHUTTING_DOWN).as_bytes()).await;
         return None;
     };
@@ -261,10 +312,13 @@ where
         None => banner(hub, &role_text(&attachment.role)),
     }
     .into_bytes();
-    if !attachment.replay.is_empty() {
+    // The replay (up to history_bytes) is not kept for the session's life.
+    let replayed = std::mem::take(&mut attachment.replay);
+    if !replayed.is_empty() {
         greeting.extend_from_slice(b"[recent console output follows]\r\n");
-        greeting.extend_from_slice(&attachment.replay);
+        greeting.extend_from_slice(&replayed);
     }
+    drop(replayed);
     if let Some(reason) = &attachment.unavailable {
         greeting.extend_from_slice(notice(reason).as_bytes());
     }
@@ -349,7 +403,12 @@ where
                 Some(local) = local_rx.recv() => match local {
                     Local::Show(b) => b,
                     Local::Typed(b) => {
-                        if let Some(r) = &mut recording {
+                        // Only what reached the console: the hub drops a
+                        // read-only session's typing (CG-INPUT-001), and
+                        // says so through `can_write`.
+                        if attachment.can_write()
+                            && let Some(r) = &mut recording
+                        {
                             r.input(&b).await;
                         }
                         continue;
@@ -368,6 +427,7 @@ where
 
     let pump_input = async {
         let mut escape = EscapeParser::new();
+        let mut budget = EscapeBudget::new();
         let show = |text: String| {
             let _ = local_tx.try_send(Local::Show(Bytes::from(text)));
         };
@@ -379,18 +439,30 @@ where
             if !data.is_empty() {
                 touch();
             }
-            if record_input {
-                let _ = local_tx.send(Local::Typed(data.clone())).await;
-            }
             for segment in escape.feed(&data) {
                 match segment {
                     Segment::Data(bytes) => {
-                        if hub.input(session_id, Bytes::from(bytes)).await.is_err() {
+                        let bytes = Bytes::from(bytes);
+                        if hub.input(session_id, bytes.clone()).await.is_err() {
                             return SHUTTING_DOWN;
+                        }
+                        // Escapes are not input; what goes to the hub is
+                        // recorded if the hub takes it (see `Local::Typed`).
+                        if record_input {
+                            let _ = local_tx.send(Local::Typed(bytes)).await;
                         }
                     }
                     Segment::Action(EscapeAction::Disconnect) => {
                         return "disconnected by escape command";
+                    }
+                    // A packet full of `&L&L…` (each copies up to the
+                    // whole history) or `&B&B…` is not worth the work.
+                    Segment::Action(_) if !budget.allow() => {
+                        if budget.tell() {
+                            show(notice(
+                                "CG-INPUT-004 too many escape commands at once; the rest were ignored",
+                            ));
+                        }
                     }
                     Segment::Action(EscapeAction::Help) => show(HELP.to_owned()),
                     Segment::Action(EscapeAction::Break) => {
@@ -406,6 +478,11 @@ where
                         show(notice(&message));
                     }
                     Segment::Action(EscapeAction::Force) => match hub.force(session_id).await {
+                        // Forcing is not allowed on this console.
+                        Ok(Some(Role::ReadOnlyWhile(writer))) => show(notice(&format!(
+                            "CG-INPUT-003 this console does not allow taking write access; \
+                             {writer} keeps it until it leaves"
+                        ))),
                         Ok(Some(role)) => {
                             ctx.store
                                 .record_audit(session.event(AuditKind::Force, None))
@@ -542,7 +619,8 @@ async fn show<W: AsyncWrite + Unpin>(screen: &mut W, bytes: &[u8]) -> std::io::R
 enum Local {
     /// Show this to the user.
     Show(Bytes),
-    /// The user typed this (for the recording).
+    /// The user typed this, and it was sent to the hub: recorded if the
+    /// hub lets the session write.
     Typed(Bytes),
 }
 
@@ -577,6 +655,7 @@ async fn start_recording(session: &Attach, id: u64) -> Option<Recording> {
         &name,
         header,
         instance.record == RecordMode::OutputAndInput,
+        instance.record_max_bytes,
     )
     .await
     {
@@ -640,4 +719,22 @@ fn who_text(list: &[WhoEntry], me: u64) -> String {
 /// A message from the gateway, on a line of its own.
 pub fn notice(message: &str) -> String {
     format!("\r\n[consolegate: {message}]\r\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escape_commands_run_in_a_burst_of_eight_then_four_a_second() {
+        let mut budget = EscapeBudget::new();
+        let allowed = (0..100).filter(|_| budget.allow()).count();
+        // Refill while looping is microseconds' worth: at most one more.
+        assert!((8..=9).contains(&allowed), "{allowed}");
+        assert!(budget.tell());
+        assert!(!budget.tell(), "told twice within a second");
+        budget.last -= Duration::from_secs(1);
+        let later = (0..100).filter(|_| budget.allow()).count();
+        assert!((4..=5).contains(&later), "{later}");
+    }
 }

@@ -103,6 +103,9 @@ pub enum StoreError {
     /// A host key could not be generated.
     #[error(transparent)]
     HostKey(#[from] crate::keys::HostKeyError),
+    /// The database file is open to other users and cannot be made owner-only.
+    #[error(transparent)]
+    Exposed(#[from] crate::files::ExposedError),
     /// The database answers but takes no writes (a PostgreSQL standby, or
     /// `default_transaction_read_only`).
     #[error("the database takes no writes (a read-only standby or session)")]
@@ -210,11 +213,7 @@ impl Store {
         let lock = {
             let lock_path = lock_path.clone();
             tokio::task::spawn_blocking(move || {
-                let file = std::fs::OpenOptions::new()
-                    .create(true)
-                    .truncate(false)
-                    .write(true)
-                    .open(&lock_path)?;
+                let file = private_file(&lock_path)?;
                 file.lock()?;
                 Ok::<_, std::io::Error>(file)
             })
@@ -222,6 +221,21 @@ impl Store {
             .map_err(|e| open_error(std::io::Error::other(e)))?
             .map_err(open_error)?
         };
+        // The database holds the instances' private host keys, and so do
+        // its `-wal` and `-shm` files. SQLite creates those with the mode
+        // of the database file (whatever the umask), so the database is
+        // created owner-only before SQLite opens it, and one left open to
+        // others (by an older version, or a restore) is made owner-only,
+        // sidecars included, before SQLite reuses them.
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let mut name = path.as_os_str().to_owned();
+            name.push(suffix);
+            crate::files::make_owner_only(Path::new(&name))?;
+        }
+        private_file(path).map_err(|error| StoreError::Open {
+            path: path.display().to_string(),
+            error: sqlx::Error::Io(error),
+        })?;
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(false)
@@ -241,7 +255,6 @@ impl Store {
                 .connect_with(options.clone().create_if_missing(true))
                 .await
                 .map_err(open_error)?;
-            restrict_permissions(path);
             SQLITE_MIGRATIONS.run(&first).await?;
             first.close().await;
         }
@@ -444,15 +457,82 @@ pub(crate) fn from_ms(ms: i64) -> Result<OffsetDateTime, String> {
         .map_err(|e| format!("bad timestamp {ms}: {e}"))
 }
 
-fn restrict_permissions(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    // The database holds the instances' private host keys.
-    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+/// Opens `path` for writing, creating it owner-only if it does not exist
+/// (an empty file is an empty SQLite database).
+fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(crate::files::FILE_MODE)
+        .open(path)
 }
 
 #[cfg(test)]
 mod tests {
     use super::redact_url;
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    /// The `-wal` and `-shm` files hold what the database holds (the
+    /// instances' private host keys): owner-only from the first write,
+    /// whatever the umask, and so is the lock file.
+    #[tokio::test]
+    async fn a_new_sqlite_database_and_its_wal_and_shm_are_owner_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("consolegate.db");
+        let store = Store::open_sqlite(&path).await.unwrap();
+        store.instance_host_key("vm1").await.unwrap();
+        for name in [
+            "consolegate.db",
+            "consolegate.db-wal",
+            "consolegate.db-shm",
+            "consolegate.lock",
+        ] {
+            assert_eq!(mode(&dir.path().join(name)), 0o600, "{name}");
+        }
+        store.close().await;
+    }
+
+    /// A database another program (an older version, the `sqlite3` shell)
+    /// made and holds open keeps its `-wal` and `-shm` files as they are:
+    /// they are made owner-only with it, not just the database file.
+    #[tokio::test]
+    async fn a_database_open_to_others_is_made_owner_only_with_its_live_wal_and_shm() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("consolegate.db");
+        let other = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(
+                SqliteConnectOptions::new()
+                    .filename(&path)
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal),
+            )
+            .await
+            .unwrap();
+        sqlx::query("CREATE TABLE other (x)")
+            .execute(&other)
+            .await
+            .unwrap();
+        let files = ["consolegate.db", "consolegate.db-wal", "consolegate.db-shm"];
+        for name in files {
+            let file = dir.path().join(name);
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let store = Store::open_sqlite(&path).await.unwrap();
+        store.instance_host_key("vm1").await.unwrap();
+        for name in files {
+            assert_eq!(mode(&dir.path().join(name)), 0o600, "{name}");
+        }
+        store.close().await;
+        other.close().await;
+    }
 
     #[test]
     fn database_urls_are_shown_without_their_password() {

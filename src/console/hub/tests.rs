@@ -159,6 +159,58 @@ async fn exclusive_input_has_one_writer_until_someone_forces() {
     shutdown.cancel();
 }
 
+/// With `allow_force = false`, the writer keeps exclusive access until it
+/// leaves: `&F` (and the `force` option) take only free access.
+#[tokio::test]
+async fn where_forcing_is_not_allowed_the_writer_keeps_its_access() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let shutdown = CancellationToken::new();
+    let mut config = instance(
+        SerialTarget::Tcp("127.0.0.1".into(), port),
+        InputPolicy::Exclusive,
+    );
+    config.allow_force = false;
+    let (hub, _task) = ConsoleHub::start(config, shutdown.clone());
+    let first = hub.attach(who(1, false), None).await.unwrap();
+    let (mut console, _) = listener.accept().await.unwrap();
+    assert_eq!(first.role, Role::Writer);
+    let second = hub.attach(who(2, false), None).await.unwrap();
+    let refused = hub.force(second.id).await.unwrap();
+    assert!(
+        matches!(&refused, Some(Role::ReadOnlyWhile(w)) if w.contains("…session1")),
+        "{refused:?}"
+    );
+    // The option at attach is refused the same way.
+    let mut forcing = who(3, false);
+    forcing.force = true;
+    let third = hub.attach(forcing, None).await.unwrap();
+    assert!(
+        matches!(third.role, Role::ReadOnlyWhile(_)),
+        "{:?}",
+        third.role
+    );
+    hub.input(second.id, Bytes::from_static(b"no!"))
+        .await
+        .unwrap();
+    hub.input(first.id, Bytes::from_static(b"yes"))
+        .await
+        .unwrap();
+    let mut buf = [0u8; 3];
+    console.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"yes", "a session forced its way in");
+    // Once the writer leaves, the access is free to take.
+    drop(first);
+    assert_eq!(hub.force(second.id).await.unwrap(), Some(Role::Writer));
+    hub.input(second.id, Bytes::from_static(b"2nd"))
+        .await
+        .unwrap();
+    console.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"2nd");
+    drop(third);
+    shutdown.cancel();
+}
+
 #[tokio::test]
 async fn read_only_sessions_never_type() {
     let (hub, listener, shutdown) = tcp_console(InputPolicy::Shared).await;
