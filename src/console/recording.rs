@@ -232,12 +232,7 @@ mod tests {
     #[tokio::test]
     async fn writes_a_valid_asciicast() {
         let dir = tempfile::tempdir().unwrap();
-        let header = RecordingHeader {
-            cols: 80,
-            rows: 24,
-            term: Some("xterm"),
-            title: "t".into(),
-        };
+        let header = header(Some("xterm"));
         let mut r = Recording::create(dir.path(), "vm1", "s1", header, true, MAX_RECORDING_BYTES)
             .await
             .unwrap();
@@ -262,6 +257,15 @@ mod tests {
         assert!(lines.iter().any(|l| l[1] == "i" && l[2] == "ls\r"));
     }
 
+    fn header(term: Option<&str>) -> RecordingHeader<'_> {
+        RecordingHeader {
+            cols: 80,
+            rows: 24,
+            term,
+            title: "t".into(),
+        }
+    }
+
     fn mode(path: &Path) -> u32 {
         use std::os::unix::fs::PermissionsExt;
         std::fs::metadata(path).unwrap().permissions().mode() & 0o777
@@ -270,12 +274,7 @@ mod tests {
     #[tokio::test]
     async fn a_recording_and_its_directory_are_owner_only() {
         let dir = tempfile::tempdir().unwrap();
-        let header = RecordingHeader {
-            cols: 80,
-            rows: 24,
-            term: None,
-            title: "t".into(),
-        };
+        let header = header(None);
         let r = Recording::create(dir.path(), "vm1", "s1", header, false, 1 << 20)
             .await
             .unwrap();
@@ -288,12 +287,7 @@ mod tests {
     #[tokio::test]
     async fn a_recording_stops_at_its_size_limit_with_a_marker() {
         let dir = tempfile::tempdir().unwrap();
-        let header = RecordingHeader {
-            cols: 80,
-            rows: 24,
-            term: None,
-            title: "t".into(),
-        };
+        let header = header(None);
         let max = 4096;
         let mut r = Recording::create(dir.path(), "vm1", "s1", header, true, max)
             .await

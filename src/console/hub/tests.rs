@@ -47,15 +47,24 @@ async fn next_notice(a: &mut Attachment) -> String {
     }
 }
 
-async fn tcp_console(input: InputPolicy) -> (ConsoleHub, TcpListener, CancellationToken) {
+/// A hub whose "machine" listens on loopback: `target` names it from its
+/// port; `tweak` changes the instance's settings.
+async fn console_on(
+    target: impl FnOnce(u16) -> SerialTarget,
+    input: InputPolicy,
+    tweak: impl FnOnce(&mut InstanceConfig),
+) -> (ConsoleHub, TcpListener, CancellationToken) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let shutdown = CancellationToken::new();
-    let (hub, _task) = ConsoleHub::start(
-        instance(SerialTarget::Tcp("127.0.0.1".into(), port), input),
-        shutdown.clone(),
-    );
+    let mut config = instance(target(port), input);
+    tweak(&mut config);
+    let (hub, _task) = ConsoleHub::start(config, shutdown.clone());
     (hub, listener, shutdown)
+}
+
+async fn tcp_console(input: InputPolicy) -> (ConsoleHub, TcpListener, CancellationToken) {
+    console_on(|p| SerialTarget::Tcp("127.0.0.1".into(), p), input, |_| {}).await
 }
 
 #[tokio::test]
@@ -163,15 +172,12 @@ async fn exclusive_input_has_one_writer_until_someone_forces() {
 /// leaves: `&F` (and the `force` option) take only free access.
 #[tokio::test]
 async fn where_forcing_is_not_allowed_the_writer_keeps_its_access() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let shutdown = CancellationToken::new();
-    let mut config = instance(
-        SerialTarget::Tcp("127.0.0.1".into(), port),
+    let (hub, listener, shutdown) = console_on(
+        |p| SerialTarget::Tcp("127.0.0.1".into(), p),
         InputPolicy::Exclusive,
-    );
-    config.allow_force = false;
-    let (hub, _task) = ConsoleHub::start(config, shutdown.clone());
+        |config| config.allow_force = false,
+    )
+    .await;
     let first = hub.attach(who(1, false), None).await.unwrap();
     let (mut console, _) = listener.accept().await.unwrap();
     assert_eq!(first.role, Role::Writer);
@@ -228,14 +234,12 @@ async fn read_only_sessions_never_type() {
 /// A telnet "machine" behind a hub: unlike a raw TCP one it carries breaks
 /// (`IAC BRK`), so a break that gets through shows in what it receives.
 async fn telnet_console(input: InputPolicy) -> (ConsoleHub, TcpListener, CancellationToken) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let shutdown = CancellationToken::new();
-    let (hub, _task) = ConsoleHub::start(
-        instance(SerialTarget::Telnet("127.0.0.1".into(), port), input),
-        shutdown.clone(),
-    );
-    (hub, listener, shutdown)
+    console_on(
+        |p| SerialTarget::Telnet("127.0.0.1".into(), p),
+        input,
+        |_| {},
+    )
+    .await
 }
 
 /// Everything the console receives up to and including `end` (typed last).
