@@ -153,15 +153,26 @@ async fn a_flood_from_one_address_takes_only_its_share() {
             Err(_) => continue,
         }
     }
-    // All but its share are closed without a word: read them for a short
-    // while and count those that ended.
-    let mut ended = 0;
-    let mut open = Vec::new();
+    // All but its share are closed without a word, at once; its share is
+    // held until the identification deadline (10 s). Read them all for 3 s
+    // and count those still open.
+    let mut reads = tokio::task::JoinSet::new();
     for mut s in flood {
-        let mut buf = [0u8; 64];
-        match tokio::time::timeout(Duration::from_millis(5), s.read(&mut buf)).await {
-            Ok(Ok(0) | Err(_)) => ended += 1,
-            _ => open.push(s),
+        reads.spawn(async move {
+            let mut buf = [0u8; 64];
+            let waited = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await;
+            match waited {
+                Ok(Ok(0) | Err(_)) => None,
+                _ => Some(s),
+            }
+        });
+    }
+    let mut open = Vec::new();
+    let mut ended = 0;
+    while let Some(read) = reads.join_next().await {
+        match read.unwrap() {
+            Some(s) => open.push(s),
+            None => ended += 1,
         }
     }
     assert!(
