@@ -107,12 +107,18 @@ pub fn private_open_options() -> tokio::fs::OpenOptions {
     options
 }
 
+/// The permission bits of `path` (tests of owner-only files).
+#[cfg(test)]
+pub(crate) fn mode_of(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn mode(path: &Path) -> u32 {
-        std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+        mode_of(path)
     }
 
     fn set_mode(path: &Path, mode: u32) {

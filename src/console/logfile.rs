@@ -132,8 +132,7 @@ mod tests {
 
     #[tokio::test]
     async fn new_logs_and_their_directory_are_owner_only() {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        use crate::files::mode_of as mode;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("logs/vm1.log");
         let mut log = ConsoleLog::open(path.clone(), 10, 1).await.unwrap();

@@ -241,11 +241,7 @@ mod tests {
         r.input(b"ls\r").await;
         let path = r.path().to_owned();
         r.finish().await;
-        let text = std::fs::read_to_string(path).unwrap();
-        let lines: Vec<serde_json::Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let lines = events(&path);
         assert_eq!(lines[0]["version"], 2);
         assert_eq!(lines[0]["width"], 80);
         let output: String = lines[1..]
@@ -266,9 +262,15 @@ mod tests {
         }
     }
 
-    fn mode(path: &Path) -> u32 {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    use crate::files::mode_of as mode;
+
+    /// The lines of a recording, as JSON.
+    fn events(path: &Path) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
     }
 
     #[tokio::test]
@@ -300,11 +302,8 @@ mod tests {
         assert!(!r.is_open());
         let path = r.path().to_owned();
         r.finish().await;
-        let text = std::fs::read_to_string(path).unwrap();
-        let lines: Vec<serde_json::Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines = events(&path);
         let last = lines.last().unwrap();
         assert_eq!(last[1], "m");
         assert!(last[2].as_str().unwrap().contains("CG-REC-003"), "{last}");

@@ -473,11 +473,8 @@ fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
 mod tests {
     use super::redact_url;
     use super::*;
+    use crate::files::mode_of as mode;
     use std::os::unix::fs::PermissionsExt;
-
-    fn mode(path: &Path) -> u32 {
-        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
-    }
 
     /// The `-wal` and `-shm` files hold what the database holds (the
     /// instances' private host keys): owner-only from the first write,

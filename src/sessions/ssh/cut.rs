@@ -33,10 +33,24 @@ impl<S> Cuttable<S> {
         }
     }
 
-    /// After `inner` said Pending: whether the cut came meanwhile (and if
-    /// not, a wake-up when it does).
-    fn cut_while_pending(&mut self, cx: &mut Context<'_>) -> bool {
-        self.cut.as_mut().poll(cx).is_ready()
+    /// `op` on the inner stream, unless the stream is cut: an error once
+    /// the token is cancelled, also while `op` is pending (the cut wakes
+    /// the task).
+    fn guard<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        op: impl FnOnce(Pin<&mut S>, &mut Context<'_>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>>
+    where
+        S: Unpin,
+    {
+        if self.token.is_cancelled() {
+            return Poll::Ready(Err(cut_error()));
+        }
+        match op(Pin::new(&mut self.inner), cx) {
+            Poll::Pending if self.cut.as_mut().poll(cx).is_ready() => Poll::Ready(Err(cut_error())),
+            other => other,
+        }
     }
 }
 
@@ -50,14 +64,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Cuttable<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.token.is_cancelled() {
-            return Poll::Ready(Err(cut_error()));
-        }
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
-            Poll::Pending if this.cut_while_pending(cx) => Poll::Ready(Err(cut_error())),
-            other => other,
-        }
+        self.get_mut().guard(cx, |s, cx| s.poll_read(cx, buf))
     }
 }
 
@@ -67,14 +74,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Cuttable<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if this.token.is_cancelled() {
-            return Poll::Ready(Err(cut_error()));
-        }
-        match Pin::new(&mut this.inner).poll_write(cx, buf) {
-            Poll::Pending if this.cut_while_pending(cx) => Poll::Ready(Err(cut_error())),
-            other => other,
-        }
+        self.get_mut().guard(cx, |s, cx| s.poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -82,14 +82,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Cuttable<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if this.token.is_cancelled() {
-            return Poll::Ready(Err(cut_error()));
-        }
-        match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
-            Poll::Pending if this.cut_while_pending(cx) => Poll::Ready(Err(cut_error())),
-            other => other,
-        }
+        self.get_mut()
+            .guard(cx, |s, cx| s.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -97,14 +91,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Cuttable<S> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.token.is_cancelled() {
-            return Poll::Ready(Err(cut_error()));
-        }
-        match Pin::new(&mut this.inner).poll_flush(cx) {
-            Poll::Pending if this.cut_while_pending(cx) => Poll::Ready(Err(cut_error())),
-            other => other,
-        }
+        self.get_mut().guard(cx, |s, cx| s.poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
