@@ -190,6 +190,7 @@ async fn run_with_config(config: Config, command: Command) -> anyhow::Result<()>
         Command::Check => {
             let users = consolegate::api::auth::ApiUsers::from_config(&config.api_users)
                 .map_err(anyhow::Error::msg)?;
+            consolegate::api::tls::Tls::load(&config.api)?;
             print!("{}", consolegate::cli::summarize(&config));
             let mut key_ids: Vec<&str> = users.key_ids().collect();
             key_ids.sort_unstable();

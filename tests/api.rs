@@ -753,43 +753,56 @@ async fn pagination_has_no_gaps_or_duplicates() {
     assert_eq!(none.json, json!([]));
 }
 
+/// `max_concurrent_requests` slots are taken once a request has
+/// authenticated: a stranger's body that never finishes holds none, and
+/// signed requests past the slots get 429.
 #[tokio::test]
 async fn too_many_requests_at_once_get_429() {
+    use sqlx::Connection as _;
     let (api, alice, _) = setup("max_concurrent_requests = 1").await;
-    // A request that holds the only slot: its body never finishes. It can
-    // itself be shed if it arrives while another request runs, so it is
-    // sent again until it is the one in flight.
-    let stall = || {
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(1);
-        let request = Request::builder()
-            .method(Method::POST)
-            .uri(BASE)
-            .header("host", "127.0.0.1:8080")
-            .body(Body::from_stream(
-                tokio_stream::wrappers::ReceiverStream::new(rx),
-            ))
-            .unwrap();
-        let app = api.app.clone();
-        (tx, tokio::spawn(async move { app.oneshot(request).await }))
+    let list = || {
+        signed(
+            Method::GET,
+            &format!("{BASE}?compartmentId=c1"),
+            None,
+            &alice,
+        )
     };
-    let (mut tx, mut first) = stall();
+    // An unsigned request whose body never finishes.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(1);
+    let stalled = Request::builder()
+        .method(Method::POST)
+        .uri(BASE)
+        .header("host", "127.0.0.1:8080")
+        .body(Body::from_stream(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ))
+        .unwrap();
+    let stranger = tokio::spawn(api.app.clone().oneshot(stalled));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!stranger.is_finished());
+    assert_eq!(call(&api, list()).await.status, StatusCode::OK);
+
+    // A signed create holds the only slot while the store is locked.
+    let db = api._dir.path().join("data/consolegate.db");
+    let mut lock = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut lock)
+        .await
+        .unwrap();
+    let create = signed(
+        Method::POST,
+        BASE,
+        Some(&json!({"instanceId": "vm1", "publicKey": ssh_key(7)})),
+        &alice,
+    );
+    let writer = tokio::spawn(api.app.clone().oneshot(create));
     let mut answer = None;
     for _ in 0..200 {
         tokio::time::sleep(Duration::from_millis(10)).await;
-        if first.is_finished() {
-            (tx, first) = stall();
-            continue;
-        }
-        let a = call(
-            &api,
-            signed(
-                Method::GET,
-                &format!("{BASE}?compartmentId=c1"),
-                None,
-                &alice,
-            ),
-        )
-        .await;
+        let a = call(&api, list()).await;
         if a.status == StatusCode::TOO_MANY_REQUESTS {
             answer = Some(a);
             break;
@@ -798,20 +811,14 @@ async fn too_many_requests_at_once_get_429() {
     answer
         .expect("never shed load")
         .error(StatusCode::TOO_MANY_REQUESTS, "TooManyRequests");
+    sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
+    let created = writer.await.unwrap().unwrap();
+    assert_eq!(created.status(), StatusCode::OK);
+    // The slot is free again; the stranger is still waiting for its body.
+    assert_eq!(call(&api, list()).await.status, StatusCode::OK);
+    assert!(!stranger.is_finished());
     drop(tx);
-    let _ = first.await;
-    // The slot is free again.
-    let a = call(
-        &api,
-        signed(
-            Method::GET,
-            &format!("{BASE}?compartmentId=c1"),
-            None,
-            &alice,
-        ),
-    )
-    .await;
-    assert_eq!(a.status, StatusCode::OK);
+    let _ = stranger.await;
 }
 
 #[tokio::test]

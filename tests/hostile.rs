@@ -23,10 +23,15 @@ fn one_instance() -> String {
 
 /// A TCP connection to the gateway from `source`.
 async fn connect_from(source: &str, gw: &Gateway) -> std::io::Result<TcpStream> {
+    connect_to_from(gw.port, source).await
+}
+
+/// A TCP connection to local `port` from `source`.
+async fn connect_to_from(port: u16, source: &str) -> std::io::Result<TcpStream> {
     let socket = TcpSocket::new_v4()?;
     socket.bind(SocketAddr::new(source.parse().unwrap(), 0))?;
     socket
-        .connect(SocketAddr::from(([127, 0, 0, 1], gw.port)))
+        .connect(SocketAddr::from(([127, 0, 0, 1], port)))
         .await
 }
 
@@ -429,5 +434,171 @@ async fn a_client_stalled_in_key_exchange_is_cut_at_the_deadline() {
         );
     }
     leave(user).await;
+    gw.stop().await;
+}
+
+/// A refused console session: it is told which cap it passed, and ends.
+async fn refused_over_cap(argv: &[String], setting: &str) {
+    let mut term = Terminal::spawn(argv).await;
+    term.expect("CG-SESS-005").await;
+    let rest = term.rest().await;
+    assert!(rest.contains(setting), "not told which cap: {rest}");
+    term.wait().await;
+}
+
+/// One console connection, one key and one instance hold at most their
+/// caps of sessions: past each, a session is told CG-SESS-005 and which
+/// setting; other connections and keys still get in up to the instance's
+/// cap; a place comes back when a session leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_past_a_cap_are_refused_and_others_get_in() {
+    let caps = "[session]\nmax_sessions_per_instance = 4\n\
+                max_sessions_per_connection = 2\nmax_sessions_per_key = 3\n";
+    let instances = format!(
+        "{caps}{}{}",
+        one_instance(),
+        instance("vm2", "simulator", None)
+    );
+    let gw = Gateway::start_with(tempfile::tempdir().unwrap(), 0, "", &instances).await;
+    let shared_key = Key::ed25519(gw.dir.path(), "shared");
+    let first = gw.create("vm1", &shared_key).await;
+    let mut open = Vec::new();
+    for n in 0..2 {
+        let mut term = Terminal::spawn(&first.ssh_argv(&shared_key)).await;
+        term.expect("serial console of vm1").await;
+        echoes(&mut term, &format!("first-{n}")).await;
+        open.push(term);
+    }
+    refused_over_cap(&first.ssh_argv(&shared_key), "max_sessions_per_connection").await;
+    // The same key through a connection to another instance: the key's
+    // cap is next.
+    let second = gw.create("vm2", &shared_key).await;
+    let mut term = Terminal::spawn(&second.ssh_argv(&shared_key)).await;
+    term.expect("serial console of vm2").await;
+    open.push(term);
+    refused_over_cap(&second.ssh_argv(&shared_key), "max_sessions_per_key").await;
+    // Other keys fill vm1; one more is refused.
+    let other = user_session(&gw, "other", "127.0.0.1").await;
+    let fourth = user_session(&gw, "fourth", "127.0.0.1").await;
+    let late_key = Key::ed25519(gw.dir.path(), "late");
+    let late = gw.create("vm1", &late_key).await;
+    refused_over_cap(&late.ssh_argv(&late_key), "max_sessions_per_instance").await;
+    // The sessions in place kept working through the refusals.
+    for (n, term) in open.iter_mut().enumerate() {
+        echoes(term, &format!("still-{n}")).await;
+    }
+    // One of vm1's leaves: its place is free for the late key.
+    leave(open.remove(0)).await;
+    let mut term = Terminal::spawn(&late.ssh_argv(&late_key)).await;
+    term.expect("serial console of vm1").await;
+    echoes(&mut term, "late-in").await;
+    leave(term).await;
+    leave(other).await;
+    leave(fourth).await;
+    for term in open {
+        leave(term).await;
+    }
+    gw.stop().await;
+}
+
+/// A brute force on one real connection id from many addresses (each
+/// under its penalty threshold) writes a bounded number of audit rows:
+/// the ration's burst, then the rest collapsed into a summary that counts
+/// every attempt, written when the gateway stops. The owner still gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_brute_force_from_many_addresses_writes_a_bounded_audit() {
+    let gw = Gateway::start_with(tempfile::tempdir().unwrap(), 0, DEFAULTS, &one_instance()).await;
+    let owner = Key::ed25519(gw.dir.path(), "owner");
+    let conn = gw.create("vm1", &owner).await;
+    let thief = Key::ed25519(gw.dir.path(), "thief");
+    let sources: Vec<String> = (10..50).map(|n| format!("127.0.0.{n}")).collect();
+    for batch in sources.chunks(8) {
+        let attempts = batch.iter().map(|source| {
+            let argv = outer_w(&gw, &thief, &conn.known_hosts, &conn.id, "vm1:22");
+            let argv = from_source(argv, source);
+            async move { ssh_batch(&argv).await }
+        });
+        for out in futures_util::future::join_all(attempts).await {
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("Permission denied"), "{err}");
+        }
+    }
+    let mut term = Terminal::spawn(&from_source(conn.ssh_argv(&owner), "127.0.0.7")).await;
+    term.expect("serial console of vm1").await;
+    echoes(&mut term, "owner-types").await;
+    leave(term).await;
+    let refused = |rows: &[serde_json::Value]| -> Vec<serde_json::Value> {
+        rows.iter()
+            .filter(|r| r["event"] == "refused")
+            .cloned()
+            .collect()
+    };
+    let during = refused(&gw.audit(&conn.id).await);
+    assert_eq!(during.len(), 10, "the default burst of rows, no more");
+    let dir = gw.stop().await;
+    let after = refused(
+        &audit_rows(
+            &dir.path().join("gateway.toml"),
+            &["--connection", &conn.id],
+        )
+        .await,
+    );
+    assert_eq!(
+        after.len(),
+        11,
+        "one summary of the held attempts at shutdown"
+    );
+    let summary = after
+        .iter()
+        .find_map(|r| {
+            r["detail"]
+                .as_str()
+                .filter(|d| d.starts_with("CG-AUTH-009"))
+        })
+        .expect("a CG-AUTH-009 summary row");
+    assert!(
+        summary.contains("30 more refused attempts collapsed"),
+        "every held attempt is counted: {summary}"
+    );
+}
+
+/// A thousand half-open connections from twenty addresses, held until the
+/// gateway drops them, cost a gateway in its own process nothing it keeps:
+/// a user's session echoes throughout, and afterwards its descriptors are
+/// back to where they were and its memory within a few MiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_open_connections_leave_no_descriptors_or_memory_behind() {
+    let gw = common::served::Served::start(common::served::ServedConfig {
+        ssh: DEFAULTS.into(),
+        rest: one_instance(),
+        ..Default::default()
+    })
+    .await;
+    let key = Key::ed25519(gw.dir.path(), "user");
+    let conn = create_connection(&gw.config_path, "vm1", &key, gw.dir.path()).await;
+    let mut term = Terminal::spawn(&from_source(conn.ssh_argv(&key), "127.0.0.9")).await;
+    term.expect("serial console of vm1").await;
+    echoes(&mut term, "before").await;
+    let baseline = gw.vitals();
+    let mut held = Vec::new();
+    for n in 0..1000 {
+        let source = format!("127.0.1.{}", 1 + n % 20);
+        if let Ok(s) = connect_to_from(gw.port, &source).await {
+            held.push(s);
+        }
+    }
+    echoes(&mut term, "during").await;
+    // Each is closed by the gateway: at once past the per-source share, or
+    // at the identification deadline.
+    let mut reads = tokio::task::JoinSet::new();
+    for mut s in held {
+        reads.spawn(async move { closed_by_gateway(&mut s).await });
+    }
+    while let Some(closed) = reads.join_next().await {
+        assert!(closed.unwrap(), "a half-open connection was kept open");
+    }
+    echoes(&mut term, "after").await;
+    gw.settles_back_to(baseline, 8 * 1024).await;
+    leave(term).await;
     gw.stop().await;
 }

@@ -13,13 +13,13 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 use consolegate::connections::tokens::ConsoleProtocol;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio_tungstenite::MaybeTlsStream;
 use tokio_tungstenite::tungstenite::Message;
 
-use common::web::{Socket, Web};
+use common::web::{Socket, Web, read_binary};
 
 /// Opens `path` (`/serial?token=…`) on the gateway's API port.
 async fn web(gw: &Gateway, path: &str) -> Socket {
@@ -396,23 +396,6 @@ async fn echoing_display() -> (String, tokio::task::JoinHandle<()>) {
         }
     });
     (target, task)
-}
-
-/// Reads binary frames until `want` bytes have arrived.
-async fn read_binary(socket: &mut Socket, want: usize) -> Vec<u8> {
-    let mut got = Vec::new();
-    tokio::time::timeout(GUARD, async {
-        while got.len() < want {
-            match socket.next().await {
-                Some(Ok(Message::Binary(b))) => got.extend_from_slice(&b),
-                Some(Ok(_)) => {}
-                other => panic!("socket ended: {other:?}"),
-            }
-        }
-    })
-    .await
-    .expect("display bytes never came");
-    got
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

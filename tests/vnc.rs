@@ -143,21 +143,7 @@ async fn vnc_connection_string_carries_64_mib_each_way_intact() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vnc_via_outer_shortcut_inner_localhost_and_unix_socket() {
     let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("vm1.vnc");
-    let vnc = tokio::net::UnixListener::bind(&socket).unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = vnc.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                // An RFB greeting, then echo.
-                s.write_all(b"RFB 003.008\n").await.unwrap();
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
+    let socket = echo_display(dir.path());
     let gw = Gateway::start(&instance(
         "vm1",
         "simulator",
@@ -169,17 +155,7 @@ async fn vnc_via_outer_shortcut_inner_localhost_and_unix_socket() {
 
     // The outer hop's direct shortcut, no ProxyCommand.
     let local = free_port().await;
-    let mut argv = vec!["ssh".to_owned()];
-    argv.extend(client_options(&key, &conn.known_hosts));
-    argv.extend([
-        "-N".into(),
-        "-L".into(),
-        format!("127.0.0.1:{local}:vm1:5900"),
-        "-p".into(),
-        gw.port.to_string(),
-        format!("{}@127.0.0.1", conn.id),
-    ]);
-    let mut ssh = tunnel(argv).await;
+    let mut ssh = tunnel(outer_shortcut(&gw, &conn, &key, local)).await;
     echo_round_trip(local).await;
     ssh.kill().await.unwrap();
 
@@ -223,7 +199,92 @@ async fn vnc_without_a_display_fails_cleanly() {
     gw.stop().await;
 }
 
-async fn echo_round_trip(local: u16) {
+/// A stand-in VNC display on a unix socket in `dir`: an RFB greeting, then
+/// it echoes.
+fn echo_display(dir: &std::path::Path) -> std::path::PathBuf {
+    let socket = dir.join("vm1.vnc");
+    let vnc = tokio::net::UnixListener::bind(&socket).unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = vnc.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                s.write_all(b"RFB 003.008\n").await.unwrap();
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    socket
+}
+
+/// `ssh -N -L` to vm1's display through the outer hop's shortcut (no
+/// ProxyCommand), on local port `local`.
+fn outer_shortcut(gw: &Gateway, conn: &Connection, key: &Key, local: u16) -> Vec<String> {
+    let mut argv = vec!["ssh".to_owned()];
+    argv.extend(client_options(key, &conn.known_hosts));
+    argv.extend([
+        "-N".into(),
+        "-L".into(),
+        format!("127.0.0.1:{local}:vm1:5900"),
+        "-p".into(),
+        gw.port.to_string(),
+        format!("{}@127.0.0.1", conn.id),
+    ]);
+    argv
+}
+
+/// VNC tunnels take places under the session caps like console sessions:
+/// past `max_sessions_per_connection`, the channel is refused (resource
+/// shortage) and the tunnels in place keep working; a closed one frees
+/// its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vnc_tunnels_count_under_the_session_caps() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = echo_display(dir.path());
+    let vm = instance(
+        "vm1",
+        "simulator",
+        Some(&format!("unix:{}", socket.display())),
+    );
+    let gw = Gateway::start(&format!("[session]\nmax_sessions_per_connection = 2\n{vm}")).await;
+    let key = Key::ed25519(gw.dir.path(), "user");
+    let conn = gw.create("vm1", &key).await;
+    let local = free_port().await;
+    let mut ssh = tunnel(outer_shortcut(&gw, &conn, &key, local)).await;
+    let first = echo_round_trip(local).await;
+    let _second = echo_round_trip(local).await;
+    let mut third = connect_eventually(local).await;
+    let mut buf = [0u8; 12];
+    let n = tokio::time::timeout(GUARD, third.read(&mut buf))
+        .await
+        .expect("a tunnel past the cap was neither refused nor closed");
+    assert!(matches!(n, Ok(0) | Err(_)), "a third tunnel was opened");
+    drop(first);
+    // The place comes back once the gateway has seen the tunnel close.
+    let fourth = tokio::time::timeout(GUARD, async {
+        loop {
+            let mut s = connect_eventually(local).await;
+            if matches!(s.read(&mut buf).await, Ok(12)) {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the closed tunnel's place never came back");
+    drop(fourth);
+    ssh.kill().await.unwrap();
+    let out = ssh.wait_with_output().await.unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("open failed: resource shortage"), "{err}");
+    gw.stop().await;
+}
+
+/// Connects to a tunnel's local end, checks the greeting and an echo, and
+/// keeps the tunnel open (while the stream lives).
+async fn echo_round_trip(local: u16) -> tokio::net::TcpStream {
     let mut s = connect_eventually(local).await;
     let mut greeting = [0u8; 12];
     tokio::time::timeout(GUARD, s.read_exact(&mut greeting))
@@ -238,4 +299,5 @@ async fn echo_round_trip(local: u16) {
         .unwrap()
         .unwrap();
     assert_eq!(&back, b"ping through both hops");
+    s
 }

@@ -2,9 +2,13 @@
 //! verification as a middleware, and request ids.
 //!
 //! The authentication middleware reads the whole body (bounded by
-//! `[api] max_body_bytes`, so an oversized body is refused before it is
-//! buffered past the limit), verifies the signature over it, and hands the
-//! handler the body and the [`Caller`].
+//! `[api] max_body_bytes`, so an oversized body, chunked or not, is refused
+//! as soon as it passes the limit), verifies the signature over it, checks
+//! that the signed `host` is one of the gateway's own names
+//! ([`ServedHosts`](super::hosts::ServedHosts), `CG-HTTP-004`), takes one
+//! of the `max_concurrent_requests` slots, and hands the handler the body
+//! and the [`Caller`]. What a client sent reaches the log only through
+//! [`loggable`]: bounded, with control characters escaped.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,6 +22,7 @@ use axum::response::{IntoResponse, Response};
 use rsa::RsaPublicKey;
 
 use super::ApiState;
+use super::connection::LocalAddr;
 use super::error::ApiError;
 use super::signature;
 use crate::config::ApiUserConfig;
@@ -133,12 +138,35 @@ pub async fn authenticate(State(state): State<ApiState>, request: Request, next:
             }
         }
         Err(e) => {
-            tracing::info!(method = %parts.method, path = %parts.uri.path(), reason = %e, "API request not authenticated");
+            tracing::info!(method = %loggable(parts.method.as_str(), 20),
+                path = %loggable_path(parts.uri.path()), reason = %e, "API request not authenticated");
             return ApiError::not_authenticated(format!(
                 "The request signature was not accepted: {e}"
             ))
             .into_response();
         }
+    };
+    // Signed (verify requires it), so exactly one.
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let local = parts.extensions.get::<LocalAddr>().map(|l| l.0);
+    if !state.hosts().allows(host, local) {
+        let shown = loggable(host, 100);
+        tracing::warn!(code = "CG-HTTP-004", key_id = %loggable(&caller.key_id, 200), host = %shown,
+            "a signed API request names a host that is not one of this gateway's; refused");
+        return ApiError::not_authenticated(format!(
+            "The request was signed for host `{shown}`, which is not a name of this gateway \
+             ({}); use the endpoint it is configured for ([api] hosts).",
+            state.hosts().describe()
+        ))
+        .with_runbook_code("CG-HTTP-004")
+        .into_response();
+    }
+    let Some(_slot) = state.slot() else {
+        return super::too_many_requests().into_response();
     };
     parts.extensions.insert(caller);
     next.run(Request::from_parts(parts, Body::from(bytes)))
@@ -174,16 +202,58 @@ pub async fn request_id(mut request: Request, next: Next) -> Response {
     response
 }
 
-/// The request path as logged: console tokens in paths are secrets.
+/// Most characters of a request path written to the log.
+const LOGGED_PATH_CHARS: usize = 200;
+
+/// The request path as logged: console tokens in paths are secrets, and
+/// the rest is [`loggable`].
 fn loggable_path(path: &str) -> String {
     match path.find("/os-console-auth-tokens/") {
-        Some(i) => format!("{}/os-console-auth-tokens/<token>", &path[..i]),
-        None => path.chars().take(256).collect(),
+        Some(i) => format!(
+            "{}/os-console-auth-tokens/<token>",
+            loggable(&path[..i], LOGGED_PATH_CHARS)
+        ),
+        None => loggable(path, LOGGED_PATH_CHARS),
     }
+}
+
+/// `text` (chosen by a client) as it may be written to the log: every
+/// character outside printable ASCII, and `\`, escaped (`\u{85}`), at
+/// most `max` characters of it, and a marker saying it was cut.
+pub fn loggable(text: &str, max: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max) + 32);
+    for (shown, c) in text.chars().enumerate() {
+        if shown == max {
+            out.push_str(&format!("...[cut: {} bytes in all]", text.len()));
+            break;
+        }
+        match c {
+            '\\' => out.push_str("\\\\"),
+            ' '..='~' => out.push(c),
+            _ => out.extend(c.escape_unicode()),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn client_text_is_logged_bounded_and_escaped() {
+        assert_eq!(super::loggable("/v1/plain", 200), "/v1/plain");
+        assert_eq!(
+            super::loggable("/a\u{85}b\u{202e}c\\d\n", 200),
+            "/a\\u{85}b\\u{202e}c\\\\d\\u{a}"
+        );
+        let long = format!("/{}", "x".repeat(5000));
+        let logged = super::loggable(&long, 200);
+        assert!(logged.starts_with(&long[..200]), "{logged}");
+        assert!(logged.ends_with("...[cut: 5001 bytes in all]"), "{logged}");
+        assert!(logged.len() < 240);
+        let logged = super::loggable_path(&format!("/v2.1/os-console-auth-tokens/{long}"));
+        assert_eq!(logged, "/v2.1/os-console-auth-tokens/<token>");
+    }
+
     #[test]
     fn console_tokens_never_reach_the_log() {
         assert_eq!(

@@ -40,6 +40,8 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// The runbook entry, when it is not the status's own.
+    runbook: Option<&'static str>,
 }
 
 /// The error body.
@@ -58,6 +60,15 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            runbook: None,
+        }
+    }
+
+    /// The same error, naming runbook entry `code` instead of its status's.
+    pub fn with_runbook_code(self, code: &'static str) -> Self {
+        ApiError {
+            runbook: Some(code),
+            ..self
         }
     }
 
@@ -117,7 +128,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let code = runbook_code(self.status);
+        let code = self.runbook.unwrap_or_else(|| runbook_code(self.status));
         let body = ErrorBody {
             code: self.code.to_owned(),
             message: format!("{code} {}", self.message),

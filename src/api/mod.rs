@@ -4,18 +4,31 @@
 //! - [`nova`]: the Nova-compatible console API (X-Auth-Token);
 //! - [`auth`]: API users, request-signature verification, request ids;
 //! - [`signature`]: OCI HTTP request signatures (verify and sign);
-//! - [`error`]: OCI's error model.
+//! - [`error`]: OCI's error model;
+//! - [`hosts`]: the names requests may be signed for;
+//! - [`listener`]: the HTTP listener's accept loop, with `admission`
+//!   (connection limits), `connection` (one connection's deadlines) and
+//!   [`tls`] (HTTPS).
 //!
 //! [`app`] builds the router (tested with `oneshot`, no socket needed);
-//! [`serve`] runs it on a bound listener until shutdown. Limits are tower
-//! layers: a concurrency limit that sheds load with 429 TooManyRequests, a
-//! request timeout, and the body limit enforced while authenticating.
+//! [`serve`] runs it on a bound listener until shutdown. A stranger is
+//! bounded by the listener (connections in all and per source, header and
+//! keep-alive timeouts) and by a request timeout (a tower layer); bodies
+//! by `max_body_bytes` as they arrive, chunked ones included. The
+//! `max_concurrent_requests` slots are taken only once a request has
+//! authenticated (OCI signature or Nova token): past them, 429
+//! TooManyRequests, so slow strangers never make anyone else wait.
 
+mod admission;
 pub mod auth;
+mod connection;
 pub mod error;
+pub mod hosts;
+pub mod listener;
 pub mod nova;
 pub mod oci;
 pub mod signature;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,8 +37,6 @@ use axum::Router;
 use axum::error_handling::HandleErrorLayer;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -37,6 +48,8 @@ use crate::console::hub::ConsoleHubs;
 use crate::ops::metrics::Metrics;
 use auth::ApiUsers;
 use error::ApiError;
+use hosts::ServedHosts;
+pub use listener::{ListenerSettings, serve};
 
 /// What the handlers share; cheap to clone.
 #[derive(Clone, Debug)]
@@ -54,6 +67,10 @@ struct ApiShared {
     hubs: ConsoleHubs,
     metrics: Arc<Metrics>,
     public_url: String,
+    /// The names OCI requests may be signed for.
+    hosts: ServedHosts,
+    /// `max_concurrent_requests`: taken once a request has authenticated.
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl ApiState {
@@ -66,14 +83,17 @@ impl ApiState {
     ) -> Result<ApiState, String> {
         let users = ApiUsers::from_config(&connections.config().api_users)?;
         let config = connections.config().api.clone();
+        let scheme = if config.tls() { "https" } else { "http" };
         let public_url = connections
             .config()
             .nova
             .public_url
             .clone()
-            .unwrap_or_else(|| format!("http://{}", config.listen))
+            .unwrap_or_else(|| format!("{scheme}://{}", config.listen))
             .trim_end_matches('/')
             .to_owned();
+        let hosts = ServedHosts::from_config(&connections.config());
+        let slots = Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_requests));
         Ok(ApiState {
             shared: Arc::new(ApiShared {
                 tokens: connections.tokens(),
@@ -83,8 +103,21 @@ impl ApiState {
                 hubs,
                 metrics,
                 public_url,
+                hosts,
+                slots,
             }),
         })
+    }
+
+    /// The names OCI requests may be signed for.
+    pub fn hosts(&self) -> &ServedHosts {
+        &self.shared.hosts
+    }
+
+    /// One of the `max_concurrent_requests` slots, for an authenticated
+    /// request; `None` when every one is taken.
+    pub fn slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.shared.slots.clone().try_acquire_owned().ok()
     }
 
     /// The console hubs (a console URL is refused while the console is down).
@@ -168,7 +201,7 @@ pub fn app(state: ApiState) -> Router {
 }
 
 /// The HTTP API with `more` routes served beside it (the web consoles),
-/// under the same limits, request ids and metrics.
+/// under the same request timeout, request ids and metrics.
 pub fn app_with(state: ApiState, more: Router) -> Router {
     let config = state.config().clone();
     let (api, doc) = routes().split_for_parts();
@@ -222,13 +255,7 @@ pub fn app_with(state: ApiState, more: Router) -> Router {
             ServiceBuilder::new()
                 .layer(axum::middleware::from_fn_with_state(state, count_request))
                 .layer(axum::middleware::from_fn(auth::request_id))
-                .layer(HandleErrorLayer::new(overloaded))
-                .load_shed()
-                // Global: one semaphore for every route and method (the
-                // router applies layers route by route).
-                .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
-                    config.max_concurrent_requests,
-                ))
+                .layer(HandleErrorLayer::new(timed_out))
                 .timeout(Duration::from_secs(config.request_timeout_secs)),
         )
 }
@@ -300,15 +327,17 @@ fn static_dir(dir: &std::path::Path, package: &'static str) -> axum::routing::Me
     }
 }
 
-async fn overloaded(error: tower::BoxError) -> Response {
-    if error.is::<tower::load_shed::error::Overloaded>() {
-        ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "TooManyRequests",
-            "Too many requests are in progress; retry with backoff.",
-        )
-        .into_response()
-    } else if error.is::<tower::timeout::error::Elapsed>() {
+/// 429 TooManyRequests: every `max_concurrent_requests` slot is taken.
+pub(crate) fn too_many_requests() -> ApiError {
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "TooManyRequests",
+        "Too many requests are in progress; retry with backoff.",
+    )
+}
+
+async fn timed_out(error: tower::BoxError) -> Response {
+    if error.is::<tower::timeout::error::Elapsed>() {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "ServiceUnavailable",
@@ -318,19 +347,4 @@ async fn overloaded(error: tower::BoxError) -> Response {
     } else {
         ApiError::internal(&error).into_response()
     }
-}
-
-/// Serves `app` (the API of [`app`], perhaps with more routes merged) on
-/// `listener` until `shutdown` is cancelled.
-pub async fn serve(
-    listener: TcpListener,
-    app: Router,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-    .await
 }

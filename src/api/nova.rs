@@ -11,6 +11,11 @@
 //! hashed, bound to one instance and one protocol, `[nova] token_ttl_secs`
 //! long) for the gateway's own web consoles (`/serial`, `/websockify`).
 //! Errors use Nova's body, `{"itemNotFound": {"message", "code"}}`.
+//!
+//! Once the token is accepted, the body is read up to `[api]
+//! max_body_bytes` (refused with Nova's `413 overLimit` as soon as it
+//! passes it, chunked or not) and one of the `max_concurrent_requests`
+//! slots is taken (`429 overLimit` when none is free).
 
 use std::collections::HashMap;
 
@@ -88,7 +93,7 @@ impl NovaCaller {
     }
 }
 
-/// Checks `X-Auth-Token`.
+/// Checks `X-Auth-Token`, then reads the body (bounded) and takes a slot.
 pub async fn authenticate(
     State(state): State<ApiState>,
     mut request: Request,
@@ -125,7 +130,37 @@ pub async fn authenticate(
         project: found.project.clone(),
         role: found.role,
     });
-    next.run(request).await
+    let limit = state.config().max_body_bytes;
+    let too_large = || {
+        NovaError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "overLimit",
+            format!("Request is too large: the body may have at most {limit} bytes."),
+        )
+        .into_response()
+    };
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return too_large();
+    }
+    let (parts, body) = request.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
+        return too_large();
+    };
+    let Some(_slot) = state.slot() else {
+        return NovaError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "overLimit",
+            "Too many requests are in progress; retry with backoff.",
+        )
+        .into_response();
+    };
+    next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+        .await
 }
 
 /// The authenticated routes, to nest under `/v2.1` and `/v2/{project_id}`.

@@ -185,3 +185,30 @@ mod tests {
         }
     }
 }
+
+/// Where a connection comes from, as the per-source limits (SSH and
+/// HTTP) and the audit ration count it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// An IPv4 address (or an IPv4-mapped IPv6 one).
+    V4([u8; 4]),
+    /// The /64 an IPv6 address is in: one host usually has all of it.
+    V6([u8; 8]),
+}
+
+impl Source {
+    /// The source of address `ip`.
+    pub fn of(ip: IpAddr) -> Source {
+        match ip {
+            IpAddr::V4(v4) => Source::V4(v4.octets()),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Source::V4(v4.octets()),
+                None => {
+                    let mut net = [0u8; 8];
+                    net.copy_from_slice(&v6.octets()[..8]);
+                    Source::V6(net)
+                }
+            },
+        }
+    }
+}

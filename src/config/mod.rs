@@ -17,10 +17,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod http;
 mod limits;
 mod replay;
 mod targets;
-pub use limits::{AddressRange, StartupLimits};
+pub use http::{ApiHost, split_host_port};
+pub use limits::{AddressRange, Source, StartupLimits};
 pub use replay::Replay;
 use targets::is_valid_host;
 pub use targets::{SerialTarget, VncTarget};
@@ -116,6 +118,11 @@ pub struct Config {
     pub nova_tokens: Vec<NovaTokenConfig>,
     /// Days audit events are kept.
     pub audit_retention_days: u64,
+    /// Audit rows of refused attempts one console connection (and one
+    /// source address) may write at once, before they are collapsed.
+    pub audit_refused_burst: u32,
+    /// How fast that allowance refills, rows per hour.
+    pub audit_refused_per_hour: u32,
     /// Session timeouts every instance gets unless it sets its own.
     pub session: SessionConfig,
     /// The instances whose consoles the gateway serves.
@@ -142,6 +149,30 @@ pub struct ApiConfig {
     pub max_page_size: usize,
     /// Seconds a deleted connection stays readable as DELETED.
     pub deleted_retention_secs: u64,
+    /// HTTP connections open at once; past it, the one waiting longest for
+    /// its next request is closed to make room, or (none waiting) the new
+    /// one is refused.
+    pub max_connections: usize,
+    /// HTTP connections open at once from one address (IPv6: one /64),
+    /// handled the same way; 0: no per-source limit.
+    pub max_connections_per_source: usize,
+    /// Addresses and CIDR ranges without a per-source limit (a reverse
+    /// proxy or load balancer in front of the listener).
+    pub exempt_sources: Vec<AddressRange>,
+    /// Seconds a client has to send a request's headers (from its first
+    /// byte, or from the connection's start for its first request).
+    pub header_read_timeout_secs: u64,
+    /// Seconds an idle keep-alive connection is kept between requests.
+    pub keepalive_timeout_secs: u64,
+    /// PEM certificate chain for HTTPS; with `tls_key_file`, the listener
+    /// speaks only TLS.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
+    /// The names (and `name:port`s) clients may sign OCI requests for (the
+    /// signed `host` header); empty: derived from `listen`, the address
+    /// each connection reached and `[nova] public_url`.
+    pub hosts: Vec<ApiHost>,
 }
 
 impl Default for ApiConfig {
@@ -155,7 +186,22 @@ impl Default for ApiConfig {
             default_page_size: 50,
             max_page_size: 1000,
             deleted_retention_secs: 3600,
+            max_connections: 512,
+            max_connections_per_source: 32,
+            exempt_sources: Vec::new(),
+            header_read_timeout_secs: 10,
+            keepalive_timeout_secs: 60,
+            tls_cert_file: None,
+            tls_key_file: None,
+            hosts: Vec::new(),
         }
+    }
+}
+
+impl ApiConfig {
+    /// Whether the listener speaks TLS.
+    pub fn tls(&self) -> bool {
+        self.tls_cert_file.is_some()
     }
 }
 
@@ -268,7 +314,8 @@ pub struct NovaConfig {
     pub public_url: Option<String>,
     /// Seconds a console token is valid (Nova's default is 600).
     pub token_ttl_secs: u64,
-    /// Whether a console token opens only one WebSocket.
+    /// Whether a console token opens only one WebSocket (the default; the
+    /// serial page's own `GET` does not spend it).
     pub single_use_tokens: bool,
     /// noVNC's files (Debian package `novnc`), served under `/novnc/`.
     pub novnc_dir: PathBuf,
@@ -282,7 +329,7 @@ impl Default for NovaConfig {
         NovaConfig {
             public_url: None,
             token_ttl_secs: 600,
-            single_use_tokens: false,
+            single_use_tokens: true,
             novnc_dir: PathBuf::from("/usr/share/novnc"),
             xterm_dir: PathBuf::from("web/node_modules/@xterm/xterm"),
         }
@@ -369,9 +416,12 @@ pub struct SshConfig {
     /// Seconds a client has to finish key exchange and authentication
     /// (it has 10 s, or this if less, to send its SSH identification).
     pub handshake_timeout_secs: u64,
-    /// Seconds between checks that a session's connection record is still ACTIVE.
+    /// Seconds between checks that a session's connection record is still
+    /// ACTIVE (and a web console's token still stands).
     pub revalidate_interval_secs: u64,
-    /// Seconds between SSH keepalives to an idle client (0 disables them).
+    /// Seconds between keepalives to an idle client: SSH keepalives, and
+    /// WebSocket pings on the web consoles (a socket that answers nothing
+    /// for three of them is closed, CG-WEB-007); 0 disables them.
     pub keepalive_interval_secs: u64,
 }
 
@@ -463,14 +513,59 @@ pub struct SessionConfig {
     pub max_session_secs: u64,
     /// Seconds before either cut that the session is warned.
     pub timeout_warning_secs: u64,
+    /// Sessions (console sessions and VNC tunnels) one instance may have
+    /// at once on this gateway; 0: no cap.
+    pub max_sessions_per_instance: usize,
+    /// Sessions one console connection (or console token) may have at once.
+    pub max_sessions_per_connection: usize,
+    /// Sessions one key may have at once, over every console connection
+    /// it is registered in.
+    pub max_sessions_per_key: usize,
 }
 
 impl Default for SessionConfig {
     fn default() -> Self {
+        let caps = SessionCaps::default();
         SessionConfig {
             idle_timeout_secs: 0,
             max_session_secs: 0,
             timeout_warning_secs: 60,
+            max_sessions_per_instance: caps.max_sessions_per_instance,
+            max_sessions_per_connection: caps.max_sessions_per_connection,
+            max_sessions_per_key: caps.max_sessions_per_key,
+        }
+    }
+}
+
+impl SessionConfig {
+    /// The session caps.
+    pub fn caps(&self) -> SessionCaps {
+        SessionCaps {
+            max_sessions_per_instance: self.max_sessions_per_instance,
+            max_sessions_per_connection: self.max_sessions_per_connection,
+            max_sessions_per_key: self.max_sessions_per_key,
+        }
+    }
+}
+
+/// How many sessions one instance, console connection and key may have at
+/// once (`[session]`; 0: no cap).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionCaps {
+    /// Sessions of one instance.
+    pub max_sessions_per_instance: usize,
+    /// Sessions of one console connection (or console token).
+    pub max_sessions_per_connection: usize,
+    /// Sessions of one key, over all its console connections.
+    pub max_sessions_per_key: usize,
+}
+
+impl Default for SessionCaps {
+    fn default() -> Self {
+        SessionCaps {
+            max_sessions_per_instance: 64,
+            max_sessions_per_connection: 8,
+            max_sessions_per_key: 16,
         }
     }
 }
@@ -656,6 +751,10 @@ struct RawConfig {
     data_dir: PathBuf,
     #[serde(default = "default_audit_retention_days")]
     audit_retention_days: u64,
+    #[serde(default = "default_audit_refused_burst")]
+    audit_refused_burst: u32,
+    #[serde(default = "default_audit_refused_per_hour")]
+    audit_refused_per_hour: u32,
     #[serde(default)]
     ssh: SshConfig,
     #[serde(default)]
@@ -810,7 +909,7 @@ fn check_cluster(cluster: &ClusterConfig, store: &StoreConfig) -> Result<(), Str
     Ok(())
 }
 
-/// `[api]`: limits of at least 1.
+/// `[api]`: limits of at least 1, the listener's limits and TLS files.
 fn check_api(api: &ApiConfig) -> Result<(), String> {
     if api.max_body_bytes == 0
         || api.request_timeout_secs == 0
@@ -824,7 +923,7 @@ fn check_api(api: &ApiConfig) -> Result<(), String> {
                 .into(),
         );
     }
-    Ok(())
+    http::check_listener(api)
 }
 
 /// `[[api_user]]`: each with one key (a key file is read here, relative to
@@ -944,6 +1043,14 @@ fn default_audit_retention_days() -> u64 {
     90
 }
 
+fn default_audit_refused_burst() -> u32 {
+    10
+}
+
+fn default_audit_refused_per_hour() -> u32 {
+    10
+}
+
 fn default_data_dir() -> PathBuf {
     PathBuf::from("data")
 }
@@ -995,6 +1102,8 @@ impl Config {
         check_store(&raw.store).map_err(invalid)?;
         check_cluster(&raw.cluster, &raw.store).map_err(invalid)?;
         let api_users = load_api_users(raw.api_user, base).map_err(invalid)?;
+        let mut api = raw.api;
+        http::resolve_tls_paths(&mut api, base);
         let nova = load_nova(raw.nova, &raw.nova_token, base).map_err(invalid)?;
         let instances = finish_instances(raw.instance, &raw.session, base).map_err(invalid)?;
         let data_dir = if raw.data_dir.is_absolute() {
@@ -1007,12 +1116,14 @@ impl Config {
             data_dir,
             ssh: raw.ssh,
             log: raw.log,
-            api: raw.api,
+            api,
             metrics: raw.metrics,
             store: raw.store,
             cluster: raw.cluster,
             api_users,
             audit_retention_days: raw.audit_retention_days,
+            audit_refused_burst: raw.audit_refused_burst,
+            audit_refused_per_hour: raw.audit_refused_per_hour,
             session: raw.session,
             nova,
             nova_tokens: raw.nova_token,

@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::ApiState;
+use crate::api::{ApiState, ListenerSettings};
 use crate::config::{Config, SharedConfig};
 use crate::connections::ConsoleConnections;
 use crate::console::hub::ConsoleHubs;
@@ -23,6 +23,7 @@ use crate::keys::{HostKeyError, HostKeys};
 use crate::ops::metrics::Metrics;
 use crate::ops::{Health, OpsState};
 use crate::sessions::Sessions;
+use crate::sessions::caps::SessionCaps;
 use crate::sessions::link::LinkServer;
 use crate::sessions::ssh::SshContext;
 use crate::sessions::web::WebState;
@@ -56,6 +57,9 @@ pub enum GatewayError {
     /// An `[[api_user]]` key is unusable.
     #[error("{0}")]
     ApiUsers(String),
+    /// The HTTP listener's TLS certificate or key is unusable.
+    #[error(transparent)]
+    Tls(#[from] crate::api::tls::TlsError),
     /// Another running process is registered under this `node_id`.
     #[error(
         "CG-FLEET-007 node_id `{0}` is in use by another running gateway process; each node needs its own [cluster] node_id"
@@ -198,18 +202,23 @@ pub async fn run_with(
     let sessions = match (&node, &fleet) {
         (Some(n), Some(fleet)) => Sessions::in_fleet(
             config.ssh.max_connections,
+            SessionCaps::new(config.session.caps()),
             FleetLink {
                 fleet: fleet.clone(),
                 key: n.key.clone(),
             },
         ),
-        _ => Sessions::new(config.ssh.max_connections),
+        _ => Sessions::capped(
+            config.ssh.max_connections,
+            SessionCaps::new(config.session.caps()),
+        ),
     };
     let health = Arc::new(Health::default());
     // Bound already: connections wait in its backlog until the accept loop runs.
     health.set_ssh_listening(true);
     let api = ApiState::new(connections, hubs.clone(), metrics.clone())
         .map_err(GatewayError::ApiUsers)?;
+    let tls = crate::api::tls::Tls::load(&config.api)?;
     let mut tasks = JoinSet::new();
     let mut http_link = None;
     let background = CancellationToken::new();
@@ -276,7 +285,16 @@ pub async fn run_with(
     let mut http_tasks = JoinSet::new();
     match listeners.metrics {
         Some(listener) => {
-            http_tasks.spawn(serve_http("metrics", listener, ops, shutdown.clone(), None));
+            let settings = ListenerSettings::of(&config.api, None);
+            http_tasks.spawn(serve_http(
+                "metrics",
+                listener,
+                ops,
+                settings,
+                metrics.clone(),
+                shutdown.clone(),
+                None,
+            ));
         }
         None => app = app.merge(ops),
     }
@@ -284,6 +302,8 @@ pub async fn run_with(
         "the HTTP API",
         listeners.api,
         app,
+        ListenerSettings::of(&config.api, tls.clone()),
+        metrics.clone(),
         shutdown.clone(),
         Some(health.clone()),
     ));
@@ -307,6 +327,7 @@ pub async fn run_with(
         health: health.clone(),
         set_log_level: options.set_log_level.clone(),
         fleet: fleet.clone(),
+        tls,
     };
     let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
     tasks.spawn(reloads(reloader, reload_rx, background.clone()));
@@ -412,18 +433,21 @@ async fn sighup(
     }
 }
 
-/// Serves an HTTP router until shutdown; `health` learns whether it serves.
+/// Serves an HTTP router until shutdown, under its listener's limits;
+/// `health` learns whether it serves.
 async fn serve_http(
     what: &'static str,
     listener: TcpListener,
     app: axum::Router,
+    settings: ListenerSettings,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     health: Option<Arc<Health>>,
 ) {
     if let Some(h) = &health {
         h.set_api_listening(true);
     }
-    if let Err(e) = crate::api::serve(listener, app, shutdown).await {
+    if let Err(e) = crate::api::serve(listener, app, settings, metrics, shutdown).await {
         tracing::error!(code = "CG-API-001", error = %e, "{what} stopped serving");
     }
     if let Some(h) = &health {

@@ -6,7 +6,10 @@
 //! if anything is wrong nothing changes and the old configuration serves on.
 //! Then, at once: instances added get a console hub, instances removed or
 //! changed have their sessions told (CG-OPS-007) and closed, API users and
-//! Nova tokens are replaced, and the log level is set. Settings that only a
+//! Nova tokens are replaced, the log level is set, and the HTTP listener's
+//! TLS certificate and key are read again (a renewed certificate is served
+//! from the next handshake; a pair that does not load rejects the reload,
+//! `CG-HTTP-006`). Settings that only a
 //! restart can change (listeners, the data directory, limits) keep their
 //! running values and are named in the log (CG-OPS-008).
 
@@ -37,6 +40,8 @@ pub(super) struct Reloader {
     pub set_log_level: Option<SetLogLevel>,
     /// In a fleet: the lease keeper's view of the instances.
     pub fleet: Option<crate::fleet::Fleet>,
+    /// The HTTP listener's TLS, whose files are read again.
+    pub tls: Option<Arc<crate::api::tls::Tls>>,
 }
 
 impl Reloader {
@@ -84,6 +89,10 @@ impl Reloader {
             .await
             .map_err(|e| rejected(&e))?;
         let needs_restart = keep_restart_only_settings(&old, &mut new);
+        let certificate = match &self.tls {
+            Some(tls) => Some(tls.read_files().map_err(|e| rejected(&e))?),
+            None => None,
+        };
         if new.log.level != old.log.level
             && let Some(set) = &self.set_log_level
         {
@@ -110,6 +119,9 @@ impl Reloader {
         self.config.replace(new.clone());
         self.ssh.set_instances(&new.instances, keys);
         self.api.set_users(users);
+        if let (Some(tls), Some(certificate)) = (&self.tls, certificate) {
+            tls.install(certificate);
+        }
         for id in &removed {
             let reason = format!(
                 "CG-OPS-007 instance {id} was removed from the gateway's configuration; this session is closed"
@@ -189,5 +201,19 @@ fn keep_restart_only_settings(old: &Config, new: &mut Config) -> Vec<String> {
     keep!(nova.xterm_dir, "[nova] xterm_dir");
     keep!(log.format, "[log] format");
     keep!(audit_retention_days, "audit_retention_days");
+    keep!(audit_refused_burst, "audit_refused_burst");
+    keep!(audit_refused_per_hour, "audit_refused_per_hour");
+    keep!(
+        session.max_sessions_per_instance,
+        "[session] max_sessions_per_instance"
+    );
+    keep!(
+        session.max_sessions_per_connection,
+        "[session] max_sessions_per_connection"
+    );
+    keep!(
+        session.max_sessions_per_key,
+        "[session] max_sessions_per_key"
+    );
     differ
 }

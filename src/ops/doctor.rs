@@ -370,6 +370,11 @@ async fn http_check(
         Ok(Ok(answer)) if answer.starts_with("HTTP/1.1 200") => {
             (Outcome::Ok, format!("{addr} answers {path}"))
         }
+        // The gateway's HTTPS listener answers plain HTTP this way.
+        Ok(Ok(answer)) if answer.starts_with("HTTP/1.1 400") && answer.contains("CG-HTTP-005") => (
+            Outcome::Ok,
+            format!("{addr} answers HTTPS (and refuses plain HTTP with CG-HTTP-005)"),
+        ),
         Ok(Ok(answer)) => (
             Outcome::Fail,
             format!(

@@ -90,6 +90,10 @@ pub struct Metrics {
     ssh_connections: Counter,
     ssh_refused: Family<RefusedLabels, Counter>,
     ssh_auth: Family<AuthLabels, Counter>,
+    http_connections: Counter,
+    http_open: Gauge,
+    http_refused: Family<RefusedLabels, Counter>,
+    http_closed: Family<RefusedLabels, Counter>,
     api_requests: Family<ApiLabels, Counter>,
     api_latency: HistogramFamily,
     console_tokens: Family<ResultLabels, Counter>,
@@ -119,6 +123,10 @@ impl Metrics {
             ssh_connections: Counter::default(),
             ssh_refused: Family::default(),
             ssh_auth: Family::default(),
+            http_connections: Counter::default(),
+            http_open: Gauge::default(),
+            http_refused: Family::default(),
+            http_closed: Family::default(),
             api_requests: Family::default(),
             api_latency: HistogramFamily::new_with_constructor(latency_histogram),
             console_tokens: Family::default(),
@@ -146,6 +154,26 @@ impl Metrics {
             "ssh_auth",
             "SSH public-key authentication results by hop and reason",
             m.ssh_auth.clone(),
+        );
+        registry.register(
+            "http_connections",
+            "TCP connections accepted by the HTTP listeners",
+            m.http_connections.clone(),
+        );
+        registry.register(
+            "http_open_connections",
+            "HTTP connections open now (WebSocket consoles count as sessions instead)",
+            m.http_open.clone(),
+        );
+        registry.register(
+            "http_refused",
+            "HTTP connections closed at once, by reason (connection limits, TLS)",
+            m.http_refused.clone(),
+        );
+        registry.register(
+            "http_closed",
+            "HTTP connections the gateway closed, by reason (timeouts, room for new ones)",
+            m.http_closed.clone(),
         );
         registry.register(
             "api_requests",
@@ -226,6 +254,33 @@ impl Metrics {
             reason: refused.unwrap_or("ok"),
         };
         self.ssh_auth.get_or_create(&labels).inc();
+    }
+
+    /// An HTTP connection was accepted; `open` are open now.
+    pub fn http_connection(&self, open: usize) {
+        self.http_connections.inc();
+        self.http_open_connections(open);
+    }
+
+    /// `open` HTTP connections are open now.
+    pub fn http_open_connections(&self, open: usize) {
+        self.http_open.set(i64::try_from(open).unwrap_or(i64::MAX));
+    }
+
+    /// An HTTP connection was closed at once (`max_connections`,
+    /// `max_connections_per_source`, `tls_handshake`, `plain_http`).
+    pub fn http_refused(&self, reason: &'static str) {
+        self.http_refused
+            .get_or_create(&RefusedLabels { reason })
+            .inc();
+    }
+
+    /// The gateway closed an HTTP connection (`header_timeout`,
+    /// `idle_timeout`, or to make room: `evicted`, `evicted_per_source`).
+    pub fn http_closed(&self, reason: &'static str) {
+        self.http_closed
+            .get_or_create(&RefusedLabels { reason })
+            .inc();
     }
 
     /// An API request was answered.

@@ -177,6 +177,8 @@ pub struct AttachContext {
     pub cut: tokio::sync::watch::Receiver<Option<Arc<str>>>,
     /// In a fleet: where consoles are held, and how to reach them.
     pub fleet: Option<crate::fleet::FleetLink>,
+    /// The caps on sessions per instance, console connection and key.
+    pub caps: super::caps::SessionCaps,
 }
 
 impl AttachContext {

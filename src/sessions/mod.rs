@@ -7,6 +7,8 @@
 //!   through: what the user is shown, the `&` escapes, the timeouts, the
 //!   recording and the Attach/Detach audit;
 //! - [`proxy`]: the one VNC copy, for SSH tunnels and websockify alike;
+//! - [`caps`]: the caps on sessions per instance, console connection and
+//!   key;
 //! - [`link`]: sessions on any node of a fleet, relayed to the node that
 //!   holds their console over the authenticated node link;
 //! - this file: [`Sessions`], the one owner of every session.
@@ -15,6 +17,7 @@
 //! are its instance's console and its configured VNC target.
 
 pub mod attach;
+pub mod caps;
 pub mod link;
 pub mod proxy;
 pub mod ssh;
@@ -30,6 +33,7 @@ use tokio_util::task::TaskTracker;
 use crate::ops::metrics::Metrics;
 use crate::store::Store;
 use attach::AttachContext;
+use caps::SessionCaps;
 
 /// The owner of every session: SSH connections (and their channels), web
 /// consoles and VNC proxies are all tracked here, admitted under one limit
@@ -40,6 +44,7 @@ pub struct Sessions {
     tracker: TaskTracker,
     cancel: CancellationToken,
     limit: Arc<Semaphore>,
+    caps: SessionCaps,
     fleet: Option<crate::fleet::FleetLink>,
     /// Set while console sessions must end at once, with the reason.
     cut: Arc<tokio::sync::watch::Sender<Option<Arc<str>>>>,
@@ -52,12 +57,20 @@ pub struct Admission {
 }
 
 impl Sessions {
-    /// At most `max_connections` sessions at once.
+    /// At most `max_connections` sessions at once, with no caps per
+    /// instance, connection or key.
     pub fn new(max_connections: usize) -> Sessions {
+        Sessions::capped(max_connections, SessionCaps::unlimited())
+    }
+
+    /// At most `max_connections` sessions at once, and at most `caps`'
+    /// per instance, console connection and key.
+    pub fn capped(max_connections: usize, caps: SessionCaps) -> Sessions {
         Sessions {
             tracker: TaskTracker::new(),
             cancel: CancellationToken::new(),
             limit: Arc::new(Semaphore::new(max_connections)),
+            caps,
             fleet: None,
             cut: Arc::new(tokio::sync::watch::channel(None).0),
         }
@@ -65,11 +78,20 @@ impl Sessions {
 
     /// At most `max_connections` sessions at once, on a node of `fleet`:
     /// console sessions reach their console wherever it is held.
-    pub fn in_fleet(max_connections: usize, fleet: crate::fleet::FleetLink) -> Sessions {
+    pub fn in_fleet(
+        max_connections: usize,
+        caps: SessionCaps,
+        fleet: crate::fleet::FleetLink,
+    ) -> Sessions {
         Sessions {
             fleet: Some(fleet),
-            ..Sessions::new(max_connections)
+            ..Sessions::capped(max_connections, caps)
         }
+    }
+
+    /// The caps on sessions per instance, console connection and key.
+    pub fn caps(&self) -> &SessionCaps {
+        &self.caps
     }
 
     /// Waits for a place (SSH: excess clients wait in the listen backlog);
@@ -116,6 +138,7 @@ impl Sessions {
             ending: self.cancel.clone(),
             cut: self.cut.subscribe(),
             fleet: self.fleet.clone(),
+            caps: self.caps.clone(),
         }
     }
 

@@ -1,7 +1,7 @@
 //! The one VNC copy: bytes between a user's stream (an SSH `direct-tcpip`
 //! channel, or a websockify WebSocket) and the instance's VNC display, with
-//! its VncOpen and VncClose audit rows, until either side closes or the
-//! gateway shuts down.
+//! its VncOpen and VncClose audit rows, until either side closes, the
+//! gateway shuts down or the front end stops it.
 //!
 //! The display is connected by the front end before it accepts the user's
 //! channel or upgrade, so a display that is down shows up as "connect
@@ -44,6 +44,25 @@ pub async fn relay<U>(
     ending: &CancellationToken,
     tunnel: Tunnel,
     user: U,
+    display: BackendStream,
+) where
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let shutdown = async {
+        ending.cancelled().await;
+        super::attach::SHUTTING_DOWN.to_owned()
+    };
+    relay_until(store, shutdown, tunnel, user, display).await;
+}
+
+/// [`relay`], ended early when `stop` resolves (the gateway shutting down,
+/// a web console's token revoked), with the reason it gives for the audit
+/// row, however stuck the copy is.
+pub async fn relay_until<U>(
+    store: &Store,
+    stop: impl Future<Output = String>,
+    tunnel: Tunnel,
+    user: U,
     mut display: BackendStream,
 ) where
     U: AsyncRead + AsyncWrite + Unpin,
@@ -64,6 +83,9 @@ pub async fn relay<U>(
     let started = Instant::now();
     let mut user = Counted::new(user);
     let ended = tokio::select! {
+        // The reason to stop wins over the error it may cause in the copy.
+        biased;
+        reason = stop => reason,
         copied = tokio::io::copy_bidirectional_with_sizes(&mut user, &mut display, BUFFER, BUFFER) => match copied {
             Ok(_) => "closed".to_owned(),
             Err(e) => {
@@ -71,7 +93,6 @@ pub async fn relay<U>(
                 e.to_string()
             }
         },
-        () = ending.cancelled() => super::attach::SHUTTING_DOWN.to_owned(),
     };
     let mut closed = event(AuditKind::VncClose, format!("{}: {ended}", tunnel.via));
     closed.bytes_in = Some(user.read);

@@ -13,39 +13,60 @@
 //! Before an upgrade the socket must find a place under the gateway's
 //! session limit, then its token must open this console (exists,
 //! unexpired, this protocol, unused if single use): a bad token never
-//! reaches a console. Every socket is a session of [`Sessions`].
+//! reaches a console. The token is spent (if single use) last, once the
+//! console or display is there to be served. Every socket is a session of
+//! [`Sessions`].
+//!
+//! Once open, a socket is held to what an SSH session is:
+//! - [`frames`]: the socket as a byte stream, its frames, messages and
+//!   write buffering bounded, pinged when idle and closed when silent;
+//! - [`recheck`]: the token re-checked every revalidate interval, the
+//!   session ended when it is revoked or expires;
+//! - [`ending`]: why a session ends, told once, shown on the console (or
+//!   in the VNC close frame), logged and audited.
+
+mod ending;
+mod frames;
+mod recheck;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::connect_info::ConnectInfo;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{WebSocketUpgrade, close_code};
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, routing::get};
-use bytes::{Buf, Bytes};
-use futures_core::Stream;
-use futures_sink::Sink;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf};
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf};
 
 use super::Sessions;
-use super::attach::{Attach, AttachContext, Keyboard, Terminal};
-use super::proxy::{Tunnel, relay};
+use super::attach::{Attach, AttachContext, Keyboard, SHUTTING_DOWN, Terminal, notice};
+use super::caps::OverCap;
+use super::proxy::{Tunnel, relay_until};
 use crate::codes::CODE_HEADER;
+use crate::config::InstanceConfig;
 use crate::connections::ConsoleTokens;
 use crate::connections::tokens::{ConsoleProtocol, Redeemed, TokenRefusal};
 use crate::console::hub::{ConsoleHubs, Principal};
 use crate::console::options::SessionOptions;
 use crate::ops::metrics::Metrics;
+use ending::{Ending, Verdict};
+use frames::{FrameOptions, Frames};
+use recheck::{ExpiryWarning, TokenWatch};
 
-/// Largest WebSocket message accepted from a browser.
-const MAX_MESSAGE: usize = 64 * 1024;
+/// How long a closing socket gets to take its goodbye and close frame.
+const GOODBYE_TIME: Duration = Duration::from_secs(1);
+
+/// How long a session told to end gets to end through its console before
+/// its keyboard gives up (a session relayed to the node that holds its
+/// console ends that way).
+const END_GRACE: Duration = Duration::from_secs(2);
 
 /// The serial console page (xterm.js), served at the serial URL over http.
 const SERIAL_PAGE: &str = include_str!("serial.html");
@@ -84,6 +105,47 @@ impl WebState {
                 attach,
             }),
         }
+    }
+}
+
+impl WebState {
+    /// The watch over the token a session of `peer`'s was opened with.
+    fn token_watch(&self, redeemed: Redeemed, peer: SocketAddr) -> TokenWatch {
+        TokenWatch {
+            tokens: self.shared.tokens.clone(),
+            redeemed,
+            config: self.shared.tokens.config(),
+            peer,
+            warning: None,
+        }
+    }
+
+    /// How a socket of `peer`'s is read and kept alive.
+    fn frame_options(&self, text_is_data: bool, peer: SocketAddr) -> FrameOptions {
+        let every = self.shared.tokens.config().ssh.keepalive_interval_secs;
+        FrameOptions {
+            text_is_data,
+            keepalive: (every > 0).then(|| Duration::from_secs(every)),
+            peer,
+        }
+    }
+
+    /// Passes the gateway's cut of every console session on to one
+    /// session's `ending`; never returns.
+    async fn forward_cut(&self, ending: &Ending) {
+        let reason = self.shared.attach.cut().await;
+        ending.end(Verdict::new(close_code::AWAY, reason));
+        std::future::pending::<()>().await;
+    }
+
+    /// Closes a socket whose session is over: its close frame carries the
+    /// verdict (the shutdown's, if the gateway is stopping), within
+    /// [`GOODBYE_TIME`] for a browser that does not read.
+    async fn close<W: AsyncWrite + Unpin>(&self, ending: &Ending, socket: &mut W) {
+        if self.shared.sessions.ending().is_cancelled() {
+            ending.end(Verdict::new(close_code::AWAY, SHUTTING_DOWN));
+        }
+        let _ = tokio::time::timeout(GOODBYE_TIME, socket.shutdown()).await;
     }
 }
 
@@ -135,23 +197,38 @@ fn peer(info: Option<Extension<ConnectInfo<SocketAddr>>>) -> SocketAddr {
     )
 }
 
-/// Admits a socket and redeems its token for `protocol`.
+/// Admits a socket, and checks its token for `protocol` without spending
+/// it: the instance it opens.
 async fn admit(
     state: &WebState,
     params: &HashMap<String, String>,
     protocol: ConsoleProtocol,
-) -> Result<(super::Admission, Redeemed), Response> {
-    // A place first: a single-use token is not spent on a socket that
-    // cannot be served.
+) -> Result<(super::Admission, InstanceConfig), Response> {
+    // A place first, and the token spent last (`redeem`): a single-use
+    // token is not spent on a socket that cannot be served.
     let sessions = &state.shared.sessions;
     let admission = sessions.try_admit().ok_or_else(|| no_place(sessions))?;
-    let redeemed = state
+    let instance = state
+        .shared
+        .tokens
+        .check(params.get("token").map(String::as_str), protocol)
+        .await
+        .map_err(|why| refused(state, &why))?;
+    Ok((admission, instance))
+}
+
+/// Spends the token of an admitted socket (if single use).
+async fn redeem(
+    state: &WebState,
+    params: &HashMap<String, String>,
+    protocol: ConsoleProtocol,
+) -> Result<Redeemed, Response> {
+    state
         .shared
         .tokens
         .redeem(params.get("token").map(String::as_str), protocol)
         .await
-        .map_err(|why| refused(state, &why))?;
-    Ok((admission, redeemed))
+        .map_err(|why| refused(state, &why))
 }
 
 /// `GET /serial?token=…`.
@@ -164,49 +241,76 @@ async fn serial(
     let Ok(upgrade) = upgrade else {
         return serial_page(&state, &params).await;
     };
-    let (admission, redeemed) = match admit(&state, &params, ConsoleProtocol::Serial).await {
+    let (admission, instance) = match admit(&state, &params, ConsoleProtocol::Serial).await {
         Ok(a) => a,
         Err(r) => return r,
     };
-    let Some(hub) = state.shared.hubs.get(&redeemed.instance.id) else {
+    let Some(hub) = state.shared.hubs.get(&instance.id) else {
         return refuse(
             StatusCode::FORBIDDEN,
             "CG-WEB-004",
             "CG-WEB-004 this instance has no console hub".to_owned(),
         );
     };
+    let redeemed = match redeem(&state, &params, ConsoleProtocol::Serial).await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let peer = peer(info);
     let session = Attach {
         hub,
-        instance: Arc::new(redeemed.instance),
+        instance: Arc::new(redeemed.instance.clone()),
         principal: Principal::ConsoleToken {
-            id: redeemed.token_id,
+            id: redeemed.token_id.clone(),
         },
-        peer: peer(info),
+        peer,
         options: SessionOptions::default(),
         via: "web serial console".into(),
         via_node: None,
         resumed: None,
         terminal: Terminal::default(),
     };
+    let watch = state.token_watch(redeemed, peer);
     let sessions = state.shared.sessions.clone();
-    upgrade
-        .max_message_size(MAX_MESSAGE)
-        .on_upgrade(move |socket| {
-            sessions.track(async move {
-                let (keys, mut screen) = tokio::io::split(Frames::new(socket, true));
-                crate::sessions::link::attach_anywhere(
-                    &state.shared.attach,
-                    session,
-                    SocketKeyboard(keys),
-                    &mut screen,
-                )
-                .await;
-                // A close frame: the browser learns the session is over.
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), screen.shutdown())
-                    .await;
-                drop(admission);
-            })
+    frames::limited(upgrade).on_upgrade(move |socket| {
+        sessions.track(async move {
+            let ending = Ending::new();
+            let (notices, shown) = tokio::sync::mpsc::channel(2);
+            let warning = session.instance.session_timeouts().warning;
+            let watch = TokenWatch {
+                warning: (!warning.is_zero()).then_some(ExpiryWarning {
+                    before: warning,
+                    notices,
+                }),
+                ..watch
+            };
+            let frames = Frames::new(socket, state.frame_options(true, peer), ending.clone())
+                .with_notices(shown);
+            let (keys, mut screen) = tokio::io::split(frames);
+            let mut keyboard = SocketKeyboard::new(keys, ending.clone());
+            // This session's own cut: the gateway's, or its own verdict.
+            let attach = AttachContext {
+                cut: ending.cut(),
+                ..state.shared.attach.clone()
+            };
+            let watchers = async {
+                tokio::join!(watch.run(&ending), state.forward_cut(&ending));
+            };
+            tokio::select! {
+                () = crate::sessions::link::attach_anywhere(
+                    &attach, session, &mut keyboard, &mut screen) => {}
+                () = watchers => {}
+            }
+            if keyboard.gave_up
+                && let Some(verdict) = ending.verdict()
+            {
+                let bye = notice(&format!("{}; bye", verdict.reason));
+                let _ = tokio::time::timeout(GOODBYE_TIME, show(&mut screen, bye.as_bytes())).await;
+            }
+            state.close(&ending, &mut screen).await;
+            drop(admission);
         })
+    })
 }
 
 /// The page at the serial URL, if its token is live (it is not spent).
@@ -229,17 +333,34 @@ async fn websockify(
     info: Option<Extension<ConnectInfo<SocketAddr>>>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    let (admission, redeemed) = match admit(&state, &params, ConsoleProtocol::Vnc).await {
+    let (admission, instance) = match admit(&state, &params, ConsoleProtocol::Vnc).await {
         Ok(a) => a,
         Err(r) => return r,
     };
-    let instance = &redeemed.instance;
     let Some(target) = instance.vnc.clone() else {
         return refuse(
             StatusCode::FORBIDDEN,
             "CG-VNC-002",
             "CG-VNC-002 this instance has no VNC display".to_owned(),
         );
+    };
+    // A place under the session caps before the display is dialled and
+    // the token spent (the serial console takes its own in the attach).
+    let token = params.get("token").map_or("", String::as_str);
+    let counted_as = Principal::ConsoleToken {
+        id: crate::connections::tokens::token_id(token),
+    };
+    let place = match state.shared.sessions.caps().take(&instance.id, &counted_as) {
+        Ok(place) => place,
+        Err(over) => {
+            tracing::info!(code = OverCap::CODE, instance = %instance.id,
+                who = %counted_as.label(), %over, "websockify refused: over a session cap");
+            return refuse(
+                StatusCode::TOO_MANY_REQUESTS,
+                OverCap::CODE,
+                over.to_string(),
+            );
+        }
     };
     let display = match crate::console::backend::connect_vnc(&target).await {
         Ok(d) => d,
@@ -253,116 +374,92 @@ async fn websockify(
             );
         }
     };
+    let redeemed = match redeem(&state, &params, ConsoleProtocol::Vnc).await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let peer = peer(info);
     let tunnel = Tunnel {
         principal: Principal::ConsoleToken {
-            id: redeemed.token_id,
+            id: redeemed.token_id.clone(),
         },
-        instance_id: redeemed.instance.id,
-        peer: peer(info),
+        instance_id: redeemed.instance.id.clone(),
+        peer,
         via: "websockify",
     };
+    let watch = state.token_watch(redeemed, peer);
     let sessions = state.shared.sessions.clone();
-    upgrade
+    frames::limited(upgrade)
         .protocols(["binary"])
-        .max_message_size(MAX_MESSAGE)
         .on_upgrade(move |socket| {
             sessions.track(async move {
-                let attach = &state.shared.attach;
-                let frames = Frames::new(socket, false);
-                relay(&attach.store, &attach.ending, tunnel, frames, display).await;
-                drop(admission);
+                let ending = Ending::new();
+                let mut frames =
+                    Frames::new(socket, state.frame_options(false, peer), ending.clone());
+                let shutdown = state.shared.attach.ending.clone();
+                let stop = async {
+                    tokio::select! {
+                        () = shutdown.cancelled() => SHUTTING_DOWN.to_owned(),
+                        reason = ending.ended() => reason.to_string(),
+                    }
+                };
+                let store = &state.shared.attach.store;
+                tokio::select! {
+                    () = relay_until(store, stop, tunnel, &mut frames, display) => {}
+                    () = watch.run(&ending) => {}
+                }
+                state.close(&ending, &mut frames).await;
+                drop((admission, place));
             })
         })
 }
 
 /// A socket's bytes, as keystrokes.
-struct SocketKeyboard(ReadHalf<Frames>);
+struct SocketKeyboard {
+    keys: ReadHalf<Frames>,
+    ending: Ending,
+    /// The session did not end through its console in [`END_GRACE`] after
+    /// its verdict: the keyboard ended it (and the goodbye is to be said).
+    gave_up: bool,
+}
+
+impl SocketKeyboard {
+    fn new(keys: ReadHalf<Frames>, ending: Ending) -> SocketKeyboard {
+        SocketKeyboard {
+            keys,
+            ending,
+            gave_up: false,
+        }
+    }
+}
 
 impl Keyboard for SocketKeyboard {
     async fn typed(&mut self) -> Option<Bytes> {
+        if self.gave_up {
+            return None;
+        }
         // A browser sends a frame per keystroke; a paste comes in pieces.
         let mut buf = bytes::BytesMut::with_capacity(4096);
-        match self.0.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => None,
-            Ok(_) => Some(buf.freeze()),
+        tokio::select! {
+            read = self.keys.read_buf(&mut buf) => match read {
+                Ok(n) if n > 0 => return Some(buf.freeze()),
+                // The browser left.
+                _ if self.ending.verdict().is_none() => return None,
+                // The socket failed for the verdict: it ends the session.
+                _ => {}
+            },
+            _ = self.ending.ended() => {}
         }
+        // The console ends the session with the verdict's reason at once;
+        // one relayed to another node ends when its keyboard does.
+        tokio::time::sleep(END_GRACE).await;
+        self.gave_up = true;
+        None
     }
 }
 
-/// A WebSocket as a byte stream: what is read is the payload of binary
-/// frames (and of text frames, if asked), what is written goes out as one
-/// binary frame per write. A close frame reads as the end of the stream.
-struct Frames {
-    socket: WebSocket,
-    pending: Bytes,
-    text_is_data: bool,
-    closed: bool,
-}
-
-impl Frames {
-    fn new(socket: WebSocket, text_is_data: bool) -> Frames {
-        Frames {
-            socket,
-            pending: Bytes::new(),
-            text_is_data,
-            closed: false,
-        }
-    }
-}
-
-impl AsyncRead for Frames {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        loop {
-            if !self.pending.is_empty() {
-                let n = self.pending.len().min(buf.remaining());
-                buf.put_slice(&self.pending[..n]);
-                self.pending.advance(n);
-                return Poll::Ready(Ok(()));
-            }
-            if self.closed {
-                return Poll::Ready(Ok(()));
-            }
-            let text_is_data = self.text_is_data;
-            match ready!(Pin::new(&mut self.socket).poll_next(cx)) {
-                Some(Ok(Message::Binary(data))) => self.pending = data,
-                Some(Ok(Message::Text(text))) if text_is_data => {
-                    self.pending = Bytes::copy_from_slice(text.as_str().as_bytes());
-                }
-                Some(Ok(Message::Text(_) | Message::Ping(_) | Message::Pong(_))) => {}
-                Some(Ok(Message::Close(_))) | None => self.closed = true,
-                Some(Err(e)) => return Poll::Ready(Err(std::io::Error::other(e))),
-            }
-        }
-    }
-}
-
-impl AsyncWrite for Frames {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let mut socket = Pin::new(&mut self.socket);
-        ready!(socket.as_mut().poll_ready(cx)).map_err(std::io::Error::other)?;
-        socket
-            .start_send(Message::Binary(Bytes::copy_from_slice(buf)))
-            .map_err(std::io::Error::other)?;
-        Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.socket)
-            .poll_flush(cx)
-            .map_err(std::io::Error::other)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.socket)
-            .poll_close(cx)
-            .map_err(std::io::Error::other)
-    }
+/// Writes `bytes` and sends them on at once.
+async fn show<W: AsyncWrite + Unpin>(screen: &mut W, bytes: &[u8]) -> std::io::Result<()> {
+    screen.write_all(bytes).await?;
+    screen.flush().await
 }

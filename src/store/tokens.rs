@@ -94,6 +94,25 @@ impl Store {
         })
     }
 
+    /// A token as stored, expired or spent or not: what an open web
+    /// console re-reads to learn whether its token still stands. `None`
+    /// once it is gone (revoked, or purged after its expiry).
+    pub async fn console_token_standing(
+        &self,
+        token_sha256: &str,
+    ) -> Result<Option<ConsoleToken>, StoreError> {
+        on_pool!(self, |pool| {
+            let row = sqlx::query(
+                "SELECT instance_id, protocol, single_use, expires_at FROM console_tokens \
+             WHERE token_sha256 = $1",
+            )
+            .bind(token_sha256)
+            .fetch_optional(pool)
+            .await?;
+            row.map(|r| decode(&r)).transpose()
+        })
+    }
+
     /// Takes a live token to open a console: a single-use token is marked
     /// used in the same statement, so two connections cannot both use it.
     pub async fn use_console_token(

@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 pub mod oci;
+pub mod russh_client;
+pub mod served;
 pub mod web;
 
 use std::path::{Path, PathBuf};
@@ -600,12 +602,21 @@ pub async fn audit_rows(config: &Path, filter: &[&str]) -> Vec<Value> {
 /// `GET path` on a local port with extra header lines (`Name: value\r\n`
 /// each); returns the status code and the body.
 pub async fn http_get_with(port: u16, path: &str, headers: &str) -> (u16, String) {
+    http_request(port, "GET", path, headers).await
+}
+
+/// `method path` with no body on a local port, with extra header lines
+/// (`Name: value\r\n` each); returns the status code and the body.
+pub async fn http_request(port: u16, method: &str, path: &str, headers: &str) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
     s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}Connection: close\r\n\r\n")
-            .as_bytes(),
+        format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}\
+             Content-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
     )
     .await
     .unwrap();

@@ -20,6 +20,23 @@ pub async fn connect(port: u16, path: &str) -> Socket {
     socket
 }
 
+/// Reads binary frames until `want` bytes have arrived.
+pub async fn read_binary(socket: &mut Socket, want: usize) -> Vec<u8> {
+    let mut got = Vec::new();
+    tokio::time::timeout(GUARD, async {
+        while got.len() < want {
+            match socket.next().await {
+                Some(Ok(Message::Binary(b))) => got.extend_from_slice(&b),
+                Some(Ok(_)) => {}
+                other => panic!("socket ended: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("display bytes never came");
+    got
+}
+
 /// A web console client that remembers what it received and not yet
 /// consumed, as [`Terminal`] does for `ssh`.
 pub struct Web {

@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::attach::{self, Attach, AttachContext, Keyboard, Outcome, SHUTTING_DOWN, notice};
+use super::caps::OverCap;
 use crate::console::hub::Principal;
 use crate::console::options::SessionOptions;
 use crate::fleet::{FleetLink, Owner};
@@ -76,6 +77,18 @@ pub async fn attach_anywhere<K, W>(
     K: Keyboard,
     W: AsyncWrite + Unpin + Send,
 {
+    // Counted here, on the node the user reached, for the session's life
+    // (wherever its console is held, and as it moves).
+    let _place = match ctx.caps.take(&session.instance.id, &session.principal) {
+        Ok(place) => place,
+        Err(over) => {
+            tracing::info!(code = OverCap::CODE, instance = %session.instance.id,
+                who = %session.principal.label(), peer = %session.peer, %over,
+                "console session refused: over a session cap");
+            let _ = show(&mut screen, &format!("{over}; bye")).await;
+            return;
+        }
+    };
     let Some(link) = &ctx.fleet else {
         attach::run(ctx, &session, keyboard, screen).await;
         return;

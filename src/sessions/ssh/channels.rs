@@ -7,12 +7,14 @@ use std::sync::Arc;
 use russh::Channel;
 use russh::server::{ChannelOpenHandle, Msg, Session};
 use russh::{ChannelId, ChannelOpenFailure};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 
 use super::SshContext;
 use super::auth::Authorized;
 use crate::audit::AuditKind;
 use crate::sessions::Sessions;
+use crate::sessions::caps::OverCap;
 
 /// The VNC port on the instance.
 pub(super) const VNC_PORT: u32 = 5900;
@@ -29,6 +31,16 @@ pub(super) const MAX_CHANNELS: usize = 16;
 pub(super) struct ChannelTasks {
     sessions: Sessions,
     connection: TaskTracker,
+    /// [`MAX_CHANNELS`] places, taken before a channel is accepted: hops
+    /// run on tasks of their own, so counting the tasks would let two of
+    /// them take the last place at once.
+    places: Arc<Semaphore>,
+}
+
+/// A channel's place on its connection, held by its task.
+#[derive(Debug)]
+pub(super) struct ChannelPlace {
+    _permit: OwnedSemaphorePermit,
 }
 
 impl ChannelTasks {
@@ -36,16 +48,26 @@ impl ChannelTasks {
         ChannelTasks {
             sessions,
             connection: TaskTracker::new(),
+            places: Arc::new(Semaphore::new(MAX_CHANNELS)),
         }
     }
 
-    /// Whether another channel may be opened.
-    pub fn has_room(&self) -> bool {
-        self.connection.len() < MAX_CHANNELS
+    /// A place for another channel, if the connection has one left.
+    pub fn reserve(&self) -> Option<ChannelPlace> {
+        self.places
+            .clone()
+            .try_acquire_owned()
+            .ok()
+            .map(|p| ChannelPlace { _permit: p })
     }
 
-    pub fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
-        self.sessions.spawn(self.connection.track_future(task));
+    /// Runs a channel's task, which holds `place` until it ends.
+    pub fn spawn(&self, place: ChannelPlace, task: impl Future<Output = ()> + Send + 'static) {
+        self.sessions
+            .spawn(self.connection.track_future(async move {
+                task.await;
+                drop(place);
+            }));
     }
 
     /// Waits up to `grace` for every channel task to end.
@@ -71,20 +93,16 @@ impl Authorized {
             reply.reject(ChannelOpenFailure::ConnectFailed).await;
             return;
         };
-        if !tasks.has_room() {
+        let Some(place) = tasks.reserve() else {
             reply.reject(ChannelOpenFailure::ResourceShortage).await;
             return;
-        }
+        };
         reply.accept().await;
         let me = self.clone();
-        tasks.spawn(super::console_session::serve(
-            channel,
-            ctx.clone(),
-            hub,
-            me,
-            via,
-            user_name.to_owned(),
-        ));
+        tasks.spawn(
+            place,
+            super::console_session::serve(channel, ctx.clone(), hub, me, via, user_name.to_owned()),
+        );
     }
 
     /// Opens the instance's VNC target for a `direct-tcpip` channel.
@@ -102,18 +120,36 @@ impl Authorized {
             reply.reject(ChannelOpenFailure::ConnectFailed).await;
             return;
         };
-        if !tasks.has_room() {
+        let Some(channel_place) = tasks.reserve() else {
             reply.reject(ChannelOpenFailure::ResourceShortage).await;
             return;
-        }
-        tasks.spawn(super::tunnel::forward_vnc(
-            ctx.clone(),
-            channel,
-            reply,
-            target,
-            self.clone(),
-            via,
-        ));
+        };
+        let place = match ctx
+            .sessions
+            .caps()
+            .take(&self.instance.id, &self.principal())
+        {
+            Ok(place) => place,
+            Err(over) => {
+                tracing::info!(code = OverCap::CODE, connection = %self.connection_id,
+                    instance = %self.instance.id, peer = %self.peer, %over,
+                    "VNC tunnel refused: over a session cap");
+                reply.reject(ChannelOpenFailure::ResourceShortage).await;
+                return;
+            }
+        };
+        tasks.spawn(
+            channel_place,
+            super::tunnel::forward_vnc(
+                ctx.clone(),
+                channel,
+                reply,
+                target,
+                self.clone(),
+                via,
+                place,
+            ),
+        );
     }
 
     /// Refuses a channel to anywhere else, and audits the attempt.
@@ -125,7 +161,7 @@ impl Authorized {
         e.detail = Some(format!(
             "CG-CHAN-001 {hop} hop: channel to {what} refused (only the instance's console and VNC display are reachable)"
         ));
-        ctx.store.record_audit(e).await;
+        ctx.refusals.record(e, self.peer.ip()).await;
     }
 }
 

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::config::{AddressRange, SshConfig, StartupLimits};
+use crate::config::{AddressRange, Source, SshConfig, StartupLimits};
 
 /// How often a full table may be swept for expired entries.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -98,30 +98,6 @@ impl Penalties {
             Offence::NoAuth => self.noauth,
             Offence::GraceExceeded => self.grace_exceeded,
             Offence::Junk => self.junk,
-        }
-    }
-}
-
-/// Where a connection comes from, as the limits count it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Source {
-    V4([u8; 4]),
-    /// The /64 an IPv6 address is in: one host usually has all of it.
-    V6([u8; 8]),
-}
-
-impl Source {
-    fn of(ip: IpAddr) -> Source {
-        match ip {
-            IpAddr::V4(v4) => Source::V4(v4.octets()),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => Source::V4(v4.octets()),
-                None => {
-                    let mut net = [0u8; 8];
-                    net.copy_from_slice(&v6.octets()[..8]);
-                    Source::V6(net)
-                }
-            },
         }
     }
 }

@@ -147,7 +147,7 @@ impl Handler for InnerHandler {
             e.fingerprint = Some(fingerprint);
             e.detail =
                 Some("CG-AUTH-006 inner hop authentication: not the connection's key".into());
-            Box::pin(self.ctx.store.record_audit(e)).await;
+            Box::pin(self.ctx.refusals.record(e, self.outer.peer.ip())).await;
             Ok(publickey_only())
         }
     }

@@ -28,6 +28,7 @@ pub mod gate;
 mod inner;
 mod outer;
 mod quickack;
+mod refusals;
 mod tunnel;
 
 use std::collections::HashMap;
@@ -73,6 +74,8 @@ pub struct SshContext {
     outer: Arc<RusshConfig>,
     /// Who may start a handshake.
     gate: Arc<Gate>,
+    /// The audit rows of refused attempts, rationed.
+    refusals: refusals::RefusalAudit,
     /// The configured instances; a reload replaces the table whole.
     instances: std::sync::RwLock<Arc<InstanceTable>>,
 }
@@ -126,7 +129,13 @@ impl SshContext {
         let table = InstanceTable::new(&config.instances, instance_keys);
         let attach = sessions.attach_context(store.clone(), metrics.clone());
         let gate = Arc::new(Gate::new(&config.ssh));
+        let refusals = refusals::RefusalAudit::new(
+            store.clone(),
+            config.audit_refused_burst,
+            config.audit_refused_per_hour,
+        );
         SshContext {
+            refusals,
             store,
             metrics,
             config,
@@ -263,6 +272,13 @@ pub(crate) fn russh_config(keys: Vec<PrivateKey>, keepalive: Option<Duration>) -
 /// is a session of the context's [`Sessions`], which ends them (each is
 /// told why) when the gateway ends its sessions.
 pub async fn serve(listener: TcpListener, ctx: Arc<SshContext>, shutdown: CancellationToken) {
+    // Held-back refusal rows are written as the ration allows, and all of
+    // them when sessions end (before the store closes).
+    ctx.sessions.spawn(
+        ctx.refusals
+            .clone()
+            .run_sweeper(ctx.sessions.ending().clone()),
+    );
     loop {
         let (socket, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -480,7 +496,7 @@ async fn handle_connection(
 /// alone ends it after `[cluster] store_lost_secs` (30) unless
 /// `store_lost = "keep"`; a node of a fleet leaves that to its node-wide
 /// store-lost policy, which ends or keeps all its sessions at once.
-fn unchecked_too_long(config: &Config, for_how_long: Duration) -> bool {
+pub(crate) fn unchecked_too_long(config: &Config, for_how_long: Duration) -> bool {
     let cluster = &config.cluster;
     cluster.node_id.is_none()
         && cluster.store_lost == crate::config::StoreLost::EndSessions

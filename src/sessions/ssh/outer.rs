@@ -38,6 +38,11 @@ pub(super) struct OuterHandler {
     tasks: ChannelTasks,
     /// Keys refused on this connection, for the per-source penalties.
     refusals: Arc<AtomicU32>,
+    /// Channels an authenticated client without a place under
+    /// `max_connections` opened before its supervisor's disconnect
+    /// (CG-SSH-005) went out: unanswered, so the client shows that reason
+    /// rather than a refused channel; dropped (refused) with the handler.
+    unanswered: Vec<ChannelOpenHandle>,
 }
 
 impl OuterHandler {
@@ -55,7 +60,20 @@ impl OuterHandler {
             on_auth: Some(on_auth),
             tasks,
             refusals,
+            unanswered: Vec::new(),
         }
+    }
+
+    /// Refuses a channel opened before authentication; one opened by a
+    /// client refused a place is left unanswered (see `unanswered`).
+    async fn not_authorized(&mut self, reply: ChannelOpenHandle) {
+        if self.on_auth.is_none() && self.unanswered.len() < super::channels::MAX_CHANNELS {
+            self.unanswered.push(reply);
+            return;
+        }
+        reply
+            .reject(ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
     }
 }
 
@@ -79,7 +97,7 @@ impl OuterHandler {
                 "{} outer hop authentication: {reason}",
                 reason.code()
             ));
-            self.ctx.store.record_audit(e).await;
+            self.ctx.refusals.record(e, self.peer.ip()).await;
         }
     }
 }
@@ -166,11 +184,7 @@ impl Handler for OuterHandler {
                 a.open_console(&self.ctx, channel, reply, &self.tasks, "outer hop", "")
                     .await
             }
-            None => {
-                reply
-                    .reject(ChannelOpenFailure::AdministrativelyProhibited)
-                    .await
-            }
+            None => self.not_authorized(reply).await,
         }
         Ok(())
     }
@@ -186,9 +200,7 @@ impl Handler for OuterHandler {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         let Some(a) = &self.authorized else {
-            reply
-                .reject(ChannelOpenFailure::AdministrativelyProhibited)
-                .await;
+            self.not_authorized(reply).await;
             return Ok(());
         };
         let to_instance = host == a.instance.id;
@@ -197,10 +209,10 @@ impl Handler for OuterHandler {
                 reply.reject(ChannelOpenFailure::ConnectFailed).await;
                 return Ok(());
             };
-            if !self.tasks.has_room() {
+            let Some(place) = self.tasks.reserve() else {
                 reply.reject(ChannelOpenFailure::ResourceShortage).await;
                 return Ok(());
-            }
+            };
             reply.accept().await;
             let task = super::inner::serve(
                 self.ctx.clone(),
@@ -209,7 +221,7 @@ impl Handler for OuterHandler {
                 a.clone(),
                 self.tasks.clone(),
             );
-            self.tasks.spawn(task);
+            self.tasks.spawn(place, task);
         } else if to_instance && port == VNC_PORT {
             a.open_vnc(&self.ctx, channel, reply, &self.tasks, "outer hop")
                 .await;
@@ -229,11 +241,7 @@ impl Handler for OuterHandler {
     ) -> Result<(), Self::Error> {
         match &self.authorized {
             Some(a) => Box::pin(a.refuse(&self.ctx, reply, &truncate(socket_path), "outer")).await,
-            None => {
-                reply
-                    .reject(ChannelOpenFailure::AdministrativelyProhibited)
-                    .await
-            }
+            None => self.not_authorized(reply).await,
         }
         Ok(())
     }

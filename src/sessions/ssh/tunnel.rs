@@ -11,6 +11,7 @@ use russh::{Channel, ChannelOpenFailure};
 use super::auth::Authorized;
 use crate::config::VncTarget;
 use crate::console::backend::connect_vnc;
+use crate::sessions::caps::Place;
 use crate::sessions::proxy::{Tunnel, relay};
 
 pub(super) async fn forward_vnc(
@@ -20,6 +21,8 @@ pub(super) async fn forward_vnc(
     target: VncTarget,
     who: Authorized,
     via: &'static str,
+    // The tunnel's place under the session caps, held while it runs.
+    _place: Place,
 ) {
     let display = match connect_vnc(&target).await {
         Ok(s) => s,

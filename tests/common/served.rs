@@ -1,0 +1,194 @@
+//! A gateway in a process of its own (`consolegate serve`), for the tests
+//! that watch what an attack costs it: its resident memory and its open
+//! file descriptors are read from `/proc`, apart from the test's own.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tempfile::TempDir;
+use tokio::process::Child;
+
+use super::{GUARD, free_port, spawn_serve};
+
+/// The settings of a [`Served`] gateway, section by section (TOML lines
+/// added to the harness's own).
+#[derive(Debug, Default, Clone)]
+pub struct ServedConfig {
+    pub ssh: String,
+    pub api: String,
+    pub nova: String,
+    /// Whole sections (`[[instance]]`, `[[api_user]]`, `[[nova_token]]`, …).
+    pub rest: String,
+}
+
+/// A running `consolegate serve`; killed when dropped.
+pub struct Served {
+    pub dir: TempDir,
+    pub config_path: PathBuf,
+    pub log: PathBuf,
+    pub port: u16,
+    pub api_port: u16,
+    child: Child,
+}
+
+/// What the gateway's process holds at one moment.
+#[derive(Debug, Clone, Copy)]
+pub struct Vitals {
+    /// Resident memory, KiB (`VmRSS`).
+    pub rss_kib: u64,
+    /// Open file descriptors, but for the store's database files.
+    pub fds: usize,
+}
+
+impl Served {
+    /// Starts a gateway with `config`; returns once its admin socket
+    /// exists and its SSH and API ports accept.
+    pub async fn start(config: ServedConfig) -> Served {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port().await;
+        let api_port = free_port().await;
+        let config_path = dir.path().join("gateway.toml");
+        let ServedConfig {
+            ssh,
+            api,
+            nova,
+            rest,
+        } = config;
+        let text = format!(
+            "data_dir = \"data\"\n\
+             [ssh]\nlisten = \"127.0.0.1:{port}\"\npublic_host = \"127.0.0.1\"\n\
+             revalidate_interval_secs = 1\n{ssh}\n\
+             [api]\nlisten = \"127.0.0.1:{api_port}\"\n{api}\n\
+             [nova]\nxterm_dir = \"{}/web/node_modules/@xterm/xterm\"\n{nova}\n\
+             [log]\nlevel = \"consolegate=debug,russh=warn\"\n\n{rest}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        std::fs::write(&config_path, text).unwrap();
+        let log = dir.path().join("serve.log");
+        let child = spawn_serve(&config_path, &log, &[]);
+        let served = Served {
+            dir,
+            config_path,
+            log,
+            port,
+            api_port,
+            child,
+        };
+        served.wait_ready().await;
+        served
+    }
+
+    async fn wait_ready(&self) {
+        let ready = tokio::time::timeout(GUARD, async {
+            loop {
+                // The admin socket is the last thing a gateway opens.
+                let ssh = self.dir.path().join("data/admin.sock").exists()
+                    && tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                        .await
+                        .is_ok();
+                if ssh
+                    && tokio::net::TcpStream::connect(("127.0.0.1", self.api_port))
+                        .await
+                        .is_ok()
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        assert!(
+            ready.is_ok(),
+            "consolegate serve did not start; its log:\n{}",
+            self.log_text()
+        );
+    }
+
+    /// The process id of the gateway.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("the gateway has exited")
+    }
+
+    /// Its resident memory and open descriptors now.
+    pub fn vitals(&self) -> Vitals {
+        let pid = self.pid();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let rss_kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .expect("VmRSS in /proc/<pid>/status");
+        // The store's pool opens its connections (up to a fixed maximum)
+        // as it pleases: those files are not what an attack leaves.
+        let fds = self
+            .descriptors()
+            .iter()
+            .filter(|d| !d.contains("consolegate.db"))
+            .count();
+        Vitals { rss_kib, fds }
+    }
+
+    /// What each open descriptor is (`/proc/<pid>/fd` links).
+    pub fn descriptors(&self) -> Vec<String> {
+        let dir = format!("/proc/{}/fd", self.pid());
+        let mut links: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .map(|l| l.display().to_string())
+            .collect();
+        links.sort();
+        links
+    }
+
+    /// Waits (within [`GUARD`]) for the descriptors to come back to
+    /// `baseline`'s count (sockets of an attack are closed, tasks ended)
+    /// and checks resident memory grew by at most `rss_slack_kib`. Fails
+    /// with both readings.
+    pub async fn settles_back_to(&self, baseline: Vitals, rss_slack_kib: u64) {
+        let mut now = self.vitals();
+        let deadline = tokio::time::Instant::now() + GUARD;
+        while now.fds > baseline.fds && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            now = self.vitals();
+        }
+        assert!(
+            now.fds <= baseline.fds,
+            "the gateway holds {} descriptors, {} before the attack: {:?}",
+            now.fds,
+            baseline.fds,
+            self.descriptors()
+        );
+        assert!(
+            now.rss_kib <= baseline.rss_kib + rss_slack_kib,
+            "the gateway's resident memory grew from {} KiB to {} KiB (allowed: +{rss_slack_kib} KiB)",
+            baseline.rss_kib,
+            now.rss_kib
+        );
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// What it has logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs the `consolegate` CLI against this gateway's config.
+    pub async fn cli(&self, args: &[&str]) -> std::process::Output {
+        super::run_cli(&self.config_path, args).await
+    }
+
+    /// Stops it with SIGTERM and waits for it to exit; its directory stays.
+    pub async fn stop(mut self) -> TempDir {
+        super::signal(&self.child, "TERM");
+        let status = tokio::time::timeout(GUARD, self.child.wait())
+            .await
+            .expect("consolegate serve did not stop on SIGTERM")
+            .unwrap();
+        assert!(status.success(), "consolegate serve exited with {status}");
+        self.dir
+    }
+}
