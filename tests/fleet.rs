@@ -599,6 +599,51 @@ async fn the_node_link_takes_only_nodes_of_the_fleet_and_is_no_proxy() {
     }
 }
 
+/// A gateway alone (no `[cluster] node_id`) whose store stops answering
+/// cannot re-check its sessions' records: with `store_lost =
+/// "end-sessions"` they end after `store_lost_secs`, told CG-STORE-003;
+/// with `"keep"` they stay. Once the store is back, users get in again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_alone_ends_sessions_it_cannot_recheck_unless_told_to_keep_them() {
+    let Some(url) = postgres_database().await else {
+        return;
+    };
+    for policy in ["end-sessions", "keep"] {
+        let (path, proxied) = StorePath::to(&url).await;
+        let config = format!(
+            "[store]\nurl = \"{proxied}\"\n\
+             [cluster]\nstore_lost = \"{policy}\"\nstore_lost_secs = 2\n{}",
+            instance("vm1", "simulator", None)
+        );
+        let gw = Gateway::start_with(tempfile::tempdir().unwrap(), 0, "", &config).await;
+        let key = Key::ed25519(gw.dir.path(), "user");
+        let conn = gw.create("vm1", &key).await;
+        let mut term = Terminal::spawn(&conn.ssh_argv(&key)).await;
+        term.expect("vm1 login: ").await;
+        path.cut();
+        if policy == "end-sessions" {
+            term.expect("CG-STORE-003").await;
+            term.wait().await;
+        } else {
+            // Well past store_lost_secs: still attached, still typing.
+            tokio::time::sleep(Duration::from_secs(6)).await;
+            assert!(term.running(), "a kept session ended");
+            term.send(b"kept\x03").await;
+            term.expect("kept").await;
+        }
+        path.restore();
+        let mut again = Terminal::spawn(&conn.ssh_argv(&key)).await;
+        again.expect("vm1 login: ").await;
+        again.send(b"\r&.").await;
+        again.wait().await;
+        if policy == "keep" {
+            term.send(b"\r&.").await;
+            term.wait().await;
+        }
+        gw.stop().await;
+    }
+}
+
 /// A TCP proxy to PostgreSQL that a test can cut (every connection
 /// dropped, new ones refused) and restore: a node losing its store.
 struct StorePath {
