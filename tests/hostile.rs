@@ -602,3 +602,41 @@ async fn half_open_connections_leave_no_descriptors_or_memory_behind() {
     leave(term).await;
     gw.stop().await;
 }
+
+/// A client offering more keys than `max_auth_attempts` (6) on one
+/// connection is disconnected at the limit: the keys past it are never
+/// tried, and each one tried is one refusal. The client's opening `none`
+/// request is one of the six rejections, so five keys are tried and the
+/// sixth offer is answered with the disconnect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_past_max_auth_attempts_is_disconnected_at_the_limit() {
+    let gw = Gateway::start_with(tempfile::tempdir().unwrap(), 0, DEFAULTS, &one_instance()).await;
+    let owner = Key::ed25519(gw.dir.path(), "owner");
+    let conn = gw.create("vm1", &owner).await;
+    let thieves: Vec<Key> = (0..10)
+        .map(|n| Key::ed25519(gw.dir.path(), &format!("thief{n}")))
+        .collect();
+    let mut argv = outer_w(&gw, &thieves[0], &conn.known_hosts, &conn.id, "vm1:22");
+    for key in &thieves[1..] {
+        argv.splice(1..1, ["-i".to_owned(), key.private.display().to_string()]);
+    }
+    argv.splice(1..1, ["-v".to_owned()]);
+    let out = ssh_batch(&from_source(argv, "127.0.0.11")).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    let offered = err.matches("Offering public key").count();
+    assert_eq!(offered, 6, "keys offered before the disconnect: {err}");
+    assert!(err.contains("Too many authentication attempts"), "{err}");
+    let refused = gw
+        .audit(&conn.id)
+        .await
+        .iter()
+        .filter(|r| r["event"] == "refused")
+        .count();
+    assert_eq!(refused, 5, "one refusal per key tried: {err}");
+    // The owner's own key still gets in, from another address.
+    let mut term = Terminal::spawn(&from_source(conn.ssh_argv(&owner), "127.0.0.12")).await;
+    term.expect("serial console of vm1").await;
+    leave(term).await;
+    gw.stop().await;
+}

@@ -8,10 +8,10 @@
 //! record is lost. The attackers come from other loopback addresses
 //! (127.0.0.2 and up) than the user.
 //!
-//! Not here: a WINDOW_ADJUST that overflows a window, and data sent past
-//! the window. Neither OpenSSH nor russh's client can be made to send
-//! them, and a proxy cannot rewrite encrypted packets; a client that
-//! could would be an SSH implementation of its own.
+//! A WINDOW_ADJUST that overflows a window, and data sent past the
+//! window, come from paramiko (tests/python/window_abuse.py): neither
+//! OpenSSH nor russh's client can be made to send them, and a proxy
+//! cannot rewrite encrypted packets.
 
 mod common;
 
@@ -1152,4 +1152,86 @@ async fn a_viewer_that_drips_is_skipped_and_the_console_goes_on() {
     );
     aftermath(&served, &reader_conn, &[&dripper_conn], baseline, 24 * 1024).await;
     served.stop().await;
+}
+
+/// MiB the flow-control breaker sends past its window.
+const PAST_WINDOW_MIB: usize = 64;
+
+/// A real SSH implementation other than the gateway's (paramiko, driven
+/// by tests/python/window_abuse.py) overflows its VNC channel's window
+/// with WINDOW_ADJUSTs of 2^32 - 1 and sends 64 MiB of data past the
+/// window it was granted. The gateway buffers none of it beyond its
+/// bound (its memory stays within 16 MiB of where it was): what it
+/// accepts it hands on to the display, and the user keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_ignores_the_window_gets_no_memory() {
+    let Some(python) = venv_python("paramiko") else {
+        return;
+    };
+    let display = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let display_port = display.local_addr().unwrap().port();
+    // The stand-in display counts what reaches it, and says nothing.
+    let received = tokio::spawn(async move {
+        let (mut socket, _) = display.accept().await.unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut total = 0usize;
+        while let Ok(n) = socket.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            total += n;
+        }
+        total
+    });
+    let served = Served::start(served_config(Some(&format!(
+        "tcp:127.0.0.1:{display_port}"
+    ))))
+    .await;
+    let (mut user, user_conn) = user_session(&served).await;
+    let baseline = served.vitals();
+    let (key, conn) = connection(&served, "breaker").await;
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/window_abuse.py");
+    let out = while_user_echoes(&mut user, async {
+        tokio::process::Command::new(&python)
+            .arg(&script)
+            .args([
+                &served.port.to_string(),
+                "127.0.0.8",
+                &conn.id,
+                key.private.to_str().unwrap(),
+                &PAST_WINDOW_MIB.to_string(),
+            ])
+            .output()
+            .await
+            .unwrap()
+    })
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let granted = report["granted"].as_u64().unwrap() as usize;
+    let sent = report["sent"].as_u64().unwrap() as usize;
+    assert!(
+        sent > 4 * granted,
+        "the client did not get far past its window: {report}"
+    );
+    let received = tokio::time::timeout(GUARD, received)
+        .await
+        .expect("the display's connection was never closed")
+        .unwrap();
+    eprintln!("window breaker: {report}; the display received {received} bytes");
+    // Either the gateway refused the connection, or what it accepted went
+    // on to the display: at most a bounded remainder was still in flight.
+    let closed = report["closed"].as_bool().unwrap();
+    assert!(
+        closed || received + 16 * 1024 * 1024 >= sent,
+        "{sent} bytes sent, {received} reached the display: {report}"
+    );
+    assert!(received <= sent, "the display got bytes never sent");
+    user_leaves(user).await;
+    aftermath(&served, &user_conn, &[&conn], baseline, 16 * 1024).await;
 }
