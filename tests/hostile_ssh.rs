@@ -1235,3 +1235,60 @@ async fn a_client_that_ignores_the_window_gets_no_memory() {
     user_leaves(user).await;
     aftermath(&served, &user_conn, &[&conn], baseline, 16 * 1024).await;
 }
+
+/// The console history these viewers replay, whole.
+const REPLAY_BYTES: usize = 4 * 1024 * 1024;
+/// Viewers that replay it and stay attached.
+const REPLAYING_VIEWERS: usize = 16;
+
+/// A session's replay is freed once it has been shown, not kept for the
+/// session's life, and the burst of showing it leaves little behind in
+/// the connection's buffers: sixteen viewers each replaying a 4 MiB
+/// history and staying attached cost the gateway far less than the
+/// 64 MiB their replays add up to (with russh's full-size messages, the
+/// transport buffers alone kept more than that).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_are_freed_once_shown() {
+    let mut config = served_config(None);
+    config.rest += &format!("history_bytes = {REPLAY_BYTES}\n");
+    let served = Served::start(config).await;
+    // Fill the history: dmesg prints about 1.5 KiB each time.
+    let (key, conn) = connection(&served, "filler").await;
+    let mut filler = PipedSsh::spawn(&conn.ssh_argv(&key));
+    filler.expect("serial console of vm1").await;
+    filler.send(b"root\r").await;
+    filler.expect("root@vm1:~$ ").await;
+    filler.send("dmesg\r".repeat(4000).as_bytes()).await;
+    filler.send(b"echo history-full\r").await;
+    filler.expect("\nhistory-full").await;
+    filler.leave().await;
+    let baseline = served.vitals();
+    let mut viewers = Vec::new();
+    for n in 0..REPLAYING_VIEWERS {
+        let (key, conn) = connection(&served, &format!("viewer{n}")).await;
+        let mut viewer = PipedSsh::spawn(&conn.ssh_argv_as(&key, "replay=all"));
+        viewer.expect("serial console of vm1").await;
+        // The whole replay has arrived once the prompt after it has.
+        viewer.expect("\nhistory-full").await;
+        viewer.expect("root@vm1:~$ ").await;
+        assert!(
+            viewer.read >= REPLAY_BYTES as u64 / 2,
+            "viewer {n} replayed only {} bytes",
+            viewer.read
+        );
+        viewers.push(viewer);
+    }
+    let attached = served.vitals();
+    let grew_kib = attached.rss_kib.saturating_sub(baseline.rss_kib);
+    eprintln!("{REPLAYING_VIEWERS} replaying viewers: {baseline:?} -> {attached:?}");
+    let replays_kib = (REPLAYING_VIEWERS * REPLAY_BYTES / 1024) as u64;
+    // Kept replays alone would add all of replays_kib; what a connection
+    // keeps after a burst (its transport buffers) comes to well under it.
+    assert!(
+        grew_kib < replays_kib * 3 / 4,
+        "{REPLAYING_VIEWERS} attached viewers hold {grew_kib} KiB more; their replays were {replays_kib} KiB"
+    );
+    for viewer in viewers {
+        viewer.leave().await;
+    }
+}

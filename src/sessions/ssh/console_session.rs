@@ -7,9 +7,12 @@
 //! channel's queue fills) and become the session's keystrokes, and its
 //! flow-controlled writer is what the user sees.
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use russh::server::Msg;
 use russh::{Channel, ChannelMsg};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::SshContext;
 use super::auth::Authorized;
@@ -32,6 +35,39 @@ impl Keyboard for ChannelKeyboard {
                 Some(_) => {}
             }
         }
+    }
+}
+
+/// The most a console session hands russh in one channel message.
+///
+/// russh encrypts up to 64 queued messages into a connection's outgoing
+/// buffer before it writes to the socket, and the buffer keeps the
+/// capacity it reached for the connection's life. With full-size (32 KiB)
+/// messages, one burst (a replay of the whole history, a flood of output)
+/// leaves every connection holding about 2 MiB per hop; with 4 KiB ones,
+/// 256 KiB. Console output is slow next to that; VNC tunnels are not
+/// written through this.
+const MAX_WRITE: usize = 4 * 1024;
+
+/// A channel writer that passes at most [`MAX_WRITE`] bytes per write.
+struct SmallWrites<W>(W);
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for SmallWrites<W> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let n = buf.len().min(MAX_WRITE);
+        Pin::new(&mut self.0).poll_write(cx, &buf[..n])
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }
 
@@ -65,7 +101,7 @@ pub(super) async fn serve(
         }
     }
     let (reader, writer) = channel.split();
-    let mut out = writer.make_writer();
+    let mut out = SmallWrites(writer.make_writer());
     match SessionOptions::from_user_name(&user_name) {
         Ok(options) => {
             let session = Attach {
