@@ -289,12 +289,15 @@ fn init_logging(
     level: &str,
 ) -> anyhow::Result<consolegate::gateway::SetLogLevel> {
     use std::sync::Arc;
-    use tracing_subscriber::EnvFilter;
-    let from_env = std::env::var_os("RUST_LOG").is_some();
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
+    let env = std::env::var("RUST_LOG").ok();
+    let from_env = env.is_some();
+    let filter = env
+        .as_deref()
+        .and_then(|env| log_filter(env).ok())
+        .map_or_else(|| log_filter(level), Ok)
+        .map_err(anyhow::Error::msg)
         .with_context(|| format!("[log] level `{level}` is not a valid filter"))?;
-    let parse = |level: &str| EnvFilter::try_new(level).map_err(|e| e.to_string());
+    let parse = log_filter;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -317,6 +320,23 @@ fn init_logging(
         LogFormat::Json => start!(builder.json()),
         LogFormat::Text => start!(builder),
     })
+}
+
+/// The log filter for `level`. A bare `trace` does not reach the
+/// WebSocket library's frame dumps, which hold what users type and see on
+/// their consoles (passwords typed at a login prompt among them); naming
+/// `tungstenite` in the filter does.
+fn log_filter(level: &str) -> Result<tracing_subscriber::EnvFilter, String> {
+    let mut filter = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+    let everything = level
+        .split(',')
+        .any(|d| d.trim().eq_ignore_ascii_case("trace"));
+    if everything && !level.contains("tungstenite") {
+        for cap in ["tungstenite=debug", "tokio_tungstenite=debug"] {
+            filter = filter.add_directive(cap.parse().map_err(|e| format!("{e}"))?);
+        }
+    }
+    Ok(filter)
 }
 
 async fn connection(config: Config, command: ConnectionCommand) -> anyhow::Result<()> {

@@ -17,6 +17,8 @@ pub struct ServedConfig {
     pub ssh: String,
     pub api: String,
     pub nova: String,
+    /// The `[log] level` filter; `None`: `consolegate=debug,russh=warn`.
+    pub log: Option<String>,
     /// Whole sections (`[[instance]]`, `[[api_user]]`, `[[nova_token]]`, …).
     pub rest: String,
 }
@@ -52,15 +54,17 @@ impl Served {
             ssh,
             api,
             nova,
+            log,
             rest,
         } = config;
+        let level = log.as_deref().unwrap_or("consolegate=debug,russh=warn");
         let text = format!(
             "data_dir = \"data\"\n\
              [ssh]\nlisten = \"127.0.0.1:{port}\"\npublic_host = \"127.0.0.1\"\n\
              revalidate_interval_secs = 1\n{ssh}\n\
              [api]\nlisten = \"127.0.0.1:{api_port}\"\n{api}\n\
              [nova]\nxterm_dir = \"{}/web/node_modules/@xterm/xterm\"\n{nova}\n\
-             [log]\nlevel = \"consolegate=debug,russh=warn\"\n\n{rest}",
+             [log]\nlevel = \"{level}\"\n\n{rest}",
             env!("CARGO_MANIFEST_DIR")
         );
         std::fs::write(&config_path, text).unwrap();
