@@ -179,8 +179,8 @@ pub(crate) fn answer(
 }
 
 /// The session-channel requests both hops answer alike: a pty and a shell
-/// are granted (the console task takes it from there); `exec` and
-/// subsystems are refused, as the console is the only thing to run; `none`
+/// are granted (the console task takes it from there); `exec`,
+/// subsystems and X11 are refused, as the console is the only thing to run; `none`
 /// authentication is pointed at `publickey`. Expands to `Handler` methods.
 macro_rules! console_session_requests {
     () => {
@@ -224,6 +224,20 @@ macro_rules! console_session_requests {
             &mut self,
             channel: russh::ChannelId,
             _name: &str,
+            session: &mut russh::server::Session,
+        ) -> Result<(), Self::Error> {
+            super::channels::answer(session, channel, false)
+        }
+
+        // Clients ask for a reply to x11-req (OpenSSH and PuTTY do):
+        // unanswered, every later reply is taken for the one before it.
+        async fn x11_request(
+            &mut self,
+            channel: russh::ChannelId,
+            _single_connection: bool,
+            _x11_auth_protocol: &str,
+            _x11_auth_cookie: &str,
+            _x11_screen_number: u32,
             session: &mut russh::server::Session,
         ) -> Result<(), Self::Error> {
             super::channels::answer(session, channel, false)

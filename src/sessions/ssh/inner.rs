@@ -7,12 +7,16 @@
 //! `direct-tcpip` to `<instance-id>:5900` or `localhost:5900` is the VNC
 //! target; nothing else is reachable.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 
 use russh::Channel;
 use russh::server::{
     Auth, ChannelOpenHandle, Config, Handler, Msg, PublicKeyOffer, Session, VerifiedPublicKey,
 };
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
 use super::SshContext;
 use super::auth::{Authorized, is_sha1_rsa};
@@ -43,7 +47,8 @@ pub(super) async fn serve(
     // However this returns, the inner session's channel is closed.
     let cut = tokio_util::sync::CancellationToken::new();
     let _cut_on_return = cut.clone().drop_guard();
-    let stream = super::cut::Cuttable::new(channel.into_stream(), cut);
+    let linger = Arc::new(AtomicBool::new(false));
+    let stream = super::cut::Cuttable::new(Lingering::new(channel.into_stream(), &linger), cut);
     let session =
         match tokio::time::timeout_at(deadline, russh::server::run_stream(config, stream, handler))
             .await
@@ -70,6 +75,11 @@ pub(super) async fn serve(
         _ = authenticated => {}
         () = tokio::time::sleep_until(deadline) => {
             tracing::info!(code = "CG-AUTH-007", %connection, "inner hop authentication timed out");
+            // A client stalled at a prompt writes before it reads: the
+            // channel stays open a moment after the goodbye, so its
+            // ProxyCommand is still there to carry the write, and the
+            // client then reads why it was cut.
+            linger.store(true, Ordering::Relaxed);
             let bye = handle.disconnect(
                 russh::Disconnect::ByApplication,
                 "CG-AUTH-007 authentication timed out".into(),
@@ -82,6 +92,78 @@ pub(super) async fn serve(
     }
     if let Err(e) = session.await {
         tracing::debug!(%connection, error = %e, "inner SSH session ended");
+    }
+}
+
+/// The inner hop's channel stream; with its flag set, shutting it down
+/// sends no EOF and dropping it holds it open (what arrives read and
+/// discarded) for [`super::GOODBYE_TIME`] before it closes.
+struct Lingering<S: AsyncRead + Unpin + Send + 'static> {
+    inner: Option<S>,
+    linger: Arc<AtomicBool>,
+}
+
+impl<S: AsyncRead + Unpin + Send + 'static> Lingering<S> {
+    fn new(inner: S, linger: &Arc<AtomicBool>) -> Self {
+        Lingering {
+            inner: Some(inner),
+            linger: linger.clone(),
+        }
+    }
+
+    fn inner(&mut self) -> Pin<&mut S> {
+        Pin::new(self.inner.as_mut().expect("taken only on drop"))
+    }
+}
+
+impl<S: AsyncRead + Unpin + Send + 'static> Drop for Lingering<S> {
+    fn drop(&mut self) {
+        let Some(mut inner) = self.inner.take() else {
+            return;
+        };
+        if !self.linger.load(Ordering::Relaxed) {
+            return;
+        }
+        tokio::spawn(async move {
+            let mut sink = [0u8; 4096];
+            let _ = tokio::time::timeout(super::GOODBYE_TIME, async {
+                while matches!(inner.read(&mut sink).await, Ok(n) if n > 0) {}
+            })
+            .await;
+        });
+    }
+}
+
+impl<S: AsyncRead + Unpin + Send + 'static> AsyncRead for Lingering<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        self.inner().poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncWrite for Lingering<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.inner().poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.inner().poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        // Lingering, the channel sends no EOF: OpenSSH's `ssh -W` would
+        // take it as the end and leave before the client has written.
+        if self.linger.load(Ordering::Relaxed) {
+            return Poll::Ready(Ok(()));
+        }
+        self.inner().poll_shutdown(cx)
     }
 }
 
