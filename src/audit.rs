@@ -2,12 +2,25 @@
 //! refused attempt, as a structured log line (target `consolegate::audit`)
 //! and a row in the store (`Store::record_audit` writes both).
 //!
+//! The rows of one console session (Attach, Force, Break, Timeout, Detach)
+//! name it by a [`SessionRef`]: the gateway process that ran it and its
+//! number there. A process killed mid-session writes no Detach row; the
+//! next process of the same node writes one for each such session at
+//! start-up (`Store::reconcile_detaches`, `CG-OPS-011`).
+//!
 //! Refused attempts are stored only when they name an existing console
 //! connection (a wrong key for a real id, a channel its holder may not
 //! open); anonymous noise, such as unknown user names, goes to the log only,
 //! so strangers cannot grow the database.
 
 use serde::Serialize;
+
+/// Why a Detach row was written at start-up, for a session an earlier
+/// process of this node ran and never ended (it was killed, or its machine
+/// lost power): the session ended at an unknown moment before this row's
+/// time, so it carries no byte counts or duration.
+pub const UNENDED: &str = "CG-OPS-011 the gateway stopped without ending this session; \
+     this row was written when it started again (bytes and duration unknown)";
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -80,6 +93,22 @@ pub struct AuditEvent {
     pub duration_ms: Option<u64>,
     /// Anything else worth saying.
     pub detail: Option<String>,
+    /// The console session this row is about, if it is about one.
+    pub session: Option<SessionRef>,
+}
+
+/// One console session, as its audit rows name it: unique across the
+/// processes and nodes that share a store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionRef {
+    /// The `[cluster] node_id` of the process that ran it; `None` for a
+    /// gateway alone.
+    pub node_id: Option<String>,
+    /// That process: random per start.
+    pub incarnation: String,
+    /// The session's number in that process (from 1).
+    pub number: u64,
 }
 
 impl AuditEvent {
@@ -98,6 +127,7 @@ impl AuditEvent {
             bytes_out: None,
             duration_ms: None,
             detail: None,
+            session: None,
         }
     }
 }

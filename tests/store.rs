@@ -333,6 +333,286 @@ async fn audit_rows_round_trip_newest_last_and_purge() {
     }
 }
 
+/// A row of console session `number` of process `incarnation` of node
+/// `node` (`None`: a gateway alone), of connection `connection`.
+fn session_row(
+    kind: consolegate::audit::AuditKind,
+    connection: Option<&str>,
+    node: Option<&str>,
+    incarnation: &str,
+    number: u64,
+) -> consolegate::audit::AuditEvent {
+    let mut e = consolegate::audit::AuditEvent::new(kind);
+    e.connection_id = connection.map(str::to_owned);
+    e.instance_id = Some("vm1".into());
+    e.fingerprint = connection.map(|c| format!("SHA256:{c}"));
+    e.peer = Some("192.0.2.7:50000".into());
+    e.read_only = Some(number.is_multiple_of(2));
+    e.detail = Some("outer hop, read-write (input shared by all sessions)".into());
+    e.session = Some(consolegate::audit::SessionRef {
+        node_id: node.map(str::to_owned),
+        incarnation: incarnation.into(),
+        number,
+    });
+    e
+}
+
+/// The Detach rows of session (`incarnation`, `number`).
+async fn detaches(
+    store: &Store,
+    incarnation: &str,
+    number: u64,
+) -> Vec<consolegate::audit::AuditEvent> {
+    store
+        .list_audit(None, None, 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| {
+            e.event == consolegate::audit::AuditKind::Detach
+                && e.session
+                    .as_ref()
+                    .is_some_and(|s| s.incarnation == incarnation && s.number == number)
+        })
+        .collect()
+}
+
+/// A process killed with sessions attached wrote their Attach rows and no
+/// Detach rows. The next process of the same gateway writes one Detach row
+/// for each, saying so (CG-OPS-011), and for nothing else: not for a
+/// session that ended, one of its own, one of another node, or a row from
+/// before sessions were numbered. Running it again writes nothing, and a
+/// session's own Detach row arriving late is not a second one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn detach_rows_of_sessions_a_killed_process_left_open_are_written_once() {
+    use consolegate::audit::{AuditEvent, AuditKind::*};
+    for backend in TestStore::both().await {
+        let name = backend.name();
+        let store = backend.open().await;
+        let rows = [
+            // The killed process "dead": one session open, one ended, one of a console token.
+            session_row(Attach, Some("c1"), None, "dead", 1),
+            session_row(Attach, Some("c2"), None, "dead", 2),
+            session_row(Force, Some("c2"), None, "dead", 2),
+            session_row(Detach, Some("c2"), None, "dead", 2),
+            {
+                let mut e = session_row(Attach, None, None, "dead", 3);
+                e.detail = Some(
+                    "web, read-write (input shared by all sessions) (console token 0a1b2c)".into(),
+                );
+                e
+            },
+            // This process's own live session, and another node's.
+            session_row(Attach, Some("c4"), None, "now", 1),
+            session_row(Attach, Some("c5"), Some("gw2"), "gw2-live", 1),
+        ];
+        for row in &rows {
+            store.insert_audit(row).await.unwrap();
+        }
+        // A row from before sessions were numbered names none.
+        let mut legacy = AuditEvent::new(Attach);
+        legacy.connection_id = Some("c6".into());
+        store.insert_audit(&legacy).await.unwrap();
+
+        assert_eq!(
+            store.reconcile_detaches(None, "now").await.unwrap(),
+            2,
+            "{name}"
+        );
+        let written = detaches(&store, "dead", 1).await;
+        assert_eq!(written.len(), 1, "{name}: {written:#?}");
+        let d = &written[0];
+        assert!(
+            d.detail.as_deref().unwrap().starts_with("CG-OPS-011 "),
+            "{name}: {d:?}"
+        );
+        assert_eq!(d.connection_id.as_deref(), Some("c1"));
+        assert_eq!(d.fingerprint.as_deref(), Some("SHA256:c1"));
+        assert_eq!(d.instance_id.as_deref(), Some("vm1"));
+        assert_eq!(d.peer.as_deref(), Some("192.0.2.7:50000"));
+        assert_eq!(d.read_only, Some(false));
+        assert_eq!(
+            (d.bytes_in, d.bytes_out, d.duration_ms),
+            (None, None, None),
+            "{name}: unknown, not zero"
+        );
+        assert_eq!(d.session, rows[0].session);
+        let token = detaches(&store, "dead", 3).await;
+        assert_eq!(token.len(), 1, "{name}");
+        assert!(
+            token[0]
+                .detail
+                .as_deref()
+                .unwrap()
+                .ends_with(" (console token 0a1b2c)"),
+            "{name}: {token:?}"
+        );
+        // The ended session keeps its one Detach row, its own.
+        let ended = detaches(&store, "dead", 2).await;
+        assert_eq!(ended.len(), 1, "{name}");
+        assert!(
+            !ended[0]
+                .detail
+                .as_deref()
+                .unwrap()
+                .starts_with("CG-OPS-011"),
+            "{name}"
+        );
+        // Not this process's live session, not another node's, not the legacy row.
+        assert!(detaches(&store, "now", 1).await.is_empty(), "{name}");
+        assert!(detaches(&store, "gw2-live", 1).await.is_empty(), "{name}");
+        let all = store.list_audit(None, None, 10_000).await.unwrap();
+        assert_eq!(
+            all.iter().filter(|e| e.event == Detach).count(),
+            3,
+            "{name}"
+        );
+
+        // Again: nothing left to write.
+        assert_eq!(
+            store.reconcile_detaches(None, "now").await.unwrap(),
+            0,
+            "{name}"
+        );
+        // The "dead" process was not dead after all (a process fenced off
+        // its node_id, ending late): its own Detach row is not a second one.
+        store
+            .insert_audit(&session_row(Detach, Some("c1"), None, "dead", 1))
+            .await
+            .unwrap();
+        let ids = |rows: Vec<consolegate::audit::AuditEvent>| {
+            rows.iter().map(|e| e.id).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            ids(detaches(&store, "dead", 1).await),
+            ids(written),
+            "{name}"
+        );
+        // Node gw2's next process writes its predecessor's, and no other.
+        assert_eq!(
+            store
+                .reconcile_detaches(Some("gw2"), "gw2-next")
+                .await
+                .unwrap(),
+            1,
+            "{name}"
+        );
+        assert_eq!(detaches(&store, "gw2-live", 1).await.len(), 1, "{name}");
+        assert_eq!(
+            store
+                .reconcile_detaches(Some("gw3"), "gw3-next")
+                .await
+                .unwrap(),
+            0,
+            "{name}"
+        );
+        // And a later process of the gateway alone writes this one's.
+        assert_eq!(
+            store.reconcile_detaches(None, "later").await.unwrap(),
+            1,
+            "{name}"
+        );
+        assert_eq!(detaches(&store, "now", 1).await.len(), 1, "{name}");
+        // Two rows more than before the late Detach: gw2's and this one's.
+        let store = backend.reopen(store).await;
+        assert!(
+            store.missing_migrations().await.unwrap().is_empty(),
+            "{name}"
+        );
+        assert_eq!(
+            store.list_audit(None, None, 10_000).await.unwrap().len(),
+            all.len() + 2,
+            "{name}"
+        );
+    }
+}
+
+/// The whole gateway: at start-up, before it answers, it writes the Detach
+/// rows its killed predecessor left unwritten, and only its own: a gateway
+/// alone on SQLite, and a node of a fleet on PostgreSQL, whose store holds
+/// a live session of another node too. A clean stop then leaves nothing to
+/// write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_at_start_writes_the_detach_rows_of_sessions_its_killed_predecessor_left_open() {
+    use consolegate::audit::AuditKind::*;
+    for backend in TestStore::both().await {
+        let name = backend.name();
+        let dir = tempfile::tempdir().unwrap();
+        node_data_dir(&dir.path().join("data"), None);
+        let (settings, node, other) = match &backend {
+            TestStore::Sqlite(_) => (String::new(), None, Some("gw2")),
+            TestStore::Postgres(url) => (
+                format!(
+                    "[store]\nurl = \"{url}\"\n[cluster]\nnode_id = \"gw1\"\nlisten = \"127.0.0.1:0\"\n\n"
+                ),
+                Some("gw1"),
+                None,
+            ),
+        };
+        let seed = match &backend {
+            TestStore::Sqlite(_) => Store::open_sqlite(&dir.path().join("data/consolegate.db"))
+                .await
+                .unwrap(),
+            TestStore::Postgres(url) => Store::open_postgres(url).await.unwrap(),
+        };
+        seed.insert_audit(&session_row(Attach, Some("c1"), node, "killed", 7))
+            .await
+            .unwrap();
+        seed.insert_audit(&session_row(Attach, Some("c2"), other, "elsewhere", 1))
+            .await
+            .unwrap();
+        seed.close().await;
+
+        let instances = format!("{settings}{}", instance("vm1", "simulator", None));
+        let gw = Gateway::start_with(dir, 0, "", &instances).await;
+        // The API answers once the gateway serves, which is after.
+        assert_eq!(http_get(gw.api_port, "/healthz").await.0, 200, "{name}");
+        let store = backend_store(&backend, &gw).await;
+        let written = detaches(&store, "killed", 7).await;
+        assert_eq!(written.len(), 1, "{name}: {written:#?}");
+        assert!(
+            written[0]
+                .detail
+                .as_deref()
+                .unwrap()
+                .starts_with("CG-OPS-011 ")
+        );
+        assert_eq!(
+            written[0].session.as_ref().unwrap().node_id.as_deref(),
+            node,
+            "{name}"
+        );
+        assert!(
+            detaches(&store, "elsewhere", 1).await.is_empty(),
+            "{name}: another node's session"
+        );
+        let before = store.list_audit(None, None, 10_000).await.unwrap().len();
+        store.close().await;
+
+        let dir = gw.stop().await;
+        let gw = Gateway::start_with(dir, 0, "", &instances).await;
+        assert_eq!(http_get(gw.api_port, "/healthz").await.0, 200, "{name}");
+        let store = backend_store(&backend, &gw).await;
+        assert_eq!(
+            store.list_audit(None, None, 10_000).await.unwrap().len(),
+            before,
+            "{name}"
+        );
+        store.close().await;
+        gw.stop().await;
+    }
+}
+
+/// The store of `gw`, which runs on `backend`'s kind of store.
+async fn backend_store(backend: &TestStore, gw: &Gateway) -> Store {
+    match backend {
+        TestStore::Sqlite(_) => Store::open_sqlite(&gw.path("data/consolegate.db"))
+            .await
+            .unwrap(),
+        TestStore::Postgres(url) => Store::open_postgres(url).await.unwrap(),
+    }
+}
+
 /// Two gateway nodes on one PostgreSQL database: what one writes, the
 /// other sees, and the rules hold between them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

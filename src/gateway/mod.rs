@@ -1,6 +1,7 @@
-//! `consolegate serve`: opens the store, loads or creates host keys, starts a
-//! console hub per instance, the SSH listener, the HTTP API with the web
-//! consoles, and the connection lifecycle task, and stops them all in order
+//! `consolegate serve`: opens the store, loads or creates host keys, writes
+//! the Detach audit rows an earlier process left unwritten (it was killed),
+//! starts a console hub per instance, the SSH listener, the HTTP API with
+//! the web consoles, and the connection lifecycle task, and stops them all in order
 //! on shutdown: listeners first, then (in a fleet) the consoles are handed
 //! on, then every session (each says why and writes its Detach row and
 //! recording), then the background tasks, the consoles, and last the store.
@@ -181,6 +182,8 @@ pub async fn run_with(
         None => None,
     };
     let hubs = ConsoleHubs::start_with(&config.instances, node.is_some());
+    // This process: in its sessions' audit rows, its leases and its node row.
+    let incarnation = crate::ids::random_hex(8);
     let config = Arc::new(config);
     let shared = SharedConfig::new(config.clone());
     let connections = ConsoleConnections::new(store.clone(), shared.clone(), &host_keys);
@@ -188,7 +191,6 @@ pub async fn run_with(
     let inner_keys = instance_keys.get_all(&config.instances).await?;
     let tokens = connections.tokens();
     let metrics = Arc::new(Metrics::new());
-    let incarnation = crate::ids::random_hex(8);
     let fleet = node.as_ref().map(|n| {
         Fleet::new(
             &config.cluster,
@@ -212,7 +214,8 @@ pub async fn run_with(
             config.ssh.max_connections,
             SessionCaps::new(config.session.caps()),
         ),
-    };
+    }
+    .named(config.cluster.node_id.clone(), incarnation.clone());
     let health = Arc::new(Health::default());
     // Bound already: connections wait in its backlog until the accept loop runs.
     health.set_ssh_listening(true);
@@ -268,6 +271,10 @@ pub async fn run_with(
             shutdown.clone(),
         )));
     }
+    // No other process runs as this gateway now (it holds the admin
+    // socket; a node has registered its node_id): the sessions an earlier
+    // one left open are over.
+    reconcile_detaches(&store, config.cluster.node_id.as_deref(), &incarnation).await;
     let ops = crate::ops::routes(OpsState {
         metrics: metrics.clone(),
         hubs: hubs.clone(),
@@ -389,6 +396,24 @@ pub async fn run_with(
         ));
     }
     Ok(())
+}
+
+/// Writes the Detach audit rows that earlier processes of this gateway (of
+/// this node, in a fleet) could not write: they were killed, or their
+/// machine lost power, with console sessions attached (`CG-OPS-011`). A
+/// store that fails here is reported and the gateway starts anyway.
+async fn reconcile_detaches(store: &Store, node_id: Option<&str>, incarnation: &str) {
+    match store.reconcile_detaches(node_id, incarnation).await {
+        Ok(0) => {}
+        Ok(sessions) => tracing::warn!(
+            code = "CG-OPS-011",
+            sessions,
+            "an earlier gateway process stopped without ending its console sessions \
+             (killed, or the machine lost power); wrote their Detach audit rows"
+        ),
+        Err(e) => tracing::warn!(code = "CG-STORE-002", error = %e,
+            "could not write the Detach audit rows of sessions an earlier gateway process left open"),
+    }
 }
 
 /// Runs reloads one at a time, as the admin socket and SIGHUP ask.

@@ -26,7 +26,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::{AuditEvent, AuditKind};
+use crate::audit::{AuditEvent, AuditKind, SessionRef};
 use crate::config::{InstanceConfig, RecordMode, Replay};
 use crate::console::escape::{EscapeAction, EscapeParser, HELP, Segment};
 use crate::console::hub::{
@@ -179,6 +179,41 @@ pub struct AttachContext {
     pub fleet: Option<crate::fleet::FleetLink>,
     /// The caps on sessions per instance, console connection and key.
     pub caps: super::caps::SessionCaps,
+    /// This process, as its sessions' audit rows name it.
+    pub numbering: Arc<SessionNumbering>,
+}
+
+/// This gateway process as the audit rows of its console sessions name it
+/// (its `[cluster] node_id` and its incarnation, random per start), and
+/// the numbers it gives its sessions: with them, the next process of the
+/// same node finds the sessions this one never ended if it is killed
+/// (`Store::reconcile_detaches`).
+#[derive(Debug)]
+pub struct SessionNumbering {
+    node_id: Option<String>,
+    incarnation: String,
+    last: AtomicU64,
+}
+
+impl SessionNumbering {
+    /// Numbers the sessions of the process `incarnation` of node `node_id`
+    /// (`None`: a gateway alone).
+    pub fn new(node_id: Option<String>, incarnation: String) -> SessionNumbering {
+        SessionNumbering {
+            node_id,
+            incarnation,
+            last: AtomicU64::new(0),
+        }
+    }
+
+    /// The next session.
+    fn next(&self) -> SessionRef {
+        SessionRef {
+            node_id: self.node_id.clone(),
+            incarnation: self.incarnation.clone(),
+            number: self.last.fetch_add(1, Ordering::Relaxed) + 1,
+        }
+    }
 }
 
 impl AttachContext {
@@ -197,16 +232,18 @@ impl AttachContext {
 }
 
 impl Attach {
-    /// An audit event about this session.
-    fn event(&self, kind: AuditKind, detail: Option<String>) -> AuditEvent {
-        audit_event(
+    /// An audit event about this session, which is `id`.
+    fn event(&self, id: &SessionRef, kind: AuditKind, detail: Option<String>) -> AuditEvent {
+        let mut e = audit_event(
             kind,
             &self.principal,
             &self.instance.id,
             self.peer,
             Some(self.options.read_only),
             detail,
-        )
+        );
+        e.session = Some(id.clone());
+        e
     }
 }
 
@@ -267,6 +304,8 @@ where
 
 /// An attached session, greeted and audited.
 struct Opened {
+    /// The session, as its audit rows name it.
+    id: SessionRef,
     attachment: Attachment,
     recording: Option<Recording>,
     started: Instant,
@@ -275,6 +314,7 @@ struct Opened {
 
 /// A session that has left the hub, and why.
 struct Ended {
+    id: SessionRef,
     reason: Cow<'static, str>,
     /// It resumes elsewhere: no goodbye.
     moved: bool,
@@ -329,14 +369,16 @@ where
         return None;
     }
     let attach_detail = format!("{}, {}", session.via, role_text(&attachment.role));
+    let id = ctx.numbering.next();
     ctx.store
-        .record_audit(session.event(AuditKind::Attach, Some(attach_detail)))
+        .record_audit(session.event(&id, AuditKind::Attach, Some(attach_detail)))
         .await;
     let mut recording = start_recording(session, attachment.id).await;
     if let Some(r) = &mut recording {
         r.output(&greeting).await;
     }
     Some(Opened {
+        id,
         attachment,
         recording,
         started,
@@ -358,6 +400,7 @@ where
     W: AsyncWrite + Unpin + Send,
 {
     let Opened {
+        id,
         mut attachment,
         mut recording,
         started,
@@ -471,7 +514,7 @@ where
                         let message = match hub.send_break(session_id).await {
                             Ok(()) => {
                                 ctx.store
-                                    .record_audit(session.event(AuditKind::Break, None))
+                                    .record_audit(session.event(&id, AuditKind::Break, None))
                                     .await;
                                 "break sent".to_owned()
                             }
@@ -487,7 +530,7 @@ where
                         ))),
                         Ok(Some(role)) => {
                             ctx.store
-                                .record_audit(session.event(AuditKind::Force, None))
+                                .record_audit(session.event(&id, AuditKind::Force, None))
                                 .await;
                             show(notice(match role {
                                 Role::Writer => "you hold write access",
@@ -551,7 +594,7 @@ where
                 instance = %session.instance.id, peer = %session.peer, via = %session.via,
                 "session cut: {}", cut.message);
             ctx.store
-                .record_audit(session.event(AuditKind::Timeout, Some(cut.message.clone())))
+                .record_audit(session.event(&id, AuditKind::Timeout, Some(cut.message.clone())))
                 .await;
             cut.message.into()
         }
@@ -563,6 +606,7 @@ where
     let moved =
         reason == MOVED || cut_relayed || (session.via_node.is_some() && reason == SHUTTING_DOWN);
     Ended {
+        id,
         moved,
         reason,
         recording,
@@ -583,6 +627,7 @@ async fn close<W>(
     W: AsyncWrite + Unpin + Send,
 {
     let Ended {
+        id,
         reason,
         moved,
         recording,
@@ -603,7 +648,7 @@ async fn close<W>(
         r.output(bye.as_bytes()).await;
         r.finish().await;
     }
-    let mut detach = session.event(AuditKind::Detach, Some(reason.into_owned()));
+    let mut detach = session.event(&id, AuditKind::Detach, Some(reason.into_owned()));
     detach.bytes_in = Some(bytes_in);
     detach.bytes_out = Some(bytes_out);
     detach.duration_ms = Some(started.elapsed().as_millis() as u64);

@@ -32,7 +32,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::ops::metrics::Metrics;
 use crate::store::Store;
-use attach::AttachContext;
+use attach::{AttachContext, SessionNumbering};
 use caps::SessionCaps;
 
 /// The owner of every session: SSH connections (and their channels), web
@@ -48,6 +48,8 @@ pub struct Sessions {
     fleet: Option<crate::fleet::FleetLink>,
     /// Set while console sessions must end at once, with the reason.
     cut: Arc<tokio::sync::watch::Sender<Option<Arc<str>>>>,
+    /// This process, as its console sessions' audit rows name it.
+    numbering: Arc<SessionNumbering>,
 }
 
 /// A place under the connection limit; the session holds it until it ends.
@@ -73,6 +75,18 @@ impl Sessions {
             caps,
             fleet: None,
             cut: Arc::new(tokio::sync::watch::channel(None).0),
+            numbering: Arc::new(SessionNumbering::new(None, crate::ids::random_hex(8))),
+        }
+    }
+
+    /// Names this process in its console sessions' audit rows: the process
+    /// `incarnation` of node `node_id` (`None`: a gateway alone), the
+    /// names `Store::reconcile_detaches` looks for after a crash. Unnamed,
+    /// a gateway alone with an incarnation of its own.
+    pub fn named(self, node_id: Option<String>, incarnation: String) -> Sessions {
+        Sessions {
+            numbering: Arc::new(SessionNumbering::new(node_id, incarnation)),
+            ..self
         }
     }
 
@@ -139,6 +153,7 @@ impl Sessions {
             cut: self.cut.subscribe(),
             fleet: self.fleet.clone(),
             caps: self.caps.clone(),
+            numbering: self.numbering.clone(),
         }
     }
 

@@ -1,57 +1,129 @@
-//! Audit rows: append, list, purge.
+//! Audit rows: append, list, purge, and the Detach rows a crashed process
+//! could not write.
 
 use super::row::StoreRow;
 
 use super::{Store, StoreError, now_ms};
-use crate::audit::{AuditEvent, AuditKind};
+use crate::audit::{AuditEvent, AuditKind, SessionRef, UNENDED};
+
+/// The conflict clause of every audit insert: one Detach row per session
+/// (the unique index `audit_events_one_detach`).
+macro_rules! one_detach {
+    () => {
+        "ON CONFLICT (incarnation, session_number) \
+         WHERE event = 'detach' AND session_number IS NOT NULL DO NOTHING"
+    };
+}
 
 impl Store {
     /// Writes an audit event to the log (target `consolegate::audit`) and
     /// the store. A store failure is logged, never returned: the audited
     /// action goes on.
     pub async fn record_audit(&self, event: AuditEvent) {
-        tracing::info!(
-            target: "consolegate::audit",
-            event = event.event.as_str(),
-            connection = event.connection_id.as_deref(),
-            instance = event.instance_id.as_deref(),
-            fingerprint = event.fingerprint.as_deref(),
-            peer = event.peer.as_deref(),
-            read_only = event.read_only,
-            bytes_in = event.bytes_in,
-            bytes_out = event.bytes_out,
-            duration_ms = event.duration_ms,
-            detail = event.detail.as_deref(),
-            "audit"
-        );
+        log_audit(&event);
         if let Err(e) = self.insert_audit(&event).await {
             tracing::error!(code = "CG-STORE-002", error = %e, "could not store an audit event");
         }
     }
 
-    /// Appends an audit event.
+    /// Appends an audit event. A session's second Detach row (one written
+    /// at start-up for a session its process did end after all, see
+    /// [`Store::reconcile_detaches`]) is not stored: the first stands.
     pub async fn insert_audit(&self, e: &AuditEvent) -> Result<(), StoreError> {
+        let session = e.session.as_ref();
         on_pool!(self, |pool| {
-            sqlx::query(
-            "INSERT INTO audit_events (time, event, connection_id, instance_id, fingerprint, peer, \
-             read_only, bytes_in, bytes_out, duration_ms, detail) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-        )
-        .bind(now_ms())
-        .bind(e.event.as_str())
-        .bind(e.connection_id.as_deref())
-        .bind(e.instance_id.as_deref())
-        .bind(e.fingerprint.as_deref())
-        .bind(e.peer.as_deref())
-        .bind(e.read_only)
-        .bind(e.bytes_in.map(|n| n as i64))
-        .bind(e.bytes_out.map(|n| n as i64))
-        .bind(e.duration_ms.map(|n| n as i64))
-        .bind(e.detail.as_deref())
-        .execute(pool)
-        .await?;
+            sqlx::query(concat!(
+                "INSERT INTO audit_events (time, event, connection_id, instance_id, fingerprint, peer, \
+                 read_only, bytes_in, bytes_out, duration_ms, detail, node_id, incarnation, session_number) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) ",
+                one_detach!()
+            ))
+            .bind(now_ms())
+            .bind(e.event.as_str())
+            .bind(e.connection_id.as_deref())
+            .bind(e.instance_id.as_deref())
+            .bind(e.fingerprint.as_deref())
+            .bind(e.peer.as_deref())
+            .bind(e.read_only)
+            .bind(e.bytes_in.map(|n| n as i64))
+            .bind(e.bytes_out.map(|n| n as i64))
+            .bind(e.duration_ms.map(|n| n as i64))
+            .bind(e.detail.as_deref())
+            .bind(session.and_then(|s| s.node_id.as_deref()))
+            .bind(session.map(|s| s.incarnation.as_str()))
+            .bind(session.map(|s| s.number as i64))
+            .execute(pool)
+            .await?;
             Ok(())
         })
+    }
+
+    /// Writes a Detach row for every console session that an earlier
+    /// process of this node (`node_id`; `None` for a gateway alone) left
+    /// with an Attach row and no Detach row: a process killed (or whose
+    /// machine lost power) writes none. Sessions of `incarnation` (this
+    /// process), of other nodes, and rows from before sessions were
+    /// numbered are left alone. Returns how many rows it wrote; running it
+    /// again writes none.
+    ///
+    /// Call it once at start-up, once no other process can be running as
+    /// this node: a gateway alone holds its data directory's admin socket,
+    /// a node of a fleet has registered its `node_id`.
+    pub async fn reconcile_detaches(
+        &self,
+        node_id: Option<&str>,
+        incarnation: &str,
+    ) -> Result<u64, StoreError> {
+        let attaches = on_pool!(self, |pool| {
+            sqlx::query(
+                "SELECT a.connection_id, a.instance_id, a.fingerprint, a.peer, a.read_only, a.detail, \
+                 a.node_id, a.incarnation, a.session_number FROM audit_events a \
+                 WHERE a.event = 'attach' AND a.session_number IS NOT NULL \
+                 AND (a.node_id = $1 OR (a.node_id IS NULL AND $1 IS NULL)) \
+                 AND a.incarnation <> $2 \
+                 AND NOT EXISTS (SELECT 1 FROM audit_events d WHERE d.event = 'detach' \
+                 AND d.session_number IS NOT NULL AND d.incarnation = a.incarnation \
+                 AND d.session_number = a.session_number) \
+                 ORDER BY a.id",
+            )
+            .bind(node_id)
+            .bind(incarnation)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(unended)
+            .collect::<Result<Vec<_>, StoreError>>()
+        })?;
+        let mut written = 0;
+        for detach in attaches {
+            let inserted = on_pool!(self, |pool| {
+                sqlx::query(concat!(
+                    "INSERT INTO audit_events (time, event, connection_id, instance_id, fingerprint, \
+                     peer, read_only, detail, node_id, incarnation, session_number) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ",
+                    one_detach!()
+                ))
+                .bind(now_ms())
+                .bind(detach.event.as_str())
+                .bind(detach.connection_id.as_deref())
+                .bind(detach.instance_id.as_deref())
+                .bind(detach.fingerprint.as_deref())
+                .bind(detach.peer.as_deref())
+                .bind(detach.read_only)
+                .bind(detach.detail.as_deref())
+                .bind(detach.session.as_ref().and_then(|s| s.node_id.as_deref()))
+                .bind(detach.session.as_ref().map(|s| s.incarnation.as_str()))
+                .bind(detach.session.as_ref().map(|s| s.number as i64))
+                .execute(pool)
+                .await?
+                .rows_affected()
+            });
+            if inserted > 0 {
+                written += 1;
+                log_audit(&detach);
+            }
+        }
+        Ok(written)
     }
 
     /// The newest `limit` events, optionally of one connection or instance, oldest first.
@@ -64,7 +136,8 @@ impl Store {
         on_pool!(self, |pool| {
             let rows = sqlx::query(
             "SELECT * FROM (SELECT id, time, event, connection_id, instance_id, fingerprint, peer, \
-             read_only, bytes_in, bytes_out, duration_ms, detail FROM audit_events \
+             read_only, bytes_in, bytes_out, duration_ms, detail, node_id, incarnation, session_number \
+             FROM audit_events \
              WHERE ($1 IS NULL OR connection_id = $1) AND ($2 IS NULL OR instance_id = $2) \
              ORDER BY id DESC LIMIT $3) AS newest ORDER BY id",
         )
@@ -104,6 +177,7 @@ impl Store {
                         bytes_out: r.maybe_int("bytes_out")?.map(|n| n as u64),
                         duration_ms: r.maybe_int("duration_ms")?.map(|n| n as u64),
                         detail: r.maybe_text("detail")?,
+                        session: session_ref(r)?,
                     })
                 })
                 .collect()
@@ -120,4 +194,63 @@ impl Store {
                 .rows_affected())
         })
     }
+}
+
+/// The audit log line of an event (target `consolegate::audit`), as the
+/// row says it.
+fn log_audit(event: &AuditEvent) {
+    let session = event.session.as_ref();
+    tracing::info!(
+        target: "consolegate::audit",
+        event = event.event.as_str(),
+        connection = event.connection_id.as_deref(),
+        instance = event.instance_id.as_deref(),
+        fingerprint = event.fingerprint.as_deref(),
+        peer = event.peer.as_deref(),
+        read_only = event.read_only,
+        bytes_in = event.bytes_in,
+        bytes_out = event.bytes_out,
+        duration_ms = event.duration_ms,
+        detail = event.detail.as_deref(),
+        node = session.and_then(|s| s.node_id.as_deref()),
+        incarnation = session.map(|s| s.incarnation.as_str()),
+        session = session.map(|s| s.number),
+        "audit"
+    );
+}
+
+/// The session a row names, if it names one.
+fn session_ref(r: &impl StoreRow) -> Result<Option<SessionRef>, StoreError> {
+    let (Some(incarnation), Some(number)) =
+        (r.maybe_text("incarnation")?, r.maybe_int("session_number")?)
+    else {
+        return Ok(None);
+    };
+    Ok(Some(SessionRef {
+        node_id: r.maybe_text("node_id")?,
+        incarnation,
+        number: number as u64,
+    }))
+}
+
+/// The Detach row of a session whose Attach row is `r` and whose process
+/// ended without writing one: who, where and which session as the Attach
+/// row says; why ([`UNENDED`]); bytes and duration unknown. A session of
+/// a console token names the token, as its own Detach row would have.
+fn unended(r: &impl StoreRow) -> Result<AuditEvent, StoreError> {
+    let mut e = AuditEvent::new(AuditKind::Detach);
+    e.connection_id = r.maybe_text("connection_id")?;
+    e.instance_id = r.maybe_text("instance_id")?;
+    e.fingerprint = r.maybe_text("fingerprint")?;
+    e.peer = r.maybe_text("peer")?;
+    e.read_only = r.maybe_flag("read_only")?;
+    let token = r
+        .maybe_text("detail")?
+        .and_then(|d| d.rfind("(console token ").map(|at| d[at..].to_owned()));
+    e.detail = Some(match token {
+        Some(token) => format!("{UNENDED} {token}"),
+        None => UNENDED.to_owned(),
+    });
+    e.session = session_ref(r)?;
+    Ok(e)
 }

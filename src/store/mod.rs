@@ -10,7 +10,8 @@
 //! - SQLite, the embedded default: one file in the data directory, created
 //!   on first use (`migrations/sqlite`). Several processes may use one file
 //!   at once (the gateway, and the `connection` CLI): the database runs in
-//!   WAL mode with a busy timeout.
+//!   WAL mode with a busy timeout, and syncs its log at every commit
+//!   (`synchronous = FULL`).
 //! - PostgreSQL (`[store] url`), for several gateway nodes sharing one
 //!   store (`migrations/postgres`, run under PostgreSQL's advisory lock).
 //!
@@ -27,7 +28,9 @@ use std::time::Duration;
 
 use russh::keys::PrivateKey;
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 use time::OffsetDateTime;
 
 /// Runs `body` with `pool` bound to the store's pool, whichever backend it
@@ -236,10 +239,14 @@ impl Store {
             path: path.display().to_string(),
             error: sqlx::Error::Io(error),
         })?;
+        // Durable at every commit (docs/durability.md): in WAL mode, FULL
+        // syncs the log before a commit returns, so whatever the API
+        // answered survives a power loss, not only a killed process.
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(false)
             .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
         let open_error = |error| StoreError::Open {
@@ -529,6 +536,35 @@ mod tests {
         }
         store.close().await;
         other.close().await;
+    }
+
+    /// What docs/durability.md promises of SQLite: write-ahead logging, and
+    /// the log synced at every commit, on every connection of the pool.
+    #[tokio::test]
+    async fn sqlite_runs_in_wal_mode_and_syncs_every_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(&dir.path().join("consolegate.db"))
+            .await
+            .unwrap();
+        let Backend::Sqlite(pool) = &store.backend else {
+            unreachable!()
+        };
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            let mut conn = pool.acquire().await.unwrap();
+            let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+            let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+            assert_eq!((mode.as_str(), sync), ("wal", 2), "2 is FULL");
+            held.push(conn);
+        }
+        drop(held);
+        store.close().await;
     }
 
     #[test]

@@ -31,6 +31,8 @@ pub struct Served {
     pub port: u16,
     pub api_port: u16,
     child: Child,
+    /// How many times it was started.
+    starts: u32,
 }
 
 /// What the gateway's process holds at one moment.
@@ -77,9 +79,49 @@ impl Served {
             port,
             api_port,
             child,
+            starts: 1,
         };
         served.wait_ready().await;
         served
+    }
+
+    /// Kills it with SIGKILL, as the OOM killer or a crash would: it says
+    /// and writes nothing on the way out. Its directory stays.
+    pub async fn kill(&mut self) {
+        self.child.kill().await.expect("SIGKILL consolegate serve");
+    }
+
+    /// Starts it again (after [`Served::kill`]) on the same directory,
+    /// config and ports, its log in `serve.N.log`; returns once its admin
+    /// socket answers and its SSH and API ports accept (the API answers
+    /// once it serves).
+    pub async fn restart(&mut self) {
+        self.starts += 1;
+        self.log = self.dir.path().join(format!("serve.{}.log", self.starts));
+        self.child = spawn_serve(&self.config_path, &self.log, &[]);
+        let socket = self.dir.path().join("data/admin.sock");
+        let ready = tokio::time::timeout(GUARD, async {
+            loop {
+                // The dead process's socket file stays until this one replaces it.
+                if tokio::net::UnixStream::connect(&socket).await.is_ok()
+                    && tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                        .await
+                        .is_ok()
+                    && tokio::net::TcpStream::connect(("127.0.0.1", self.api_port))
+                        .await
+                        .is_ok()
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(
+            ready.is_ok(),
+            "consolegate serve did not start again; its log:\n{}",
+            self.log_text()
+        );
     }
 
     async fn wait_ready(&self) {
