@@ -30,18 +30,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method};
+use axum::http::Method;
 use common::served::{Served, ServedConfig};
+use common::signer::Signer;
 use common::*;
 use consolegate::audit::{AuditEvent, AuditKind, SessionRef};
 use consolegate::store::Store;
-use rsa::RsaPrivateKey;
-use rsa::pkcs8::{EncodePublicKey, LineEnding};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const TENANCY: &str = "ocid1.tenancy.oc1..aaaaaaaacrashsafety";
-const USER: &str = "ocid1.user.oc1..crashsafety";
 const CONNECTIONS: &str = "/20160918/instanceConsoleConnections";
 /// Requests the stream keeps in flight.
 const WORKERS: u64 = 4;
@@ -82,74 +79,9 @@ impl Rng {
     }
 }
 
-/// An API user signing requests as the OCI SDKs do.
-struct Signer {
-    key: RsaPrivateKey,
-    key_id: String,
-}
-
-impl Signer {
-    fn new() -> Signer {
-        let key = RsaPrivateKey::new(&mut rand::rng(), 2048).unwrap();
-        let fingerprint = consolegate::api::signature::fingerprint(&key.to_public_key());
-        Signer {
-            key_id: format!("{TENANCY}/{USER}/{fingerprint}"),
-            key,
-        }
-    }
-
-    /// Its `[[api_user]]`, allowed into compartment `test`.
-    fn toml(&self) -> String {
-        let pem = self
-            .key
-            .to_public_key()
-            .to_public_key_pem(LineEnding::LF)
-            .unwrap();
-        format!(
-            "[[api_user]]\ntenancy = \"{TENANCY}\"\nuser = \"{USER}\"\n\
-             public_key = \"\"\"{pem}\"\"\"\ncompartments = [\"test\"]\n\n"
-        )
-    }
-
-    /// A signed request to the API on `port`, ready to write.
-    fn request(
-        &self,
-        port: u16,
-        method: Method,
-        target: &str,
-        body: &[u8],
-        extra: &[(&str, &str)],
-    ) -> Vec<u8> {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            "host",
-            HeaderValue::from_str(&format!("127.0.0.1:{port}")).unwrap(),
-        );
-        for (name, value) in extra {
-            headers.insert(
-                HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                HeaderValue::from_str(value).unwrap(),
-            );
-        }
-        consolegate::api::signature::sign(
-            &method,
-            target,
-            &mut headers,
-            body,
-            &self.key_id,
-            &self.key,
-            SystemTime::now(),
-        )
-        .unwrap();
-        let lines: String = headers
-            .iter()
-            .map(|(k, v)| format!("{k}: {}\r\n", v.to_str().unwrap()))
-            .collect();
-        let mut out =
-            format!("{method} {target} HTTP/1.1\r\n{lines}connection: close\r\n\r\n").into_bytes();
-        out.extend_from_slice(body);
-        out
-    }
+/// The `Host` of the API on local `port`.
+fn host(port: u16) -> String {
+    format!("127.0.0.1:{port}")
 }
 
 /// An answer the gateway gave in full.
@@ -300,12 +232,13 @@ async fn worker(
         });
         if let Some(Some(id)) = victim {
             let target = format!("{CONNECTIONS}/{id}");
-            let request = signer.request(port, Method::DELETE, &target, b"", &[]);
+            let request = signer.request(Method::DELETE, &target, &host(port), b"");
             let answer = exchange(port, &request).await;
             sent.push(Sent::Delete { id, answer });
         } else if let Some(Some((token, body, id))) = replay {
             let headers = [("opc-retry-token", token.as_str())];
-            let request = signer.request(port, Method::POST, CONNECTIONS, &body, &headers);
+            let request =
+                signer.request_with(Method::POST, CONNECTIONS, &host(port), &body, &headers);
             let answer = exchange(port, &request).await;
             sent.push(Sent::Replay { id, answer });
         } else {
@@ -315,7 +248,8 @@ async fn worker(
                 .iter()
                 .map(|t| ("opc-retry-token", t.as_str()))
                 .collect();
-            let request = signer.request(port, Method::POST, CONNECTIONS, &body, &headers);
+            let request =
+                signer.request_with(Method::POST, CONNECTIONS, &host(port), &body, &headers);
             let answer = exchange(port, &request).await;
             if let Some(a) = answer.as_ref().filter(|a| a.status == 200) {
                 let id = a.json()["id"].as_str().unwrap().to_owned();
@@ -426,7 +360,7 @@ impl Rig {
             "publicKey": std::fs::read_to_string(&session_key.public).unwrap().trim(),
         }))
         .unwrap();
-        let request = signer.request(gw.api_port, Method::POST, CONNECTIONS, &body, &[]);
+        let request = signer.request(Method::POST, CONNECTIONS, &host(gw.api_port), &body);
         let answer = exchange(gw.api_port, &request).await.unwrap();
         assert_eq!(answer.status, 200, "{answer:?}");
         let json = answer.json();
@@ -475,7 +409,7 @@ impl Rig {
         let port = self.gw.api_port;
         let request = self
             .signer
-            .request(port, method.clone(), target, body, extra);
+            .request_with(method.clone(), target, &host(port), body, extra);
         exchange(port, &request).await.unwrap_or_else(|| {
             panic!(
                 "{method} {target} got no answer; log:\n{}",

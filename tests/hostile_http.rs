@@ -19,6 +19,7 @@ use std::time::Duration;
 use axum::http::Method;
 use clients::*;
 use common::served::{Served, ServedConfig, Vitals};
+use common::signer::Signer;
 use common::*;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

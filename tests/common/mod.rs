@@ -6,6 +6,7 @@
 pub mod oci;
 pub mod russh_client;
 pub mod served;
+pub mod signer;
 pub mod web;
 
 use std::path::{Path, PathBuf};

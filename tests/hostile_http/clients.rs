@@ -1,76 +1,17 @@
-//! The HTTP clients of tests/hostile_http.rs, honest and hostile: a
-//! signer of OCI requests, raw HTTP/1.1 over a socket from any loopback
+//! The HTTP clients of tests/hostile_http.rs, honest and hostile: raw
+//! HTTP/1.1 over a socket from any loopback
 //! address, clients that dribble headers or bodies or sit idle, and TLS
 //! (test certificates, a rustls client, WebSocket frames over it).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use axum::http::{HeaderMap, HeaderValue, Method};
-use rsa::RsaPrivateKey;
-use rsa::pkcs8::{EncodePublicKey, LineEnding};
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::common::GUARD;
-
-const TENANCY: &str = "ocid1.tenancy.oc1..aaaaaaaahostilehttp";
-
-/// An API user that signs requests the way the OCI SDK does.
-pub struct Signer {
-    key: RsaPrivateKey,
-    key_id: String,
-}
-
-impl Signer {
-    pub fn new() -> Signer {
-        let key = RsaPrivateKey::new(&mut rand::rng(), 2048).unwrap();
-        let fingerprint = consolegate::api::signature::fingerprint(&key.to_public_key());
-        Signer {
-            key_id: format!("{TENANCY}/ocid1.user.oc1..signer/{fingerprint}"),
-            key,
-        }
-    }
-
-    /// Its `[[api_user]]`, allowed into compartment `test`.
-    pub fn toml(&self) -> String {
-        let pem = self
-            .key
-            .to_public_key()
-            .to_public_key_pem(LineEnding::LF)
-            .unwrap();
-        format!(
-            "[[api_user]]\ntenancy = \"{TENANCY}\"\nuser = \"ocid1.user.oc1..signer\"\n\
-             public_key = \"\"\"{pem}\"\"\"\ncompartments = [\"test\"]\n\n"
-        )
-    }
-
-    /// A signed request for `host`, ready to write (`Connection: close`).
-    pub fn request(&self, method: Method, target: &str, host: &str, body: &[u8]) -> Vec<u8> {
-        let mut headers = HeaderMap::new();
-        headers.insert("host", HeaderValue::from_str(host).unwrap());
-        consolegate::api::signature::sign(
-            &method,
-            target,
-            &mut headers,
-            body,
-            &self.key_id,
-            &self.key,
-            SystemTime::now(),
-        )
-        .unwrap();
-        let lines: String = headers
-            .iter()
-            .map(|(k, v)| format!("{k}: {}\r\n", v.to_str().unwrap()))
-            .collect();
-        let mut out =
-            format!("{method} {target} HTTP/1.1\r\n{lines}connection: close\r\n\r\n").into_bytes();
-        out.extend_from_slice(body);
-        out
-    }
-}
 
 /// A TCP connection to `port` from `source`.
 pub async fn connect_from(source: &str, port: u16) -> std::io::Result<TcpStream> {
