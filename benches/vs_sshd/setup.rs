@@ -236,6 +236,8 @@ impl Gateway {
              max_connections = 30000\nhandshake_timeout_secs = 60\n\
              max_startups = \"10000\"\nexempt_sources = [\"127.0.0.1\"]\n\
              [api]\nlisten = \"127.0.0.1:{api_port}\"\n\
+             [session]\nmax_sessions_per_instance = 0\nmax_sessions_per_connection = 0\n\
+             max_sessions_per_key = 0\n\
              [log]\nlevel = \"warn\"\n\n"
         );
         for id in INSTANCES {
