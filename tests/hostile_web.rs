@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::served::{Served, ServedConfig};
-use common::web::{Socket, Web, read_binary};
+use common::web::{Socket, Web, read_binary, refused_upgrade};
 use common::*;
 use consolegate::connections::tokens::{ConsoleProtocol, token_hash};
 use futures_util::{SinkExt, StreamExt};
@@ -92,19 +92,7 @@ async fn warmed_baseline(gw: &Served, vnc: bool) -> common::served::Vitals {
 /// Why a WebSocket to `path` was not opened: the status and the runbook
 /// code header.
 async fn refused(gw: &Served, path: &str) -> (u16, String) {
-    let url = format!("ws://127.0.0.1:{}{path}", gw.api_port);
-    match tokio_tungstenite::connect_async(&url).await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => (
-            response.status().as_u16(),
-            response
-                .headers()
-                .get("x-consolegate-code")
-                .map(|v| v.to_str().unwrap().to_owned())
-                .unwrap_or_default(),
-        ),
-        Err(e) => panic!("{url}: {e}"),
-        Ok(_) => panic!("{url} was opened"),
-    }
+    refused_upgrade(gw.api_port, path).await
 }
 
 /// Revokes `vm1`'s console tokens of one kind through the Nova API, as an

@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::MaybeTlsStream;
 use tokio_tungstenite::tungstenite::Message;
 
-use common::web::{Socket, Web, read_binary};
+use common::web::{Socket, Web, read_binary, refused_upgrade};
 
 /// Opens `path` (`/serial?token=…`) on the gateway's API port.
 async fn web(gw: &Gateway, path: &str) -> Socket {
@@ -28,19 +28,7 @@ async fn web(gw: &Gateway, path: &str) -> Socket {
 
 /// Why `path` was not upgraded: the status and the runbook code header.
 async fn web_refused(gw: &Gateway, path: &str) -> (u16, String) {
-    let url = format!("ws://127.0.0.1:{}{path}", gw.api_port);
-    match tokio_tungstenite::connect_async(&url).await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => (
-            response.status().as_u16(),
-            response
-                .headers()
-                .get("x-consolegate-code")
-                .map(|v| v.to_str().unwrap().to_owned())
-                .unwrap_or_default(),
-        ),
-        Err(e) => panic!("{url}: {e}"),
-        Ok(_) => panic!("{url} was upgraded"),
-    }
+    refused_upgrade(gw.api_port, path).await
 }
 
 /// A web serial console of `instance`, with a fresh token.

@@ -49,15 +49,7 @@ impl ApiUser {
     /// The `[[api_user]]` entry a gateway's config needs for it, allowed
     /// into compartment `test`.
     pub fn toml(&self) -> String {
-        let public_pem = self
-            .key
-            .to_public_key()
-            .to_public_key_pem(LineEnding::LF)
-            .unwrap();
-        format!(
-            "[[api_user]]\ntenancy = \"{TENANCY}\"\nuser = \"{USER}\"\n\
-             public_key = \"\"\"{public_pem}\"\"\"\ncompartments = [\"test\"]\n\n"
-        )
+        api_user_toml(USER, &self.key)
     }
 
     /// The CLI `bin` as this user against `endpoint`, its key and config
@@ -143,4 +135,17 @@ impl Oci {
             serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
         }
     }
+}
+
+/// The `[[api_user]]` entry for `user` (of [`TENANCY`]) signing with
+/// `key`, allowed into compartment `test`.
+pub fn api_user_toml(user: &str, key: &RsaPrivateKey) -> String {
+    let public_pem = key
+        .to_public_key()
+        .to_public_key_pem(LineEnding::LF)
+        .unwrap();
+    format!(
+        "[[api_user]]\ntenancy = \"{TENANCY}\"\nuser = \"{user}\"\n\
+         public_key = \"\"\"{public_pem}\"\"\"\ncompartments = [\"test\"]\n\n"
+    )
 }

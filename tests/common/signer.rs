@@ -6,7 +6,6 @@ use std::time::SystemTime;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method};
 use rsa::RsaPrivateKey;
-use rsa::pkcs8::{EncodePublicKey, LineEnding};
 
 use super::oci::TENANCY;
 
@@ -31,15 +30,7 @@ impl Signer {
 
     /// Its `[[api_user]]`, allowed into compartment `test`.
     pub fn toml(&self) -> String {
-        let pem = self
-            .key
-            .to_public_key()
-            .to_public_key_pem(LineEnding::LF)
-            .unwrap();
-        format!(
-            "[[api_user]]\ntenancy = \"{TENANCY}\"\nuser = \"{USER}\"\n\
-             public_key = \"\"\"{pem}\"\"\"\ncompartments = [\"test\"]\n\n"
-        )
+        super::oci::api_user_toml(USER, &self.key)
     }
 
     /// A signed request for `host`, ready to write (`Connection: close`).

@@ -37,6 +37,24 @@ pub async fn read_binary(socket: &mut Socket, want: usize) -> Vec<u8> {
     got
 }
 
+/// Why a WebSocket to `path` on a local HTTP `port` was not opened: the
+/// status and the runbook code header. Panics if it was opened.
+pub async fn refused_upgrade(port: u16, path: &str) -> (u16, String) {
+    let url = format!("ws://127.0.0.1:{port}{path}");
+    match tokio_tungstenite::connect_async(&url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => (
+            response.status().as_u16(),
+            response
+                .headers()
+                .get("x-consolegate-code")
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default(),
+        ),
+        Err(e) => panic!("{url}: {e}"),
+        Ok(_) => panic!("{url} was opened"),
+    }
+}
+
 /// A web console client that remembers what it received and not yet
 /// consumed, as [`Terminal`] does for `ssh`.
 pub struct Web {
