@@ -115,6 +115,20 @@ impl ApiError {
         )
     }
 
+    /// 500 InternalError naming `CG-STORE-002`: the store failed at run
+    /// time (locked by another process past its busy timeout, out of disk
+    /// space, an I/O error); the detail goes to the log.
+    pub fn store_failed(detail: &dyn std::fmt::Display) -> Self {
+        tracing::error!(code = "CG-STORE-002", error = %detail, "the store failed answering an API request");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            "The gateway's store could not take the request (it may be locked by another process \
+             or out of disk space); retry later.",
+        )
+        .with_runbook_code("CG-STORE-002")
+    }
+
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
         self.status
@@ -150,6 +164,7 @@ impl From<ConnectionError> for ApiError {
             ConnectionError::Store(e @ StoreError::Conflict { .. }) => {
                 ApiError::conflict(e.to_string())
             }
+            ConnectionError::Store(e @ StoreError::Database(_)) => ApiError::store_failed(&e),
             ConnectionError::Store(e) => ApiError::internal(&e),
         }
     }

@@ -13,14 +13,20 @@
 //! | `pty:/dev/pts/N` | pseudo-terminal | no (a pty has no line to break) |
 //! | `simulator` | in-process demo machine | yes |
 //!
+//! Input for the console is queued ([`BackendConnection::queue`]) and
+//! written while the connection waits for output ([`BackendConnection::next_io`]):
+//! a line that takes input slowly (a 9600-baud UART drains ~960 bytes a
+//! second) never holds its output back.
+//!
 //! Also here: [`connect_vnc`], which opens an instance's VNC target.
 
+use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_serial::{SerialPort, SerialPortBuilderExt, SerialStream};
 
@@ -110,6 +116,31 @@ enum BreakMethod {
     InBandBreak,
 }
 
+/// Something queued for the console, written in order.
+enum Outgoing {
+    /// Bytes for the line (already encoded for its protocol), `at` of them
+    /// written; `_permit` (the sender's share of the hub's input budget)
+    /// is released once all are.
+    Bytes {
+        bytes: Vec<u8>,
+        at: usize,
+        _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    },
+    /// A break, due once everything queued before it is written.
+    Break,
+}
+
+/// What [`BackendConnection::next_io`] has to report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Io {
+    /// This many bytes of output arrived (0: end of stream); hand the
+    /// count to [`BackendConnection::decode`].
+    Read(usize),
+    /// Everything queued before a break is written: send it now with
+    /// [`BackendConnection::send_break`].
+    BreakDue,
+}
+
 /// An open connection to a serial console.
 pub struct BackendConnection {
     target: SerialTarget,
@@ -117,6 +148,12 @@ pub struct BackendConnection {
     protocol: Protocol,
     breaks: BreakMethod,
     read_buf: Vec<u8>,
+    /// Input and protocol replies not yet written, in order.
+    outgoing: VecDeque<Outgoing>,
+    /// Written bytes not flushed yet.
+    unflushed: bool,
+    /// When the last queued bytes were written.
+    last_written: Option<Instant>,
 }
 
 impl std::fmt::Debug for BackendConnection {
@@ -171,6 +208,9 @@ impl BackendConnection {
             protocol,
             breaks,
             read_buf: vec![0; 16 * 1024],
+            outgoing: VecDeque::new(),
+            unflushed: false,
+            last_written: None,
         };
         if let Protocol::Telnet(codec) = &mut conn.protocol {
             let hello = codec.initial_negotiation();
@@ -179,17 +219,59 @@ impl BackendConnection {
         Ok(conn)
     }
 
-    /// Waits for bytes from the backend and returns how many arrived (0 at
-    /// end of stream). Cancel-safe: use it in `select!`, then hand the count
-    /// to [`BackendConnection::decode`].
-    pub async fn read_raw(&mut self) -> io::Result<usize> {
-        self.stream.read(&mut self.read_buf).await
+    /// Waits for bytes from the backend, writing what is queued for it
+    /// meanwhile (as fast as the backend takes it, never holding output
+    /// back), until output arrives or a queued break is due. Cancel-safe:
+    /// use it in `select!`; what was written stays written.
+    pub async fn next_io(&mut self) -> io::Result<Io> {
+        std::future::poll_fn(|cx| self.poll_io(cx)).await
+    }
+
+    fn poll_io(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Io>> {
+        if let Poll::Ready(Err(e)) = self.poll_write_queued(cx) {
+            return Poll::Ready(Err(e));
+        }
+        if !self.unflushed && matches!(self.outgoing.front(), Some(Outgoing::Break)) {
+            self.outgoing.pop_front();
+            return Poll::Ready(Ok(Io::BreakDue));
+        }
+        let mut buf = ReadBuf::new(&mut self.read_buf);
+        match Pin::new(&mut self.stream).poll_read(cx, &mut buf) {
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(Io::Read(buf.filled().len()))),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Writes and flushes queued bytes, in order, as far as the backend
+    /// takes them now; ready once all before the next break (or all) are.
+    fn poll_write_queued(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while let Some(Outgoing::Bytes { bytes, at, .. }) = self.outgoing.front_mut() {
+            match Pin::new(&mut self.stream).poll_write(cx, &bytes[*at..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
+                    *at += n;
+                    self.unflushed = true;
+                    if *at == bytes.len() {
+                        self.outgoing.pop_front();
+                        self.last_written = Some(Instant::now());
+                    }
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        if self.unflushed {
+            std::task::ready!(Pin::new(&mut self.stream).poll_flush(cx))?;
+            self.unflushed = false;
+        }
+        Poll::Ready(Ok(()))
     }
 
     /// Turns the `n` bytes just read into console output in `out` (cleared
-    /// first), answering any telnet negotiation they carried. `out` may be
-    /// empty when the bytes were all protocol.
-    pub async fn decode(&mut self, n: usize, out: &mut Vec<u8>) -> io::Result<()> {
+    /// first), queueing answers to any telnet negotiation they carried.
+    /// `out` may be empty when the bytes were all protocol.
+    pub fn decode(&mut self, n: usize, out: &mut Vec<u8>) {
         out.clear();
         let raw = &self.read_buf[..n.min(self.read_buf.len())];
         match &mut self.protocol {
@@ -198,32 +280,40 @@ impl BackendConnection {
                 let mut reply = Vec::new();
                 codec.decode(raw, out, &mut reply);
                 if !reply.is_empty() {
-                    self.stream.write_all(&reply).await?;
+                    self.outgoing.push_back(Outgoing::Bytes {
+                        bytes: reply,
+                        at: 0,
+                        _permit: None,
+                    });
                 }
             }
         }
-        Ok(())
     }
 
     /// Reads the next console output into `out`; `false` at end of stream.
-    /// Not cancel-safe (see [`BackendConnection::read_raw`]).
+    /// Not cancel-safe (see [`BackendConnection::next_io`]).
     pub async fn read(&mut self, out: &mut Vec<u8>) -> io::Result<bool> {
         loop {
-            let n = self.read_raw().await?;
-            if n == 0 {
-                return Ok(false);
-            }
-            self.decode(n, out).await?;
-            if !out.is_empty() {
-                return Ok(true);
+            match self.next_io().await? {
+                Io::Read(0) => return Ok(false),
+                Io::Read(n) => {
+                    self.decode(n, out);
+                    if !out.is_empty() {
+                        return Ok(true);
+                    }
+                }
+                Io::BreakDue => {
+                    let _ = self.send_break().await;
+                }
             }
         }
     }
 
-    /// Writes console input.
-    pub async fn write(&mut self, data: &[u8]) -> io::Result<()> {
-        match &self.protocol {
-            Protocol::Raw => self.stream.write_all(data).await,
+    /// Queues console input, written by [`BackendConnection::next_io`];
+    /// `permit` is held until it is written.
+    pub fn queue(&mut self, data: &[u8], permit: Option<tokio::sync::OwnedSemaphorePermit>) {
+        let bytes = match &self.protocol {
+            Protocol::Raw => data.to_vec(),
             Protocol::InBandBreak => {
                 let mut escaped = Vec::with_capacity(data.len() + 4);
                 for &b in data {
@@ -232,15 +322,37 @@ impl BackendConnection {
                         escaped.push(b);
                     }
                 }
-                self.stream.write_all(&escaped).await
+                escaped
             }
             Protocol::Telnet(codec) => {
                 let mut encoded = Vec::with_capacity(data.len() + 8);
                 codec.encode(data, &mut encoded);
-                self.stream.write_all(&encoded).await
+                encoded
             }
-        }?;
-        self.stream.flush().await
+        };
+        self.outgoing.push_back(Outgoing::Bytes {
+            bytes,
+            at: 0,
+            _permit: permit,
+        });
+    }
+
+    /// Queues a break after the input queued so far: [`BackendConnection::next_io`]
+    /// says [`Io::BreakDue`] once that is written.
+    pub fn queue_break(&mut self) {
+        self.outgoing.push_back(Outgoing::Break);
+    }
+
+    /// When queued input was last written to the line.
+    pub fn last_written(&self) -> Option<Instant> {
+        self.last_written
+    }
+
+    /// Writes console input, and everything queued before it (up to a
+    /// queued break).
+    pub async fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        self.queue(data, None);
+        std::future::poll_fn(|cx| self.poll_write_queued(cx)).await
     }
 
     /// Sends a serial break, if the transport can carry one.
@@ -300,6 +412,7 @@ pub async fn connect_vnc(target: &VncTarget) -> io::Result<BackendStream> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
     use tokio::net::{TcpListener, UnixListener};
 
     #[tokio::test]

@@ -21,7 +21,12 @@
 //!   types) or `exclusive` (one writer; the others are read-only and told
 //!   who writes, until they force). A session that is gone holds nothing.
 //!   A serial break is input too: only a session that may type sends one;
-//!   a read-only session's break is refused and never reaches the backend.
+//!   a read-only session's break is refused and never reaches the backend;
+//! - input is queued towards the backend and written while the hub reads
+//!   its output, so a line that drains input slowly (a 9600-baud UART) never
+//!   holds the output back from anyone. At most [`INPUT_IN_FLIGHT`] bytes
+//!   of input wait at once: past that, typing sessions wait their turn
+//!   (their SSH channels stop taking more), nothing is dropped or reordered.
 //!
 //! Sessions talk to the hub through [`ConsoleHub`]; all state lives in the
 //! task, so there are no locks.
@@ -38,7 +43,7 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::backend::BackendConnection;
+use super::backend::{BackendConnection, Io};
 use super::history::{History, Replay};
 use super::logfile::ConsoleLog;
 use crate::config::{InputPolicy, InstanceConfig};
@@ -59,6 +64,9 @@ const BREAK_QUIET: Duration = Duration::from_millis(250);
 pub const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 /// Commands queued towards the hub.
 const COMMAND_CAPACITY: usize = 256;
+/// Bytes of input sent to a hub and not yet written to its backend, at
+/// most (the sessions' share, whatever their number).
+pub const INPUT_IN_FLIGHT: usize = 64 * 1024;
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -129,7 +137,7 @@ enum HubCommand {
         replay: Replay,
         reply: oneshot::Sender<Attachment>,
     },
-    Input(SessionId, Bytes),
+    Input(SessionId, Bytes, tokio::sync::OwnedSemaphorePermit),
     Break(SessionId, oneshot::Sender<Result<(), BreakError>>),
     Force(SessionId, oneshot::Sender<Option<Role>>),
     Who(oneshot::Sender<Vec<WhoEntry>>),
@@ -143,6 +151,8 @@ enum HubCommand {
 pub struct ConsoleHub {
     instance: Arc<InstanceConfig>,
     commands: mpsc::Sender<HubCommand>,
+    /// [`INPUT_IN_FLIGHT`], shared by the sessions' input.
+    input_budget: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for ConsoleHub {
@@ -178,6 +188,7 @@ impl ConsoleHub {
         let hub = ConsoleHub {
             instance,
             commands: tx,
+            input_budget: Arc::new(tokio::sync::Semaphore::new(INPUT_IN_FLIGHT)),
         };
         (hub, task)
     }
@@ -214,10 +225,18 @@ impl ConsoleHub {
     }
 
     /// Sends typed bytes (dropped if the session may not write, which it is
-    /// told, or while the console is disconnected).
+    /// told, or while the console is disconnected). Waits while
+    /// [`INPUT_IN_FLIGHT`] bytes of input are on their way to the backend.
     pub async fn input(&self, session: SessionId, data: Bytes) -> Result<(), HubStopped> {
+        let share = data.len().clamp(1, INPUT_IN_FLIGHT) as u32;
+        let permit = self
+            .input_budget
+            .clone()
+            .acquire_many_owned(share)
+            .await
+            .map_err(|_| HubStopped)?;
         self.commands
-            .send(HubCommand::Input(session, data))
+            .send(HubCommand::Input(session, data, permit))
             .await
             .map_err(|_| HubStopped)
     }
@@ -310,7 +329,8 @@ struct Hub {
     writer: Option<SessionId>,
     unavailable: Option<String>,
     next_id: SessionId,
-    last_input: Option<Instant>,
+    /// Replies to the breaks queued on the backend connection, in order.
+    breaks: std::collections::VecDeque<oneshot::Sender<Result<(), BreakError>>>,
     counters: HubCounters,
 }
 
@@ -579,14 +599,14 @@ impl Hub {
             } => {
                 let _ = reply.send(self.attach(info, replay));
             }
-            HubCommand::Input(id, data) => {
+            HubCommand::Input(id, data, permit) => {
                 if let Some(s) = self.sessions.iter_mut().find(|s| s.id == id) {
                     s.counters.bytes_in += data.len() as u64;
                 }
                 if self.may_write(id) {
                     if let Some(conn) = conn {
-                        conn.write(&data).await.map_err(|e| e.to_string())?;
-                        self.last_input = Some(Instant::now());
+                        // Written while the hub reads (see `pump`).
+                        conn.queue(&data, Some(permit));
                         self.counters.bytes_to_console += data.len() as u64;
                     }
                 } else if let Some(s) = self.sessions.iter_mut().find(|s| s.id == id)
@@ -603,27 +623,20 @@ impl Hub {
                 // `ro`, or read-only while another session holds exclusive
                 // write access) may not break either; it never reaches the
                 // backend.
-                let result = if self.may_write(id) {
-                    // Let the machine read what was typed just before: emulated
-                    // UARTs (QEMU's 16550) flag a break on whatever byte is first
-                    // in the FIFO, so a break hard on the heels of a keystroke
-                    // lands on that keystroke instead.
-                    if let Some(at) = self.last_input {
-                        let quiet = BREAK_QUIET.saturating_sub(at.elapsed());
-                        tokio::time::sleep(quiet).await;
-                    }
-                    match conn {
-                        Some(conn) => conn.send_break().await.map_err(BreakError::from),
-                        None => Err(BreakError::NotConnected),
-                    }
-                } else {
+                if !self.may_write(id) {
                     if let Some(s) = self.sessions.iter().find(|s| s.id == id) {
                         tracing::info!(code = "CG-INPUT-001", instance = %self.instance.id,
                             session = %s.label(), "break refused: the session has no write access");
                     }
-                    Err(BreakError::ReadOnly)
-                };
-                let _ = reply.send(result);
+                    let _ = reply.send(Err(BreakError::ReadOnly));
+                } else if let Some(conn) = conn {
+                    // Sent once the input typed before it is written (see
+                    // `pump`), and answered then.
+                    conn.queue_break();
+                    self.breaks.push_back(reply);
+                } else {
+                    let _ = reply.send(Err(BreakError::NotConnected));
+                }
             }
             HubCommand::Force(id, reply) => {
                 let _ = reply.send(self.force(id));
@@ -756,7 +769,7 @@ async fn run_hub(
         writer: None,
         unavailable: Some("CG-CONS-003 connecting to the console".into()),
         next_id: 1,
-        last_input: None,
+        breaks: std::collections::VecDeque::new(),
         counters: HubCounters::default(),
     };
     let target = hub.instance.serial.clone();
@@ -789,18 +802,22 @@ async fn run_hub(
                 hub.set_unavailable(None);
                 backoff = MIN_BACKOFF;
                 last_error.clear();
-                let reason =
-                    match pump(&mut hub, &mut conn, &mut commands, &shutdown, &mut held).await {
-                        PumpEnd::Stop => return,
-                        PumpEnd::LetGo => {
-                            // Closed before anything else: another node may
-                            // connect the moment the lease is free.
-                            drop(conn);
-                            hub.disown();
-                            continue;
-                        }
-                        PumpEnd::Lost(reason) => reason,
-                    };
+                let pumped = pump(&mut hub, &mut conn, &mut commands, &shutdown, &mut held).await;
+                // Breaks still queued were never sent.
+                for reply in hub.breaks.drain(..) {
+                    let _ = reply.send(Err(BreakError::NotConnected));
+                }
+                let reason = match pumped {
+                    PumpEnd::Stop => return,
+                    PumpEnd::LetGo => {
+                        // Closed before anything else: another node may
+                        // connect the moment the lease is free.
+                        drop(conn);
+                        hub.disown();
+                        continue;
+                    }
+                    PumpEnd::Lost(reason) => reason,
+                };
                 tracing::warn!(code = "CG-CONS-002", instance = %hub.instance.id, %target, %reason,
                     "console connection lost");
                 hub.set_unavailable(Some(format!(
@@ -898,14 +915,26 @@ async fn pump(
         tokio::select! {
             biased;
             () = let_go(held) => return PumpEnd::LetGo,
-            read = conn.read_raw() => match read {
-                Ok(0) => return PumpEnd::Lost("the console closed the connection".into()),
-                Ok(n) => {
-                    if let Err(e) = conn.decode(n, &mut out).await {
-                        return PumpEnd::Lost(e.to_string());
-                    }
+            // Output, while queued input is written as the line takes it.
+            io = conn.next_io() => match io {
+                Ok(Io::Read(0)) => return PumpEnd::Lost("the console closed the connection".into()),
+                Ok(Io::Read(n)) => {
+                    conn.decode(n, &mut out);
                     if !out.is_empty() {
                         hub.publish(&out).await;
+                    }
+                }
+                Ok(Io::BreakDue) => {
+                    // Let the machine read what was typed just before: emulated
+                    // UARTs (QEMU's 16550) flag a break on whatever byte is first
+                    // in the FIFO, so a break hard on the heels of a keystroke
+                    // lands on that keystroke instead.
+                    if let Some(at) = conn.last_written() {
+                        tokio::time::sleep(BREAK_QUIET.saturating_sub(at.elapsed())).await;
+                    }
+                    let result = conn.send_break().await.map_err(BreakError::from);
+                    if let Some(reply) = hub.breaks.pop_front() {
+                        let _ = reply.send(result);
                     }
                 }
                 Err(e) => return PumpEnd::Lost(e.to_string()),

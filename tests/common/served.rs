@@ -48,7 +48,12 @@ impl Served {
     /// Starts a gateway with `config`; returns once its admin socket
     /// exists and its SSH and API ports accept.
     pub async fn start(config: ServedConfig) -> Served {
-        let dir = tempfile::tempdir().unwrap();
+        Served::start_in(tempfile::tempdir().unwrap(), config).await
+    }
+
+    /// [`Served::start`] in `dir` (its data directory is `dir/data`,
+    /// which may be prepared, e.g. mounted, beforehand).
+    pub async fn start_in(dir: TempDir, config: ServedConfig) -> Served {
         let port = free_port().await;
         let api_port = free_port().await;
         let config_path = dir.path().join("gateway.toml");
