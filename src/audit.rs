@@ -1,6 +1,10 @@
 //! The audit trail: every attach, detach, write-access force, break and
-//! refused attempt, as a structured log line (target `consolegate::audit`)
-//! and a row in the store (`Store::record_audit` writes both).
+//! refused attempt, and every create, tag update and delete of a console
+//! connection, as a structured log line (target `consolegate::audit`) and a
+//! row in the store (`Store::record_audit` writes both). The rows of
+//! creates, updates and deletes are written in the transaction of the
+//! change itself: a change that was answered has its row, even if the
+//! process is killed right after.
 //!
 //! The rows of one console session (Attach, Force, Break, Timeout, Detach)
 //! name it by a [`SessionRef`]: the gateway process that ran it and its
@@ -46,6 +50,13 @@ pub enum AuditKind {
     /// `[cluster] store_lost_secs`, and ended or kept its sessions
     /// (written once the store answers again).
     StoreLost,
+    /// A console connection was created (API or CLI).
+    Create,
+    /// A console connection's tags were replaced.
+    Update,
+    /// A console connection was deleted (DELETING from the API, DELETED
+    /// from the CLI).
+    Delete,
 }
 
 impl AuditKind {
@@ -61,6 +72,9 @@ impl AuditKind {
             AuditKind::VncClose => "vnc-close",
             AuditKind::Timeout => "timeout",
             AuditKind::StoreLost => "store-lost",
+            AuditKind::Create => "create",
+            AuditKind::Update => "update",
+            AuditKind::Delete => "delete",
         }
     }
 }
@@ -95,6 +109,27 @@ pub struct AuditEvent {
     pub detail: Option<String>,
     /// The console session this row is about, if it is about one.
     pub session: Option<SessionRef>,
+}
+
+/// Who asked for a change to a console connection: its audit row's `peer`
+/// and `detail`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Requester {
+    /// `api user <keyId>` for a signed API request, `cli` for the command
+    /// line.
+    pub name: String,
+    /// The client's address, for a request that came over the network.
+    pub peer: Option<String>,
+}
+
+impl Requester {
+    /// The command line on the gateway's host.
+    pub fn cli() -> Requester {
+        Requester {
+            name: "cli".into(),
+            peer: None,
+        }
+    }
 }
 
 /// One console session, as its audit rows name it: unique across the

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use std::sync::Arc;
 
+use crate::audit::Requester;
 use crate::config::{Config, ConfigError};
 use crate::connections::ConnectionView;
 use crate::connections::{ConnectionError, ConsoleConnections, NewConnection};
@@ -71,7 +72,7 @@ impl Context {
             freeform_tags: tags,
             defined_tags: BTreeMap::new(),
         };
-        let record = self.connections.create(new, None).await?;
+        let record = self.connections.create(new, None, &Requester::cli()).await?;
         self.view(&record).await
     }
 
@@ -92,7 +93,7 @@ impl Context {
 
     /// `connection delete`: the record becomes DELETED; live sessions end.
     pub async fn delete(&self, id: &str) -> Result<ConnectionView, CliError> {
-        let record = self.connections.delete_now(id).await?;
+        let record = self.connections.delete_now(id, &Requester::cli()).await?;
         self.view(&record).await
     }
 }

@@ -17,7 +17,9 @@
 //! - the audit rows of the console sessions, as they stood before the
 //!   kill, are there, and every session has exactly one Detach row: its
 //!   own if it ended, else one the new process wrote at start-up
-//!   (CG-OPS-011); never one for a session of another, live, node.
+//!   (CG-OPS-011); never one for a session of another, live, node;
+//! - every answered create and delete has exactly one audit row, naming
+//!   the API user and their address.
 //!
 //! Each round's kill moment comes from a seed, printed at the start; set
 //! `CONSOLEGATE_CRASH_SEED` to the printed value to replay a run's moments.
@@ -766,6 +768,33 @@ impl Rig {
                     assert_eq!((detach.bytes_in, detach.duration_ms), (None, None));
                 }
             }
+        }
+        // Every answered create and delete has its row, written in the
+        // change's own transaction: one per connection, never repeated by
+        // a replay or by a second delete.
+        let changes = |kind: AuditKind, id: &str| {
+            rows.iter()
+                .filter(|e| e.event == kind && e.connection_id.as_deref() == Some(id))
+                .inspect(|e| {
+                    let detail = e.detail.as_deref().unwrap_or_default();
+                    assert!(detail.starts_with("by api user "), "{e:?}");
+                    assert!(e.peer.as_deref().is_some_and(|p| p.starts_with("127.0.0.1:")));
+                })
+                .count()
+        };
+        for id in self.ledger.created.keys() {
+            assert_eq!(
+                changes(AuditKind::Create, id),
+                1,
+                "round {round}: the create row of {id}"
+            );
+        }
+        for (id, answered) in &self.ledger.deletes {
+            let count = changes(AuditKind::Delete, id);
+            assert!(
+                count == 1 || (!*answered && count == 0),
+                "round {round}: {count} delete rows for {id} (answered: {answered})"
+            );
         }
         // No session of any process is left open but those of a node that
         // lives on, and those have no Detach row.

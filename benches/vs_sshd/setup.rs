@@ -268,6 +268,7 @@ impl Gateway {
                         ..NewConnection::default()
                     },
                     None,
+                    &consolegate::audit::Requester::cli(),
                 )
                 .await?;
             let view = ops.view(&record).await?;

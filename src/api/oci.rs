@@ -7,10 +7,12 @@
 //! DELETED, readable as such for `[api] deleted_retention_secs`, after which
 //! it is gone (404). CREATING and FAILED are never produced.
 
+use std::net::SocketAddr;
+
 use axum::Extension;
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
@@ -21,6 +23,7 @@ use sha2::{Digest, Sha256};
 use super::ApiState;
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
+use crate::audit::Requester;
 use crate::connections::{ConnectionView, NewConnection};
 use crate::store::{
     ConnectionFilter, ConnectionRecord, DefinedTags, FreeformTags, LifecycleState, PageKey,
@@ -90,6 +93,7 @@ const TAG: &str = "InstanceConsoleConnection";
 pub async fn create_connection(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -116,7 +120,7 @@ pub async fn create_connection(
             .connections()
             .find_retry(&retry.caller, &retry.token)
             .await
-            .map_err(|e| ApiError::internal(&e))?
+            .map_err(ApiError::from)?
     {
         return replay(&state, &hash, &id, retry).await;
     }
@@ -126,7 +130,8 @@ pub async fn create_connection(
         freeform_tags: details.freeform_tags.unwrap_or_default(),
         defined_tags: details.defined_tags.unwrap_or_default(),
     };
-    let record = match state.connections().create(new, retry.as_ref()).await {
+    let by = requester(&caller, peer);
+    let record = match state.connections().create(new, retry.as_ref(), &by).await {
         Ok(record) => record,
         Err(crate::connections::ConnectionError::Store(StoreError::RetryTokenUsed {
             connection_id,
@@ -272,6 +277,7 @@ pub async fn get_connection(
 pub async fn update_connection(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
@@ -286,6 +292,7 @@ pub async fn update_connection(
             &id,
             details.freeform_tags.as_ref(),
             details.defined_tags.as_ref(),
+            &requester(&caller, peer),
         )
         .await?;
     resource(&state, &record, StatusCode::OK).await
@@ -308,6 +315,7 @@ pub async fn update_connection(
 pub async fn delete_connection(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -317,10 +325,21 @@ pub async fn delete_connection(
         record.lifecycle_state,
         LifecycleState::Active | LifecycleState::Creating | LifecycleState::Failed
     ) {
-        state.connections().begin_delete(&id).await?;
+        state
+            .connections()
+            .begin_delete(&id, &requester(&caller, peer))
+            .await?;
         tracing::info!(connection = %id, caller = %caller.key_id, "console connection deleted");
     }
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Who made a request, as the audit row of its change names them.
+fn requester(caller: &Caller, peer: Option<Extension<ConnectInfo<SocketAddr>>>) -> Requester {
+    Requester {
+        name: format!("api user {}", caller.key_id),
+        peer: peer.map(|Extension(ConnectInfo(peer))| peer.to_string()),
+    }
 }
 
 async fn visible_record(
@@ -406,7 +425,10 @@ fn retry_key(
     }))
 }
 
-fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, ApiError> {
+pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    what: &str,
+) -> Result<T, ApiError> {
     if body.is_empty() {
         return Err(ApiError::missing(&format!("a JSON body ({what})")));
     }
@@ -414,7 +436,7 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result
         .map_err(|e| ApiError::invalid(format!("the body is not a valid {what}: {e}")))
 }
 
-fn serde_urlencoded_params(query: &str) -> Result<ListParams, ApiError> {
+pub(crate) fn serde_urlencoded_params(query: &str) -> Result<ListParams, ApiError> {
     let uri: axum::http::Uri = format!("/?{query}")
         .parse()
         .map_err(|_| ApiError::invalid("the query string is malformed"))?;
@@ -423,11 +445,11 @@ fn serde_urlencoded_params(query: &str) -> Result<ListParams, ApiError> {
         .map_err(|e| ApiError::invalid(format!("the query string is malformed: {e}")))
 }
 
-fn encode_page(key: &PageKey) -> String {
+pub(crate) fn encode_page(key: &PageKey) -> String {
     URL_SAFE_NO_PAD.encode(format!("{}:{}", key.time_created_ms, key.id))
 }
 
-fn decode_page(token: &str) -> Result<PageKey, ApiError> {
+pub(crate) fn decode_page(token: &str) -> Result<PageKey, ApiError> {
     let bad =
         || ApiError::invalid("page is not a token this API issued (use the opc-next-page header)");
     let raw = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 
 use time::OffsetDateTime;
 
+use crate::audit::{AuditEvent, AuditKind, Requester};
 use crate::config::{Config, SharedConfig};
 use crate::keys::{ClientKey, HostKeys, KeyError};
 use crate::store::{
@@ -138,6 +139,7 @@ impl ConsoleConnections {
         &self,
         new: NewConnection,
         retry: Option<&RetryKey>,
+        by: &Requester,
     ) -> Result<ConnectionRecord, ConnectionError> {
         let config = self.config.get();
         let Some(instance) = config.instance(&new.instance_id) else {
@@ -159,7 +161,8 @@ impl ConsoleConnections {
             defined_tags: new.defined_tags,
             time_created: OffsetDateTime::now_utc(),
         };
-        self.store.create_connection(&record, retry).await?;
+        let audit = change(AuditKind::Create, &record, by);
+        self.store.create_connection(&record, retry, &audit).await?;
         Ok(record)
     }
 
@@ -197,6 +200,7 @@ impl ConsoleConnections {
         id: &str,
         freeform: Option<&FreeformTags>,
         defined: Option<&DefinedTags>,
+        by: &Requester,
     ) -> Result<ConnectionRecord, ConnectionError> {
         let record = self.get(id).await?;
         if record.lifecycle_state != LifecycleState::Active {
@@ -209,32 +213,57 @@ impl ConsoleConnections {
             freeform.unwrap_or(&BTreeMap::new()),
             defined.unwrap_or(&BTreeMap::new()),
         )?;
+        let audit = change(AuditKind::Update, &record, by);
         self.store
-            .update_tags(id, freeform, defined)
+            .update_tags(id, freeform, defined, &audit)
             .await?
             .ok_or_else(|| ConnectionError::NotFound(id.to_owned()))
     }
 
     /// Deletes at once (→ DELETED): for the CLI, which cannot count on a
     /// running gateway to finish a DELETING.
-    pub async fn delete_now(&self, id: &str) -> Result<ConnectionRecord, ConnectionError> {
+    pub async fn delete_now(
+        &self,
+        id: &str,
+        by: &Requester,
+    ) -> Result<ConnectionRecord, ConnectionError> {
+        let audit = change(AuditKind::Delete, &self.get(id).await?, by);
         self.store
-            .delete_connection(id)
+            .delete_connection(id, &audit)
             .await?
             .ok_or_else(|| ConnectionError::NotFound(id.to_owned()))
     }
 
     /// Starts a deletion (→ DELETING; the gateway's lifecycle task makes it
     /// DELETED once live sessions have seen it).
-    pub async fn begin_delete(&self, id: &str) -> Result<ConnectionRecord, ConnectionError> {
+    pub async fn begin_delete(
+        &self,
+        id: &str,
+        by: &Requester,
+    ) -> Result<ConnectionRecord, ConnectionError> {
+        let audit = change(AuditKind::Delete, &self.get(id).await?, by);
         self.store
-            .begin_delete(id)
+            .begin_delete(id, &audit)
             .await?
             .ok_or_else(|| ConnectionError::NotFound(id.to_owned()))
     }
 }
 
-fn check_tags(freeform: &FreeformTags, defined: &DefinedTags) -> Result<(), ConnectionError> {
+/// The audit row of a change to `record` that `by` asked for.
+fn change(kind: AuditKind, record: &ConnectionRecord, by: &Requester) -> AuditEvent {
+    let mut event = AuditEvent::new(kind);
+    event.connection_id = Some(record.id.clone());
+    event.instance_id = Some(record.instance_id.clone());
+    event.fingerprint = Some(record.fingerprint.clone());
+    event.peer = by.peer.clone();
+    event.detail = Some(format!("by {}", by.name));
+    event
+}
+
+pub(crate) fn check_tags(
+    freeform: &FreeformTags,
+    defined: &DefinedTags,
+) -> Result<(), ConnectionError> {
     let bad = |m: String| Err(ConnectionError::BadTags(m));
     if freeform.len() > MAX_TAGS || defined.values().map(BTreeMap::len).sum::<usize>() > MAX_TAGS {
         return bad(format!("at most {MAX_TAGS} tags of each kind are allowed"));

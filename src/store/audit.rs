@@ -15,6 +15,39 @@ macro_rules! one_detach {
     };
 }
 
+/// Inserts audit event `$e` through `$executor` (a pool, or a transaction
+/// as `&mut *tx`): one body for both backends and for the transactions of
+/// the changes that carry their own row.
+macro_rules! insert_audit {
+    ($executor:expr, $e:expr) => {{
+        let e: &$crate::audit::AuditEvent = $e;
+        let session = e.session.as_ref();
+        sqlx::query(concat!(
+            "INSERT INTO audit_events (time, event, connection_id, instance_id, fingerprint, peer, \
+             read_only, bytes_in, bytes_out, duration_ms, detail, node_id, incarnation, session_number) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) ",
+            $crate::store::audit::one_detach!()
+        ))
+        .bind($crate::store::now_ms())
+        .bind(e.event.as_str())
+        .bind(e.connection_id.as_deref())
+        .bind(e.instance_id.as_deref())
+        .bind(e.fingerprint.as_deref())
+        .bind(e.peer.as_deref())
+        .bind(e.read_only)
+        .bind(e.bytes_in.map(|n| n as i64))
+        .bind(e.bytes_out.map(|n| n as i64))
+        .bind(e.duration_ms.map(|n| n as i64))
+        .bind(e.detail.as_deref())
+        .bind(session.and_then(|s| s.node_id.as_deref()))
+        .bind(session.map(|s| s.incarnation.as_str()))
+        .bind(session.map(|s| s.number as i64))
+        .execute($executor)
+        .await?;
+    }};
+}
+pub(super) use {insert_audit, one_detach};
+
 impl Store {
     /// Writes an audit event to the log (target `consolegate::audit`) and
     /// the store. A store failure is logged, never returned: the audited
@@ -30,33 +63,12 @@ impl Store {
     /// at start-up for a session its process did end after all, see
     /// [`Store::reconcile_detaches`]) is not stored: the first stands.
     pub async fn insert_audit(&self, e: &AuditEvent) -> Result<(), StoreError> {
-        let session = e.session.as_ref();
         on_pool!(self, |pool| {
-            sqlx::query(concat!(
-                "INSERT INTO audit_events (time, event, connection_id, instance_id, fingerprint, peer, \
-                 read_only, bytes_in, bytes_out, duration_ms, detail, node_id, incarnation, session_number) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) ",
-                one_detach!()
-            ))
-            .bind(now_ms())
-            .bind(e.event.as_str())
-            .bind(e.connection_id.as_deref())
-            .bind(e.instance_id.as_deref())
-            .bind(e.fingerprint.as_deref())
-            .bind(e.peer.as_deref())
-            .bind(e.read_only)
-            .bind(e.bytes_in.map(|n| n as i64))
-            .bind(e.bytes_out.map(|n| n as i64))
-            .bind(e.duration_ms.map(|n| n as i64))
-            .bind(e.detail.as_deref())
-            .bind(session.and_then(|s| s.node_id.as_deref()))
-            .bind(session.map(|s| s.incarnation.as_str()))
-            .bind(session.map(|s| s.number as i64))
-            .execute(pool)
-            .await?;
+            insert_audit!(pool, e);
             Ok(())
         })
     }
+
 
     /// Writes a Detach row for every console session that an earlier
     /// process of this node (`node_id`; `None` for a gateway alone) left
@@ -157,6 +169,9 @@ impl Store {
                         "vnc-close" => AuditKind::VncClose,
                         "timeout" => AuditKind::Timeout,
                         "store-lost" => AuditKind::StoreLost,
+                        "create" => AuditKind::Create,
+                        "update" => AuditKind::Update,
+                        "delete" => AuditKind::Delete,
                         _ => AuditKind::Refused,
                     };
                     let time =
@@ -198,7 +213,7 @@ impl Store {
 
 /// The audit log line of an event (target `consolegate::audit`), as the
 /// row says it.
-fn log_audit(event: &AuditEvent) {
+pub(super) fn log_audit(event: &AuditEvent) {
     let session = event.session.as_ref();
     tracing::info!(
         target: "consolegate::audit",

@@ -1,7 +1,9 @@
 //! Console-connection queries: create (with its retry token), read, list by
 //! pages, tag updates and the lifecycle (DELETING → DELETED → purged).
 
+use super::audit::{insert_audit, log_audit};
 use super::row::StoreRow;
+use crate::audit::AuditEvent;
 
 use super::{ConnectionFilter, Store, StoreError, from_ms, now_ms, to_json, to_ms};
 use super::{ConnectionRecord, DefinedTags, FreeformTags, LifecycleState};
@@ -48,11 +50,13 @@ const RETRY_TOKEN_TTL_MS: i64 = 24 * 3600 * 1000;
 
 impl Store {
     /// Stores a new connection, enforcing one live connection per instance
-    /// and key, and records its retry token in the same transaction.
+    /// and key, and records its retry token and its `audit` row in the same
+    /// transaction.
     pub async fn create_connection(
         &self,
         record: &ConnectionRecord,
         retry: Option<&RetryKey>,
+        audit: &AuditEvent,
     ) -> Result<(), StoreError> {
         on_pool!(self, |pool| {
             let now = now_ms();
@@ -104,7 +108,9 @@ impl Store {
         .await;
             match result {
                 Ok(_) => {
+                    insert_audit!(&mut *tx, audit);
                     tx.commit().await?;
+                    log_audit(audit);
                     Ok(())
                 }
                 Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
@@ -210,15 +216,18 @@ impl Store {
         })
     }
 
-    /// Replaces the tags of a connection; returns it as it now is.
+    /// Replaces the tags of a connection, with its `audit` row in the same
+    /// transaction; returns it as it now is.
     pub async fn update_tags(
         &self,
         id: &str,
         freeform: Option<&FreeformTags>,
         defined: Option<&DefinedTags>,
+        audit: &AuditEvent,
     ) -> Result<Option<ConnectionRecord>, StoreError> {
         on_pool!(self, |pool| {
-            sqlx::query(
+            let mut tx = pool.begin().await?;
+            let changed = sqlx::query(
                 "UPDATE console_connections SET \
              freeform_tags = COALESCE($2, freeform_tags), \
              defined_tags = COALESCE($3, defined_tags), time_updated = $4 WHERE id = $1",
@@ -227,8 +236,16 @@ impl Store {
             .bind(freeform.map(to_json))
             .bind(defined.map(to_json))
             .bind(now_ms())
-            .execute(pool)
-            .await?;
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if changed > 0 {
+                insert_audit!(&mut *tx, audit);
+            }
+            tx.commit().await?;
+            if changed > 0 {
+                log_audit(audit);
+            }
             self.get_connection(id).await
         })
     }
@@ -236,16 +253,30 @@ impl Store {
     /// Starts deleting a connection: ACTIVE (or CREATING) becomes DELETING,
     /// which live sessions see at their next check. Returns the record as
     /// it now is, or `None` if there is no such connection.
-    pub async fn begin_delete(&self, id: &str) -> Result<Option<ConnectionRecord>, StoreError> {
+    /// A change of state writes its `audit` row in the same transaction.
+    pub async fn begin_delete(
+        &self,
+        id: &str,
+        audit: &AuditEvent,
+    ) -> Result<Option<ConnectionRecord>, StoreError> {
         on_pool!(self, |pool| {
-            sqlx::query(
+            let mut tx = pool.begin().await?;
+            let changed = sqlx::query(
                 "UPDATE console_connections SET lifecycle_state = 'DELETING', time_updated = $2 \
              WHERE id = $1 AND lifecycle_state IN ('CREATING', 'ACTIVE', 'FAILED')",
             )
             .bind(id)
             .bind(now_ms())
-            .execute(pool)
-            .await?;
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if changed > 0 {
+                insert_audit!(&mut *tx, audit);
+            }
+            tx.commit().await?;
+            if changed > 0 {
+                log_audit(audit);
+            }
             self.notify_revoked(id).await?;
             self.get_connection(id).await
         })
@@ -253,21 +284,32 @@ impl Store {
 
     /// Deletes a connection at once (live → DELETED): what the CLI does,
     /// since no gateway may be running to finish a DELETING. Deleting a
-    /// deleted connection changes nothing.
+    /// deleted connection changes nothing. A change writes its `audit` row
+    /// in the same transaction.
     pub async fn delete_connection(
         &self,
         id: &str,
+        audit: &AuditEvent,
     ) -> Result<Option<ConnectionRecord>, StoreError> {
         on_pool!(self, |pool| {
             let now = now_ms();
-            sqlx::query(
+            let mut tx = pool.begin().await?;
+            let changed = sqlx::query(
                 "UPDATE console_connections SET lifecycle_state = 'DELETED', time_updated = $2, \
              time_deleted = $2 WHERE id = $1 AND lifecycle_state NOT IN ('DELETED')",
             )
             .bind(id)
             .bind(now)
-            .execute(pool)
-            .await?;
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if changed > 0 {
+                insert_audit!(&mut *tx, audit);
+            }
+            tx.commit().await?;
+            if changed > 0 {
+                log_audit(audit);
+            }
             self.notify_revoked(id).await?;
             self.get_connection(id).await
         })
