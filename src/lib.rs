@@ -35,6 +35,8 @@
 //! - [`gateway`]: wiring it all together for `consolegate serve`: the
 //!   shutdown order, reload.
 //! - [`cli`]: the `connection` and `check` subcommands.
+//!
+//! `fuzzing` (hidden) holds the fuzz targets' entry points; see FUZZING.md.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -47,6 +49,8 @@ pub mod connections;
 pub mod console;
 pub mod files;
 pub mod fleet;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub mod ids;
 pub mod keys;

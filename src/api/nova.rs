@@ -205,7 +205,7 @@ pub async fn versions(State(state): State<ApiState>) -> Json<Value> {
 
 /// The requested microversion: `OpenStack-API-Version: compute 2.x`,
 /// `X-OpenStack-Nova-API-Version: 2.x`, `latest`, or 2.1 when absent.
-fn microversion(headers: &HeaderMap) -> Result<(u32, u32), NovaError> {
+pub(crate) fn microversion(headers: &HeaderMap) -> Result<(u32, u32), NovaError> {
     let from_new = headers
         .get_all("openstack-api-version")
         .iter()
@@ -414,23 +414,7 @@ pub async fn remote_console(
         if version < (2, 6) {
             return Err(NovaError::not_found("The resource could not be found."));
         }
-        let body: Value = serde_json::from_slice(&body)
-            .map_err(|e| NovaError::bad_request(format!("Malformed request body: {e}")))?;
-        let console = body
-            .get("remote_console")
-            .and_then(Value::as_object)
-            .ok_or_else(|| {
-                NovaError::bad_request("Invalid input for field/attribute remote_console: required")
-            })?;
-        let protocol = console
-            .get("protocol")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let kind = console
-            .get("type")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let asked = check_pair(protocol, kind)?;
+        let (protocol, kind, asked) = remote_console_request(&body)?;
         let instance = visible_instance(&state, &caller, &params)?;
         let url = open_console(&state, &instance, asked).await?;
         Ok((
@@ -440,6 +424,68 @@ pub async fn remote_console(
     }
     .await;
     versioned(result)
+}
+
+/// What a `remote-consoles` body asks for: its `protocol` and `type` as
+/// sent (the answer echoes them), and the console they name.
+pub(crate) fn remote_console_request(
+    body: &[u8],
+) -> Result<(String, String, ConsoleProtocol), NovaError> {
+    let body: Value = serde_json::from_slice(body)
+        .map_err(|e| NovaError::bad_request(format!("Malformed request body: {e}")))?;
+    let console = body
+        .get("remote_console")
+        .and_then(Value::as_object)
+        .ok_or_else(|| {
+            NovaError::bad_request("Invalid input for field/attribute remote_console: required")
+        })?;
+    let field = |name| {
+        console
+            .get(name)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let (protocol, kind) = (field("protocol"), field("type"));
+    let asked = check_pair(&protocol, &kind)?;
+    Ok((protocol, kind, asked))
+}
+
+/// What a server action body asks for: the console `type` as sent, and the
+/// console it names.
+pub(crate) fn console_action(body: &[u8]) -> Result<(String, ConsoleProtocol), NovaError> {
+    // Like Nova: a body that is not a JSON object names no action.
+    let action = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v.as_object().cloned())
+        .and_then(|o| o.into_iter().next());
+    let Some((name, args)) = action else {
+        return Err(NovaError::bad_request("There is no such action: None"));
+    };
+    let kind = args
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let protocol = match (name.as_str(), kind.as_str()) {
+        ("os-getVNCConsole", "novnc") => ConsoleProtocol::Vnc,
+        ("os-getVNCConsole", "xvpvnc") => {
+            return Err(NovaError::bad_request("Unavailable console type xvpvnc."));
+        }
+        ("os-getSerialConsole", "serial") => ConsoleProtocol::Serial,
+        ("os-getVNCConsole" | "os-getSerialConsole", _) => {
+            return Err(NovaError::bad_request(format!(
+                "Invalid console type {kind}"
+            )));
+        }
+        (other, _) => {
+            let shown: String = other.chars().take(64).collect();
+            return Err(NovaError::bad_request(format!(
+                "There is no such action: {shown}"
+            )));
+        }
+    };
+    Ok((kind, protocol))
 }
 
 /// `POST /servers/{id}/action` with `os-getVNCConsole` or `os-getSerialConsole`.
@@ -452,44 +498,7 @@ pub async fn server_action(
 ) -> Response {
     let result = async {
         let version = microversion(&headers)?;
-        // Like Nova: a body that is not a JSON object names no action.
-        let action = serde_json::from_slice::<Value>(&body)
-            .ok()
-            .and_then(|v| v.as_object().cloned())
-            .and_then(|o| o.into_iter().next());
-        let Some((name, args)) = action else {
-            return Err(NovaError::bad_request("There is no such action: None"));
-        };
-        let kind = args
-            .get("type")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned();
-        let protocol = match name.as_str() {
-            "os-getVNCConsole" => match kind.as_str() {
-                "novnc" => ConsoleProtocol::Vnc,
-                "xvpvnc" => return Err(NovaError::bad_request("Unavailable console type xvpvnc.")),
-                _ => {
-                    return Err(NovaError::bad_request(format!(
-                        "Invalid console type {kind}"
-                    )));
-                }
-            },
-            "os-getSerialConsole" => match kind.as_str() {
-                "serial" => ConsoleProtocol::Serial,
-                _ => {
-                    return Err(NovaError::bad_request(format!(
-                        "Invalid console type {kind}"
-                    )));
-                }
-            },
-            other => {
-                let shown: String = other.chars().take(64).collect();
-                return Err(NovaError::bad_request(format!(
-                    "There is no such action: {shown}"
-                )));
-            }
-        };
+        let (kind, protocol) = console_action(&body)?;
         let instance = visible_instance(&state, &caller, &params)?;
         let url = open_console(&state, &instance, protocol).await?;
         Ok((version, json!({"console": {"type": kind, "url": url}})))

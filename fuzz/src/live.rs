@@ -1,0 +1,226 @@
+//! A real gateway, started once per process on loopback ports, for the fuzz
+//! targets that speak to its sockets: `ssh_stream` (bytes into the SSH
+//! port, as OpenSSH's `regress/misc/fuzz-harness` feeds sshd) and
+//! `ws_console` (WebSocket frames into a web serial console).
+//!
+//! `tests/fuzz_corpus.rs` includes this file too, to replay the corpora of
+//! those two targets on the stable toolchain.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::path::Path;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+/// The X-Auth-Token the harness asks Nova for a console URL with.
+const NOVA_TOKEN: &str = "fuzz-token";
+/// Its SHA-256, as `[[nova_token]]` stores it.
+const NOVA_TOKEN_SHA256: &str = "33cc09ba35314d19e32ed9a5a30fca56eebbfab5faec7247fd0403cd26e155b5";
+/// How long one input may keep a connection before the harness gives up
+/// reading: the gateway closes each one as soon as the input ends.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most of a gateway's answer one input reads.
+const MAX_ANSWER: usize = 1 << 20;
+
+/// The running gateway.
+pub struct Live {
+    ssh: SocketAddr,
+    api: SocketAddr,
+    /// `/serial?token=…`: a web serial console of the demo instance.
+    serial_target: String,
+    _dir: tempfile::TempDir,
+}
+
+/// The gateway, started on first use.
+pub fn live() -> &'static Live {
+    static LIVE: OnceLock<Live> = OnceLock::new();
+    LIVE.get_or_init(start)
+}
+
+fn start() -> Live {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let root = dir.path().to_owned();
+    let (ports, bound) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(serve(&root, ports));
+    });
+    let (ssh, api) = bound.recv().expect("the gateway bound its ports");
+    let admin = dir.path().join("data/admin.sock");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !admin.exists() {
+        assert!(Instant::now() < deadline, "the gateway did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let serial_target = serial_console_url(api);
+    Live {
+        ssh,
+        api,
+        serial_target,
+        _dir: dir,
+    }
+}
+
+async fn serve(root: &Path, ports: std::sync::mpsc::Sender<(SocketAddr, SocketAddr)>) {
+    let ssh = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (ssh_addr, api_addr) = (ssh.local_addr().unwrap(), api.local_addr().unwrap());
+    // Loopback is exempt from the per-source limits: every input comes from
+    // it, and a refused connection would explore nothing.
+    let text = format!(
+        "data_dir = \"data\"\n\
+         [ssh]\nlisten = \"{ssh_addr}\"\npublic_host = \"127.0.0.1\"\npublic_port = {}\n\
+         exempt_sources = [\"127.0.0.1\"]\nmax_startups = \"1000:30:2000\"\n\
+         handshake_timeout_secs = 10\n\
+         [api]\nlisten = \"{api_addr}\"\nexempt_sources = [\"127.0.0.1\"]\n\
+         [session]\nmax_sessions_per_instance = 0\nmax_sessions_per_connection = 0\n\
+         max_sessions_per_key = 0\n\
+         [nova]\nsingle_use_tokens = false\ntoken_ttl_secs = 604800\n\
+         [[nova_token]]\ntoken_sha256 = \"{NOVA_TOKEN_SHA256}\"\nproject = \"fuzz\"\nrole = \"member\"\n\
+         [[instance]]\nid = \"demo\"\ncompartment = \"fuzz\"\nserial = \"simulator\"\n",
+        ssh_addr.port()
+    );
+    let path = root.join("gateway.toml");
+    std::fs::write(&path, text).unwrap();
+    let config = consolegate::config::Config::load(&path).expect("the harness's config");
+    ports.send((ssh_addr, api_addr)).unwrap();
+    let listeners = consolegate::gateway::Listeners {
+        ssh,
+        api,
+        metrics: None,
+    };
+    consolegate::gateway::run(config, listeners, CancellationToken::new())
+        .await
+        .expect("the gateway failed");
+}
+
+/// Asks the Nova API for a serial console URL, as `nova console-url` does.
+fn serial_console_url(api: SocketAddr) -> String {
+    let body = r#"{"remote_console":{"protocol":"serial","type":"serial"}}"#;
+    let request = format!(
+        "POST /v2.1/servers/demo/remote-consoles HTTP/1.1\r\nHost: {api}\r\n\
+         X-Auth-Token: {NOVA_TOKEN}\r\nOpenStack-API-Version: compute 2.6\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut stream = TcpStream::connect(api).expect("the API port");
+    stream.write_all(request.as_bytes()).unwrap();
+    let answer = String::from_utf8_lossy(&drain(&mut stream)).into_owned();
+    let at = answer
+        .find("/serial?token=")
+        .unwrap_or_else(|| panic!("no console URL in {answer}"));
+    let url = &answer[at..];
+    url[..url.find('"').expect("a JSON string")].to_owned()
+}
+
+/// Reads until the gateway closes the connection (or the timeout, or
+/// `MAX_ANSWER` bytes).
+fn drain(stream: &mut TcpStream) -> Vec<u8> {
+    stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    while answer.len() < MAX_ANSWER {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+        }
+    }
+    answer
+}
+
+fn connect(to: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect(to).expect("the gateway stopped accepting connections");
+    stream.set_nodelay(true).unwrap();
+    stream
+}
+
+/// The bytes of one input as a client's whole stream into the SSH port,
+/// identification line included. The gateway must greet every connection
+/// and close it when the input ends.
+pub fn ssh_stream(data: &[u8]) {
+    let mut stream = connect(live().ssh);
+    // The gateway may close before the whole input is written.
+    let _ = stream.write_all(data);
+    let _ = stream.shutdown(Shutdown::Write);
+    let answer = drain(&mut stream);
+    assert!(
+        answer.starts_with(b"SSH-2.0-"),
+        "the gateway did not identify itself: {:?}",
+        String::from_utf8_lossy(&answer[..answer.len().min(200)])
+    );
+}
+
+/// The bytes of one input as WebSocket frames into a web serial console.
+/// The handshake is the harness's, and must succeed every time.
+pub fn ws_console(data: &[u8]) {
+    let live = live();
+    let mut stream = connect(live.api);
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        live.serial_target, live.api
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let head = read_head(&mut stream);
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "the upgrade was refused: {}",
+        String::from_utf8_lossy(&head)
+    );
+    let _ = stream.write_all(&frames(data));
+    let _ = stream.shutdown(Shutdown::Write);
+    drain(&mut stream);
+}
+
+/// An HTTP response head, up to its empty line.
+fn read_head(stream: &mut TcpStream) -> Vec<u8> {
+    stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 8192 {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    head
+}
+
+/// Client frames from fuzz input: each frame is a head byte (FIN in bit 7,
+/// "raw" in bit 6, the opcode from the rest), a length byte and that many
+/// payload bytes, masked as a client must. A raw frame's bytes go on the
+/// wire as they are: junk, or a frame header of the input's own.
+pub fn frames(data: &[u8]) -> Vec<u8> {
+    const OPCODES: [u8; 6] = [0x0, 0x1, 0x2, 0x8, 0x9, 0xA];
+    const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+    let mut out = Vec::with_capacity(data.len() * 2);
+    let mut rest = data;
+    while let Some((&head, tail)) = rest.split_first() {
+        let (len, tail) = match tail.split_first() {
+            Some((&len, tail)) => (usize::from(len).min(tail.len()), tail),
+            None => (0, tail),
+        };
+        let (payload, after) = tail.split_at(len);
+        rest = after;
+        if head & 0x40 != 0 {
+            out.extend_from_slice(payload);
+            continue;
+        }
+        out.push((head & 0x80) | OPCODES[usize::from(head & 0x3f) % OPCODES.len()]);
+        if len < 126 {
+            out.push(0x80 | len as u8);
+        } else {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        out.extend_from_slice(&MASK);
+        out.extend(payload.iter().zip(MASK.iter().cycle()).map(|(b, m)| b ^ m));
+    }
+    out
+}
