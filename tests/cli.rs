@@ -231,6 +231,33 @@ async fn bad_keys_instances_and_conflicts_are_refused_and_write_nothing() {
         assert!(!out.status.success());
         assert!(String::from_utf8_lossy(&out.stderr).contains("no console connection"));
     }
+
+    // The audit trail has a row for each change made, naming the CLI, and
+    // none for the refused ones.
+    let out = gw.cli(&["audit", "--limit", "1000"]).await;
+    assert!(out.status.success());
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let changes: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| {
+            assert_eq!(r["detail"], "by cli", "{r}");
+            assert!(r["peer"].is_null(), "{r}");
+            (
+                r["event"].as_str().unwrap(),
+                r["instanceId"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            ("create", "vm1"),
+            ("create", "vm2"),
+            ("delete", "vm1"),
+            ("create", "vm1")
+        ]
+    );
+    assert_eq!(rows[2]["connectionId"], first.id.as_str());
     gw.stop().await;
 }
 
