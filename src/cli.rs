@@ -72,7 +72,10 @@ impl Context {
             freeform_tags: tags,
             defined_tags: BTreeMap::new(),
         };
-        let record = self.connections.create(new, None, &Requester::cli()).await?;
+        let record = self
+            .connections
+            .create(new, None, &Requester::cli())
+            .await?;
         self.view(&record).await
     }
 

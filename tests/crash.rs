@@ -778,7 +778,11 @@ impl Rig {
                 .inspect(|e| {
                     let detail = e.detail.as_deref().unwrap_or_default();
                     assert!(detail.starts_with("by api user "), "{e:?}");
-                    assert!(e.peer.as_deref().is_some_and(|p| p.starts_with("127.0.0.1:")));
+                    assert!(
+                        e.peer
+                            .as_deref()
+                            .is_some_and(|p| p.starts_with("127.0.0.1:"))
+                    );
                 })
                 .count()
         };

@@ -39,7 +39,10 @@ async fn records_round_trip_and_survive_reopen() {
     for backend in TestStore::both().await {
         let store = backend.open().await;
         let r = record("a", "vm1", "SHA256:x");
-        store.create_connection(&r, None, &made(AuditKind::Create)).await.unwrap();
+        store
+            .create_connection(&r, None, &made(AuditKind::Create))
+            .await
+            .unwrap();
         assert_eq!(store.get_connection("a").await.unwrap(), Some(r.clone()));
         let store = backend.reopen(store).await;
         assert_eq!(store.get_connection("a").await.unwrap(), Some(r));
@@ -52,11 +55,19 @@ async fn one_live_connection_per_instance_and_key() {
     for backend in TestStore::both().await {
         let store = backend.open().await;
         store
-            .create_connection(&record("a", "vm1", "SHA256:x"), None, &made(AuditKind::Create))
+            .create_connection(
+                &record("a", "vm1", "SHA256:x"),
+                None,
+                &made(AuditKind::Create),
+            )
             .await
             .unwrap();
         let err = store
-            .create_connection(&record("b", "vm1", "SHA256:x"), None, &made(AuditKind::Create))
+            .create_connection(
+                &record("b", "vm1", "SHA256:x"),
+                None,
+                &made(AuditKind::Create),
+            )
             .await
             .unwrap_err();
         assert!(
@@ -66,18 +77,34 @@ async fn one_live_connection_per_instance_and_key() {
         assert!(store.get_connection("b").await.unwrap().is_none());
         // Another key, or another instance, is fine.
         store
-            .create_connection(&record("c", "vm1", "SHA256:y"), None, &made(AuditKind::Create))
+            .create_connection(
+                &record("c", "vm1", "SHA256:y"),
+                None,
+                &made(AuditKind::Create),
+            )
             .await
             .unwrap();
         store
-            .create_connection(&record("d", "vm2", "SHA256:x"), None, &made(AuditKind::Create))
+            .create_connection(
+                &record("d", "vm2", "SHA256:x"),
+                None,
+                &made(AuditKind::Create),
+            )
             .await
             .unwrap();
         // Once deleted, the slot is free again.
-        let deleted = store.delete_connection("a", &made(AuditKind::Delete)).await.unwrap().unwrap();
+        let deleted = store
+            .delete_connection("a", &made(AuditKind::Delete))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(deleted.lifecycle_state, LifecycleState::Deleted);
         store
-            .create_connection(&record("b", "vm1", "SHA256:x"), None, &made(AuditKind::Create))
+            .create_connection(
+                &record("b", "vm1", "SHA256:x"),
+                None,
+                &made(AuditKind::Create),
+            )
             .await
             .unwrap();
         let filter = ConnectionFilter {
@@ -96,7 +123,13 @@ async fn one_live_connection_per_instance_and_key() {
             store.connection_state("a").await.unwrap(),
             Some(LifecycleState::Deleted)
         );
-        assert!(store.delete_connection("zzz", &made(AuditKind::Delete)).await.unwrap().is_none());
+        assert!(
+            store
+                .delete_connection("zzz", &made(AuditKind::Delete))
+                .await
+                .unwrap()
+                .is_none()
+        );
     }
 }
 
@@ -120,7 +153,10 @@ async fn pages_cover_everything_once() {
             let mut r = record(&format!("id{i}"), "vm1", &format!("SHA256:{i}"));
             // Two share a creation time: the id breaks the tie.
             r.time_created = OffsetDateTime::from_unix_timestamp(1_700_000_000 + i / 2).unwrap();
-            store.create_connection(&r, None, &made(AuditKind::Create)).await.unwrap();
+            store
+                .create_connection(&r, None, &made(AuditKind::Create))
+                .await
+                .unwrap();
         }
         let filter = ConnectionFilter::default();
         let mut seen = Vec::new();
@@ -150,7 +186,11 @@ async fn retry_tokens_replay_or_conflict() {
             request_hash: "h1".into(),
         };
         store
-            .create_connection(&record("a", "vm1", "SHA256:x"), Some(&key), &made(AuditKind::Create))
+            .create_connection(
+                &record("a", "vm1", "SHA256:x"),
+                Some(&key),
+                &made(AuditKind::Create),
+            )
             .await
             .unwrap();
         assert_eq!(
@@ -164,7 +204,11 @@ async fn retry_tokens_replay_or_conflict() {
             ..key.clone()
         };
         let err = store
-            .create_connection(&record("b", "vm1", "SHA256:y"), Some(&again), &made(AuditKind::Create))
+            .create_connection(
+                &record("b", "vm1", "SHA256:y"),
+                Some(&again),
+                &made(AuditKind::Create),
+            )
             .await
             .unwrap_err();
         assert!(matches!(
@@ -179,7 +223,11 @@ async fn retry_tokens_replay_or_conflict() {
         };
         assert!(matches!(
             store
-                .create_connection(&record("c", "vm1", "SHA256:x"), Some(&fresh), &made(AuditKind::Create))
+                .create_connection(
+                    &record("c", "vm1", "SHA256:x"),
+                    Some(&fresh),
+                    &made(AuditKind::Create)
+                )
                 .await,
             Err(StoreError::Conflict { .. })
         ));
@@ -192,10 +240,18 @@ async fn deletion_goes_through_deleting_to_deleted_to_gone() {
     for backend in TestStore::both().await {
         let store = backend.open().await;
         store
-            .create_connection(&record("a", "vm1", "SHA256:x"), None, &made(AuditKind::Create))
+            .create_connection(
+                &record("a", "vm1", "SHA256:x"),
+                None,
+                &made(AuditKind::Create),
+            )
             .await
             .unwrap();
-        let r = store.begin_delete("a", &made(AuditKind::Delete)).await.unwrap().unwrap();
+        let r = store
+            .begin_delete("a", &made(AuditKind::Delete))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(r.lifecycle_state, LifecycleState::Deleting);
         // Not settled yet.
         assert_eq!(
@@ -208,7 +264,11 @@ async fn deletion_goes_through_deleting_to_deleted_to_gone() {
             Some(LifecycleState::Deleted)
         );
         // A deleted connection is not deleted again, and is purged after retention.
-        let r = store.begin_delete("a", &made(AuditKind::Delete)).await.unwrap().unwrap();
+        let r = store
+            .begin_delete("a", &made(AuditKind::Delete))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(r.lifecycle_state, LifecycleState::Deleted);
         assert_eq!(store.advance_lifecycle(0, 0).await.unwrap(), (0, 1));
         assert!(store.get_connection("a").await.unwrap().is_none());
@@ -220,7 +280,11 @@ async fn tags_update_in_place() {
     for backend in TestStore::both().await {
         let store = backend.open().await;
         store
-            .create_connection(&record("a", "vm1", "SHA256:x"), None, &made(AuditKind::Create))
+            .create_connection(
+                &record("a", "vm1", "SHA256:x"),
+                None,
+                &made(AuditKind::Create),
+            )
             .await
             .unwrap();
         let tags: FreeformTags = [("k".to_string(), "v".to_string())].into();
@@ -636,9 +700,13 @@ async fn nodes_sharing_a_postgres_store_keep_its_rules() {
         token: "tok".into(),
         request_hash: "h".into(),
     };
-    a.create_connection(&record("a", "vm1", "SHA256:x"), Some(&key), &made(AuditKind::Create))
-        .await
-        .unwrap();
+    a.create_connection(
+        &record("a", "vm1", "SHA256:x"),
+        Some(&key),
+        &made(AuditKind::Create),
+    )
+    .await
+    .unwrap();
     assert!(matches!(
         b.create_connection(&record("b", "vm1", "SHA256:y"), Some(&key), &made(AuditKind::Create)).await,
         Err(StoreError::RetryTokenUsed { ref connection_id, same_request: true }) if connection_id == "a"
@@ -659,8 +727,12 @@ async fn nodes_sharing_a_postgres_store_keep_its_rules() {
     for n in 0..16 {
         let node = if n % 2 == 0 { a.clone() } else { b.clone() };
         racing.push(tokio::spawn(async move {
-            node.create_connection(&record(&format!("r{n}"), "vm2", "SHA256:race"), None, &made(AuditKind::Create))
-                .await
+            node.create_connection(
+                &record(&format!("r{n}"), "vm2", "SHA256:race"),
+                None,
+                &made(AuditKind::Create),
+            )
+            .await
         }));
     }
     let mut won = 0;

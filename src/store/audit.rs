@@ -69,7 +69,6 @@ impl Store {
         })
     }
 
-
     /// Writes a Detach row for every console session that an earlier
     /// process of this node (`node_id`; `None` for a gateway alone) left
     /// with an Attach row and no Detach row: a process killed (or whose
