@@ -34,12 +34,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use axum::http::Method;
 use common::served::{Served, ServedConfig};
-use common::signer::Signer;
+use common::signer::{Answer, Signer, create_body, exchange};
 use common::*;
 use consolegate::audit::{AuditEvent, AuditKind, SessionRef};
 use consolegate::store::Store;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const CONNECTIONS: &str = "/20160918/instanceConsoleConnections";
 /// Requests the stream keeps in flight.
@@ -84,84 +83,6 @@ impl Rng {
 /// The `Host` of the API on local `port`.
 fn host(port: u16) -> String {
     format!("127.0.0.1:{port}")
-}
-
-/// An answer the gateway gave in full.
-#[derive(Debug, Clone)]
-struct Answer {
-    status: u16,
-    head: String,
-    body: String,
-}
-
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|_| panic!("not JSON: {self:?}"))
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.head.lines().find_map(|l| {
-            let (n, v) = l.split_once(": ")?;
-            n.eq_ignore_ascii_case(name).then_some(v)
-        })
-    }
-
-    /// Parses what came; `None` unless it is a whole answer.
-    fn whole(raw: &[u8], ended: bool) -> Option<Answer> {
-        let at = find(raw, b"\r\n\r\n")?;
-        let head = String::from_utf8_lossy(&raw[..at]).into_owned();
-        let status = head.get(9..12)?.parse().ok()?;
-        let body = &raw[at + 4..];
-        let length = head
-            .lines()
-            .find_map(|l| {
-                let (n, v) = l.split_once(": ")?;
-                n.eq_ignore_ascii_case("content-length").then_some(v)
-            })
-            .and_then(|l| l.trim().parse::<usize>().ok());
-        let body = match length {
-            Some(n) if body.len() >= n => &body[..n],
-            Some(_) => return None,
-            None if status == 204 || ended => body,
-            None => return None,
-        };
-        Some(Answer {
-            status,
-            head,
-            body: String::from_utf8_lossy(body).into_owned(),
-        })
-    }
-}
-
-/// Sends `request` to `port` on a new connection: the answer, if one came
-/// in full (`None`: refused, cut, or short: the gateway died first).
-async fn exchange(port: u16, request: &[u8]) -> Option<Answer> {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    if stream.write_all(request).await.is_err() {
-        return None;
-    }
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 16 * 1024];
-    let ended = loop {
-        match tokio::time::timeout(GUARD, stream.read(&mut buf))
-            .await
-            .expect("an API answer hung")
-        {
-            Ok(0) => break true,
-            Ok(n) => raw.extend_from_slice(&buf[..n]),
-            Err(_) => break false,
-        }
-    };
-    Answer::whole(&raw, ended)
-}
-
-/// A create body for `instance` with a new key.
-fn create_body(instance: &str) -> Vec<u8> {
-    let key = consolegate::keys::generate_instance_key().unwrap();
-    let public_key = consolegate::keys::public_key_line(key.public_key());
-    serde_json::to_vec(&json!({"instanceId": instance, "publicKey": public_key})).unwrap()
 }
 
 /// The same create with other tags: another request.

@@ -28,34 +28,13 @@ use std::time::{Duration, Instant};
 
 use axum::http::Method;
 use common::served::{Served, ServedConfig};
-use common::signer::Signer;
+use common::signer::{Answer, Signer, create_body, exchange};
 use common::*;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 const CONNECTIONS: &str = "/20160918/instanceConsoleConnections";
 const CODE_HEADER: &str = consolegate::codes::CODE_HEADER;
-
-/// An answer of the API.
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    head: String,
-    body: String,
-}
-
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|_| panic!("not JSON: {self:?}"))
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.head.lines().find_map(|l| {
-            let (n, v) = l.split_once(": ")?;
-            n.eq_ignore_ascii_case(name).then_some(v.trim())
-        })
-    }
-}
 
 /// The gateway's API as one signing user sees it.
 struct Api {
@@ -66,33 +45,7 @@ struct Api {
 /// Writes `request` to the API on `port`: the answer, in full within
 /// [`GUARD`] (a request that hangs fails the test).
 async fn send(port: u16, request: Vec<u8>) -> Answer {
-    let answer = tokio::time::timeout(GUARD, async {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .unwrap();
-        s.write_all(&request).await.unwrap();
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).await.unwrap();
-        raw
-    })
-    .await
-    .expect("an API request hung");
-    let text = String::from_utf8_lossy(&answer).into_owned();
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no answer: {text:?}"));
-    Answer {
-        status: head[9..12].parse().unwrap(),
-        head: head.to_owned(),
-        body: body.to_owned(),
-    }
-}
-
-/// A create body for `instance` with a new key.
-fn create_body(instance: &str) -> Vec<u8> {
-    let key = consolegate::keys::generate_instance_key().unwrap();
-    let public_key = consolegate::keys::public_key_line(key.public_key());
-    serde_json::to_vec(&json!({"instanceId": instance, "publicKey": public_key})).unwrap()
+    exchange(port, &request).await.expect("no whole answer")
 }
 
 impl Api {

@@ -8,6 +8,20 @@ use crate::audit::AuditEvent;
 use super::{ConnectionFilter, Store, StoreError, from_ms, now_ms, to_json, to_ms};
 use super::{ConnectionRecord, DefinedTags, FreeformTags, LifecycleState};
 
+/// Commits transaction `$tx` of a change that touched `$changed` rows,
+/// with its audit row `$audit` if it changed anything (then logged too).
+macro_rules! commit_audited {
+    ($tx:expr, $changed:expr, $audit:expr) => {{
+        if $changed > 0 {
+            insert_audit!(&mut *$tx, $audit);
+        }
+        $tx.commit().await?;
+        if $changed > 0 {
+            log_audit($audit);
+        }
+    }};
+}
+
 macro_rules! columns {
     () => {
         "id, compartment_id, instance_id, lifecycle_state, public_key, fingerprint, \
@@ -239,13 +253,7 @@ impl Store {
             .execute(&mut *tx)
             .await?
             .rows_affected();
-            if changed > 0 {
-                insert_audit!(&mut *tx, audit);
-            }
-            tx.commit().await?;
-            if changed > 0 {
-                log_audit(audit);
-            }
+            commit_audited!(tx, changed, audit);
             self.get_connection(id).await
         })
     }
@@ -270,13 +278,7 @@ impl Store {
             .execute(&mut *tx)
             .await?
             .rows_affected();
-            if changed > 0 {
-                insert_audit!(&mut *tx, audit);
-            }
-            tx.commit().await?;
-            if changed > 0 {
-                log_audit(audit);
-            }
+            commit_audited!(tx, changed, audit);
             self.notify_revoked(id).await?;
             self.get_connection(id).await
         })
@@ -303,13 +305,7 @@ impl Store {
             .execute(&mut *tx)
             .await?
             .rows_affected();
-            if changed > 0 {
-                insert_audit!(&mut *tx, audit);
-            }
-            tx.commit().await?;
-            if changed > 0 {
-                log_audit(audit);
-            }
+            commit_audited!(tx, changed, audit);
             self.notify_revoked(id).await?;
             self.get_connection(id).await
         })

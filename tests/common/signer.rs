@@ -6,6 +6,8 @@ use std::time::SystemTime;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method};
 use rsa::RsaPrivateKey;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::oci::TENANCY;
 
@@ -74,4 +76,84 @@ impl Signer {
         out.extend_from_slice(body);
         out
     }
+}
+
+/// An answer the gateway gave in full.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|_| panic!("not JSON: {self:?}"))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().find_map(|l| {
+            let (n, v) = l.split_once(": ")?;
+            n.eq_ignore_ascii_case(name).then_some(v.trim())
+        })
+    }
+
+    /// Parses what came; `None` unless it is a whole answer (`ended`: the
+    /// gateway closed the connection after it).
+    pub fn whole(raw: &[u8], ended: bool) -> Option<Answer> {
+        let at = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+        let head = String::from_utf8_lossy(&raw[..at]).into_owned();
+        let status = head.get(9..12)?.parse().ok()?;
+        let body = &raw[at + 4..];
+        let length = head
+            .lines()
+            .find_map(|l| {
+                let (n, v) = l.split_once(": ")?;
+                n.eq_ignore_ascii_case("content-length").then_some(v)
+            })
+            .and_then(|l| l.trim().parse::<usize>().ok());
+        let body = match length {
+            Some(n) if body.len() >= n => &body[..n],
+            Some(_) => return None,
+            None if status == 204 || ended => body,
+            None => return None,
+        };
+        Some(Answer {
+            status,
+            head,
+            body: String::from_utf8_lossy(body).into_owned(),
+        })
+    }
+}
+
+/// Sends `request` to `port` on a new connection: the answer, if one came
+/// in full (`None`: refused, cut, or short: the gateway died first). An
+/// answer that takes longer than [`super::GUARD`] fails the test.
+pub async fn exchange(port: u16, request: &[u8]) -> Option<Answer> {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    if stream.write_all(request).await.is_err() {
+        return None;
+    }
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    let ended = loop {
+        match tokio::time::timeout(super::GUARD, stream.read(&mut buf))
+            .await
+            .expect("an API answer hung")
+        {
+            Ok(0) => break true,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(_) => break false,
+        }
+    };
+    Answer::whole(&raw, ended)
+}
+
+/// A create body for `instance` with a new key.
+pub fn create_body(instance: &str) -> Vec<u8> {
+    let key = consolegate::keys::generate_instance_key().unwrap();
+    let public_key = consolegate::keys::public_key_line(key.public_key());
+    serde_json::to_vec(&json!({"instanceId": instance, "publicKey": public_key})).unwrap()
 }
