@@ -4,10 +4,8 @@ use std::path::Path;
 
 use anyhow::{Result, anyhow};
 use plotters::prelude::*;
-use plotters::style::FontStyle;
 
-const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
-const COLORS: [RGBColor; 2] = [RGBColor(0x1f, 0x77, 0xb4), RGBColor(0xff, 0x7f, 0x0e)];
+use crate::shared_chart::{COLORS, register_font};
 
 /// One panel: groups of bars, one bar per system in each group.
 pub struct Panel {
@@ -15,16 +13,6 @@ pub struct Panel {
     pub unit: String,
     /// (group label, [consolegate, sshd])
     pub groups: Vec<(String, [f64; 2])>,
-}
-
-/// Registers DejaVu Sans with plotters; says why not if it cannot.
-fn register_font() -> Result<()> {
-    let bytes = std::fs::read(FONT)
-        .map_err(|e| anyhow!("{FONT}: {e} (install fonts-dejavu-core); skipping the chart"))?;
-    let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-    plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
-        .map_err(|_| anyhow!("{FONT} is not a usable font; skipping the chart"))?;
-    Ok(())
 }
 
 /// Draws `panels` side by side into `path`.

@@ -12,9 +12,13 @@
 mod chart;
 mod measure;
 mod memory;
+#[path = "../shared/rlimit.rs"]
+mod rlimit;
 mod setup;
 #[path = "../shared/ssh.rs"]
 mod shared;
+#[path = "../shared/chart.rs"]
+mod shared_chart;
 mod stats;
 
 use std::path::PathBuf;
@@ -282,7 +286,7 @@ async fn settle(quick: bool) {
 }
 
 async fn run(o: Options) -> Result<()> {
-    memory::raise_nofile(std::process::id());
+    rlimit::raise_nofile(std::process::id());
     let mut r = Results {
         machine: machine(),
         quick: o.quick,

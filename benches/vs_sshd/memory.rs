@@ -18,6 +18,7 @@ use russh::keys::{PrivateKeyWithHashAlg, PublicKey};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
+use crate::rlimit::raise_nofile;
 use crate::setup::{READY, System, World, sshd_console_command};
 use crate::stats;
 
@@ -188,32 +189,6 @@ async fn attach(
     // Keep draining, as an idle terminal would.
     let drain = tokio::spawn(async move { while channel.wait().await.is_some() {} });
     Ok((handle, drain))
-}
-
-/// Raises a process's soft RLIMIT_NOFILE to its hard limit (with prlimit(1)).
-pub fn raise_nofile(pid: u32) {
-    let hard = std::process::Command::new("prlimit")
-        .args([
-            "--pid",
-            &pid.to_string(),
-            "--nofile",
-            "--raw",
-            "--noheadings",
-            "-o",
-            "HARD",
-        ])
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
-    if let Some(hard) = hard.filter(|h| !h.is_empty()) {
-        let _ = std::process::Command::new("prlimit")
-            .args([
-                "--pid",
-                &pid.to_string(),
-                &format!("--nofile={hard}:{hard}"),
-            ])
-            .status();
-    }
 }
 
 /// What one system's memory per session came to.
