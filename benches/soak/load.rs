@@ -14,6 +14,8 @@ use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKey};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use crate::host::PinnedHost;
+
 /// How long an attach (TCP, key exchange, authentication, channel, pty,
 /// shell, banner) may take.
 pub const ATTACH_LIMIT: Duration = Duration::from_secs(60);
@@ -72,27 +74,6 @@ fn note(kind: &str, count: u64, what: impl std::fmt::Display) {
     }
 }
 
-struct Client {
-    host_keys: Arc<Vec<PublicKey>>,
-}
-
-impl russh::client::Handler for Client {
-    type Error = russh::Error;
-
-    async fn check_server_key(
-        &mut self,
-        key: &russh::keys::PublicKeyOrCertificate,
-    ) -> Result<bool, Self::Error> {
-        Ok(match key {
-            russh::keys::PublicKeyOrCertificate::PublicKey { key, .. } => self
-                .host_keys
-                .iter()
-                .any(|k| k.key_data() == key.key_data()),
-            _ => false,
-        })
-    }
-}
-
 /// Everything a slot needs to attach.
 pub struct Ctx {
     pub port: u16,
@@ -142,7 +123,7 @@ impl Ctx {
 
 /// An attached console session.
 pub struct Session {
-    handle: Handle<Client>,
+    handle: Handle<PinnedHost>,
     channel: russh::Channel<Msg>,
 }
 
@@ -180,7 +161,7 @@ pub async fn attach(ctx: &Ctx, user: &str, key: &Arc<PrivateKey>) -> Result<Sess
         let mut handle = russh::client::connect(
             ctx.config.clone(),
             ("127.0.0.1", ctx.port),
-            Client {
+            PinnedHost {
                 host_keys: ctx.host_keys.clone(),
             },
         )

@@ -27,6 +27,8 @@
 
 mod chart;
 mod gateway;
+#[path = "../shared/host.rs"]
+mod host;
 mod load;
 #[path = "../shared/rlimit.rs"]
 mod rlimit;
@@ -164,17 +166,7 @@ struct Report {
 }
 
 fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_owned())
-        })
-        .unwrap_or_default();
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let host::Machine { cores, cpu, kernel } = host::Machine::read();
     let mem = samples::status_field_of("/proc/meminfo", "MemTotal:").unwrap_or(0) / 1024;
     format!("{cores} cores, {cpu}, {mem} MiB, Linux {}", kernel.trim())
 }

@@ -10,6 +10,8 @@
 //! (default `target/bench`). It reports; it never fails on a target.
 
 mod chart;
+#[path = "../shared/host.rs"]
+mod host;
 mod measure;
 mod memory;
 #[path = "../shared/rlimit.rs"]
@@ -197,17 +199,7 @@ fn fmt(v: f64) -> String {
 }
 
 fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_owned())
-        })
-        .unwrap_or_default();
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let host::Machine { cores, cpu, kernel } = host::Machine::read();
     let sshd = std::process::Command::new("/usr/sbin/sshd")
         .arg("-V")
         .output()

@@ -18,33 +18,13 @@ use russh::keys::{PrivateKeyWithHashAlg, PublicKey};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
+use crate::host::PinnedHost;
 use crate::rlimit::raise_nofile;
 use crate::setup::{READY, System, World, sshd_console_command};
 use crate::stats;
 
 /// Connections being set up at once.
 const OPENING: usize = 64;
-
-struct Client {
-    host_keys: Vec<PublicKey>,
-}
-
-impl russh::client::Handler for Client {
-    type Error = russh::Error;
-
-    async fn check_server_key(
-        &mut self,
-        key: &russh::keys::PublicKeyOrCertificate,
-    ) -> Result<bool, Self::Error> {
-        Ok(match key {
-            russh::keys::PublicKeyOrCertificate::PublicKey { key, .. } => self
-                .host_keys
-                .iter()
-                .any(|k| k.key_data() == key.key_data()),
-            _ => false,
-        })
-    }
-}
 
 /// The load client's arguments.
 pub struct LoadArgs {
@@ -146,7 +126,10 @@ pub async fn load_client(args: LoadArgs) -> Result<()> {
     Ok(())
 }
 
-type Session = (russh::client::Handle<Client>, tokio::task::JoinHandle<()>);
+type Session = (
+    russh::client::Handle<PinnedHost>,
+    tokio::task::JoinHandle<()>,
+);
 
 async fn attach(
     config: Arc<russh::client::Config>,
@@ -154,8 +137,14 @@ async fn attach(
     key: Arc<russh::keys::PrivateKey>,
     host_keys: Vec<PublicKey>,
 ) -> Result<Session> {
-    let mut handle =
-        russh::client::connect(config, ("127.0.0.1", args.port), Client { host_keys }).await?;
+    let mut handle = russh::client::connect(
+        config,
+        ("127.0.0.1", args.port),
+        PinnedHost {
+            host_keys: Arc::new(host_keys),
+        },
+    )
+    .await?;
     let auth = handle
         .authenticate_publickey(&args.user, PrivateKeyWithHashAlg::new(key, None))
         .await?;
