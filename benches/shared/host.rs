@@ -1,6 +1,7 @@
 //! What the benches share about the machine and the gateway's host keys:
-//! the machine line of a report, and a russh client that accepts only the
-//! host keys it was given. Included by each bench (`#[path]`).
+//! the machine line of a report, and a russh client (its settings, and a
+//! handler that accepts only the host keys it was given). Included by each
+//! bench (`#[path]`).
 
 use std::sync::Arc;
 
@@ -31,6 +32,23 @@ impl Machine {
             kernel: kernel.trim().to_owned(),
         }
     }
+}
+
+/// The benches' russh client settings: Nagle off, and OpenSSH's
+/// curve25519 key exchange (the one the benches use for every system).
+pub fn client_config() -> Arc<russh::client::Config> {
+    Arc::new(russh::client::Config {
+        nodelay: true,
+        preferred: russh::Preferred {
+            kex: std::borrow::Cow::Borrowed(&[
+                russh::kex::CURVE25519,
+                russh::kex::EXTENSION_SUPPORT_AS_CLIENT,
+                russh::kex::EXTENSION_OPENSSH_STRICT_KEX_AS_CLIENT,
+            ]),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
 }
 
 /// A russh client handler that trusts only `host_keys` (the gateway's).

@@ -94,19 +94,7 @@ pub struct Ctx {
 
 impl Ctx {
     pub fn new(port: u16, key: PrivateKey, api_key: PrivateKey, host_keys: Vec<PublicKey>) -> Ctx {
-        let config = Arc::new(russh::client::Config {
-            nodelay: true,
-            // OpenSSH's curve25519 key exchange, as the other benches use.
-            preferred: russh::Preferred {
-                kex: std::borrow::Cow::Borrowed(&[
-                    russh::kex::CURVE25519,
-                    russh::kex::EXTENSION_SUPPORT_AS_CLIENT,
-                    russh::kex::EXTENSION_OPENSSH_STRICT_KEX_AS_CLIENT,
-                ]),
-                ..Default::default()
-            },
-            ..Default::default()
-        });
+        let config = crate::host::client_config();
         Ctx {
             port,
             config,

@@ -66,19 +66,7 @@ pub async fn load_client(args: LoadArgs) -> Result<()> {
         bail!("no known host key for port {}", args.port);
     }
     let key = Arc::new(russh::keys::load_secret_key(&args.key, None)?);
-    let config = Arc::new(russh::client::Config {
-        nodelay: true,
-        // The bench's key exchange for both systems (see setup::KEX).
-        preferred: russh::Preferred {
-            kex: std::borrow::Cow::Borrowed(&[
-                russh::kex::CURVE25519,
-                russh::kex::EXTENSION_SUPPORT_AS_CLIENT,
-                russh::kex::EXTENSION_OPENSSH_STRICT_KEX_AS_CLIENT,
-            ]),
-            ..Default::default()
-        },
-        ..Default::default()
-    });
+    let config = crate::host::client_config();
     let args = Arc::new(args);
     let mut sessions = Vec::new();
     let mut failed = 0u64;
