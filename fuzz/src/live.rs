@@ -6,10 +6,12 @@
 //! `tests/fuzz_corpus.rs` includes this file too, to replay the corpora of
 //! those two targets on the stable toolchain.
 
+use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::Path;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
@@ -23,13 +25,25 @@ const NOVA_TOKEN_SHA256: &str = "33cc09ba35314d19e32ed9a5a30fca56eebbfab5faec724
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most of a gateway's answer one input reads.
 const MAX_ANSWER: usize = 1 << 20;
+/// Simulated instances the `ws_console` inputs are spread over, and web
+/// sockets left to finish in the background at most. An input that sends
+/// serial breaks keeps its socket for a quarter of a second per break (the
+/// hub lets the line go quiet before each one, `BREAK_QUIET`), and the
+/// breaks of one console are sent one at a time; waiting for each socket
+/// in turn made those inputs set the pace.
+const WS_INSTANCES: usize = 128;
 
 /// The running gateway.
 pub struct Live {
     ssh: SocketAddr,
     api: SocketAddr,
-    /// `/serial?token=…`: a web serial console of the demo instance.
-    serial_target: String,
+    /// `/serial?token=…`: a web serial console of each instance.
+    serial_targets: Vec<String>,
+    /// Web sockets whose input was sent, oldest first: each is read to its
+    /// end once [`WS_INSTANCES`] newer ones are waiting.
+    lingering: Mutex<VecDeque<TcpStream>>,
+    /// Inputs sent to `ws_console`, to pick the next instance.
+    sent: AtomicUsize,
     _dir: tempfile::TempDir,
 }
 
@@ -66,11 +80,15 @@ fn start() -> Live {
         assert!(Instant::now() < deadline, "the gateway did not start");
         std::thread::sleep(Duration::from_millis(10));
     }
-    let serial_target = serial_console_url(api);
+    let serial_targets = (0..WS_INSTANCES)
+        .map(|i| serial_console_url(api, &instance(i)))
+        .collect();
     Live {
         ssh,
         api,
-        serial_target,
+        serial_targets,
+        lingering: Mutex::new(VecDeque::new()),
+        sent: AtomicUsize::new(0),
         _dir: dir,
     }
 }
@@ -90,10 +108,16 @@ async fn serve(root: &Path, ports: std::sync::mpsc::Sender<(SocketAddr, SocketAd
          [session]\nmax_sessions_per_instance = 0\nmax_sessions_per_connection = 0\n\
          max_sessions_per_key = 0\n\
          [nova]\nsingle_use_tokens = false\ntoken_ttl_secs = 604800\n\
-         [[nova_token]]\ntoken_sha256 = \"{NOVA_TOKEN_SHA256}\"\nproject = \"fuzz\"\nrole = \"member\"\n\
-         [[instance]]\nid = \"demo\"\ncompartment = \"fuzz\"\nserial = \"simulator\"\n",
+         [[nova_token]]\ntoken_sha256 = \"{NOVA_TOKEN_SHA256}\"\nproject = \"fuzz\"\nrole = \"member\"\n",
         ssh_addr.port()
     );
+    let mut text = text;
+    for i in 0..WS_INSTANCES {
+        text.push_str(&format!(
+            "[[instance]]\nid = \"{}\"\ncompartment = \"fuzz\"\nserial = \"simulator\"\n",
+            instance(i)
+        ));
+    }
     let path = root.join("gateway.toml");
     std::fs::write(&path, text).unwrap();
     let config = consolegate::config::Config::load(&path).expect("the harness's config");
@@ -108,11 +132,16 @@ async fn serve(root: &Path, ports: std::sync::mpsc::Sender<(SocketAddr, SocketAd
         .expect("the gateway failed");
 }
 
+/// The id of the harness's instance `i`.
+fn instance(i: usize) -> String {
+    format!("demo-{i}")
+}
+
 /// Asks the Nova API for a serial console URL, as `nova console-url` does.
-fn serial_console_url(api: SocketAddr) -> String {
+fn serial_console_url(api: SocketAddr, server: &str) -> String {
     let body = r#"{"remote_console":{"protocol":"serial","type":"serial"}}"#;
     let request = format!(
-        "POST /v2.1/servers/demo/remote-consoles HTTP/1.1\r\nHost: {api}\r\n\
+        "POST /v2.1/servers/{server}/remote-consoles HTTP/1.1\r\nHost: {api}\r\n\
          X-Auth-Token: {NOVA_TOKEN}\r\nOpenStack-API-Version: compute 2.6\r\n\
          Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
@@ -165,14 +194,17 @@ pub fn ssh_stream(data: &[u8]) {
 }
 
 /// The bytes of one input as WebSocket frames into a web serial console.
-/// The handshake is the harness's, and must succeed every time.
+/// The handshake is the harness's, and must succeed every time. The
+/// gateway's answer is read later (see [`WS_INSTANCES`]).
 pub fn ws_console(data: &[u8]) {
     let live = live();
+    let n = live.sent.fetch_add(1, Ordering::Relaxed);
+    let serial_target = &live.serial_targets[n % WS_INSTANCES];
     let mut stream = connect(live.api);
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        live.serial_target, live.api
+        serial_target, live.api
     );
     stream.write_all(request.as_bytes()).unwrap();
     let head = read_head(&mut stream);
@@ -183,7 +215,18 @@ pub fn ws_console(data: &[u8]) {
     );
     let _ = stream.write_all(&frames(data));
     let _ = stream.shutdown(Shutdown::Write);
-    drain(&mut stream);
+    let oldest = {
+        let mut lingering = live.lingering.lock().unwrap();
+        lingering.push_back(stream);
+        if lingering.len() > WS_INSTANCES {
+            lingering.pop_front()
+        } else {
+            None
+        }
+    };
+    if let Some(mut oldest) = oldest {
+        drain(&mut oldest);
+    }
 }
 
 /// An HTTP response head, up to its empty line.

@@ -66,6 +66,10 @@ pub struct GatewayStatus {
     pub host_key_fingerprints: Vec<String>,
     /// Every console hub.
     pub instances: Vec<HubStatus>,
+    /// Tasks alive in the gateway's async runtime: at rest, a few per
+    /// session and per console, and a handful of its own.
+    #[serde(default)]
+    pub runtime_tasks: u64,
 }
 
 /// An answer: the result or an error message with its runbook code.
@@ -209,6 +213,7 @@ async fn answer(
             metrics_listen: info.metrics_listen.clone(),
             host_key_fingerprints: info.host_key_fingerprints.clone(),
             instances: hubs.statuses().await,
+            runtime_tasks: crate::ops::metrics::runtime_tasks(),
         })),
         Ok(AdminRequest::Reload) => match reloads {
             Some(tx) => {

@@ -105,8 +105,15 @@ pub struct Metrics {
     backend_reconnects: Family<InstanceLabels, Counter>,
     console_bytes: Family<BytesLabels, Counter>,
     skipped_bytes: Family<InstanceLabels, Counter>,
+    runtime_tasks: Gauge,
     /// One scrape at a time refreshes and encodes the hub-owned families.
     scrape: tokio::sync::Mutex<()>,
+}
+
+/// Tasks alive in the current async runtime (0 outside one).
+pub fn runtime_tasks() -> u64 {
+    tokio::runtime::Handle::try_current()
+        .map_or(0, |runtime| runtime.metrics().num_alive_tasks() as u64)
 }
 
 impl Default for Metrics {
@@ -137,6 +144,7 @@ impl Metrics {
             backend_reconnects: Family::default(),
             console_bytes: Family::default(),
             skipped_bytes: Family::default(),
+            runtime_tasks: Gauge::default(),
             scrape: tokio::sync::Mutex::new(()),
             registry: Registry::default(),
         };
@@ -225,6 +233,12 @@ impl Metrics {
             "console_skipped_bytes",
             "Console output bytes skipped for sessions that fell behind",
             m.skipped_bytes.clone(),
+        );
+        registry.register(
+            "runtime_tasks",
+            "Tasks alive in the gateway's async runtime (sessions, connections, consoles, \
+             background work); at rest it follows the sessions open",
+            m.runtime_tasks.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -337,6 +351,8 @@ impl Metrics {
     }
 
     fn refresh(&self, statuses: &[HubStatus]) {
+        self.runtime_tasks
+            .set(i64::try_from(runtime_tasks()).unwrap_or(i64::MAX));
         self.sessions.clear();
         self.backend_up.clear();
         self.console_held.clear();

@@ -94,6 +94,7 @@ mod tests {
             api_listen: "127.0.0.1:8080".into(),
             metrics_listen: None,
             host_key_fingerprints: vec![],
+            runtime_tasks: 12,
             instances: vec![HubStatus {
                 instance: "vm1".into(),
                 target: "unix:/run/vm1".into(),

@@ -23,6 +23,16 @@ pub struct ServedConfig {
     pub rest: String,
 }
 
+/// Background work (the store's sweeps, a reload) may run a task or two
+/// at any moment.
+const TASK_SLACK: u64 = 2;
+
+/// Whether `now` runs more tasks than `baseline` (beyond [`TASK_SLACK`]);
+/// no, where either reading is missing.
+fn tasks_above(now: Vitals, baseline: Vitals) -> bool {
+    matches!((now.tasks, baseline.tasks), (Some(n), Some(b)) if n > b + TASK_SLACK)
+}
+
 /// A running `consolegate serve`; killed when dropped.
 pub struct Served {
     pub dir: TempDir,
@@ -42,6 +52,10 @@ pub struct Vitals {
     pub rss_kib: u64,
     /// Open file descriptors, but for the store's database files.
     pub fds: usize,
+    /// Tasks alive in its async runtime (`consolegate status`), if the
+    /// admin socket answered: what ended sessions and connections leave
+    /// behind shows here before it shows in memory.
+    pub tasks: Option<u64>,
 }
 
 impl Served {
@@ -176,7 +190,23 @@ impl Served {
             .iter()
             .filter(|d| !d.contains("consolegate.db"))
             .count();
-        Vitals { rss_kib, fds }
+        Vitals {
+            rss_kib,
+            fds,
+            tasks: self.runtime_tasks(),
+        }
+    }
+
+    /// The running gateway's `runtimeTasks`, through its admin socket.
+    pub fn runtime_tasks(&self) -> Option<u64> {
+        let out = std::process::Command::new(super::BIN)
+            .args(["status", "--json", "--config"])
+            .arg(&self.config_path)
+            .env("RUST_LOG", "warn")
+            .output()
+            .ok()?;
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        status["runtimeTasks"].as_u64()
     }
 
     /// What each open descriptor is (`/proc/<pid>/fd` links).
@@ -191,17 +221,25 @@ impl Served {
         links
     }
 
-    /// Waits (within [`GUARD`]) for the descriptors to come back to
-    /// `baseline`'s count (sockets of an attack are closed, tasks ended)
-    /// and checks resident memory grew by at most `rss_slack_kib`. Fails
-    /// with both readings.
+    /// Waits (within [`GUARD`]) for the descriptors and runtime tasks to
+    /// come back to `baseline`'s counts (sockets of an attack are closed,
+    /// its sessions' tasks ended) and checks resident memory grew by at
+    /// most `rss_slack_kib`. Fails with the readings.
     pub async fn settles_back_to(&self, baseline: Vitals, rss_slack_kib: u64) {
         let mut now = self.vitals();
         let deadline = tokio::time::Instant::now() + GUARD;
-        while now.fds > baseline.fds && tokio::time::Instant::now() < deadline {
+        while (now.fds > baseline.fds || tasks_above(now, baseline))
+            && tokio::time::Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(100)).await;
             now = self.vitals();
         }
+        assert!(
+            !tasks_above(now, baseline),
+            "the gateway runs {:?} tasks, {:?} before the attack",
+            now.tasks,
+            baseline.tasks
+        );
         assert!(
             now.fds <= baseline.fds,
             "the gateway holds {} descriptors, {} before the attack: {:?}",
