@@ -133,6 +133,50 @@ async fn one_live_connection_per_instance_and_key() {
     }
 }
 
+/// The node's periodic re-check reads the states of all its sessions'
+/// connections at once: existing ones in whatever state, missing ones
+/// absent, in several queries past 500 ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_states_are_read_for_many_ids_at_once() {
+    for backend in TestStore::both().await {
+        let store = backend.open().await;
+        for i in 0..3 {
+            store
+                .create_connection(
+                    &record(&format!("c{i}"), &format!("vm{i}"), "SHA256:x"),
+                    None,
+                    &made(AuditKind::Create),
+                )
+                .await
+                .unwrap();
+        }
+        store
+            .delete_connection("c1", &made(AuditKind::Delete))
+            .await
+            .unwrap();
+        let mut ids: Vec<String> = (0..1200).map(|i| format!("missing{i}")).collect();
+        ids.insert(0, "c0".into());
+        ids.insert(600, "c1".into());
+        ids.push("c2".into());
+        ids.push("it's; DROP TABLE console_connections; --".into());
+        let states = store.connection_states(&ids).await.unwrap();
+        assert_eq!(states.len(), 3, "{states:?}");
+        assert_eq!(states["c0"], LifecycleState::Active);
+        assert_ne!(states["c1"], LifecycleState::Active);
+        assert_eq!(states["c2"], LifecycleState::Active);
+        assert!(store.connection_states(&[]).await.unwrap().is_empty());
+        assert_eq!(
+            store
+                .get_connection("c2")
+                .await
+                .unwrap()
+                .unwrap()
+                .lifecycle_state,
+            LifecycleState::Active
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instance_host_keys_are_stable() {
     for backend in TestStore::both().await {

@@ -1,6 +1,8 @@
 //! Console-connection queries: create (with its retry token), read, list by
 //! pages, tag updates and the lifecycle (DELETING → DELETED → purged).
 
+use std::collections::HashMap;
+
 use super::audit::{insert_audit, log_audit};
 use super::row::StoreRow;
 use crate::audit::AuditEvent;
@@ -61,6 +63,10 @@ pub struct RetryKey {
 
 /// How long retry tokens are remembered.
 const RETRY_TOKEN_TTL_MS: i64 = 24 * 3600 * 1000;
+
+/// Ids per query of [`Store::connection_states`]: well under SQLite's and
+/// PostgreSQL's limits on bound parameters.
+const STATES_PER_QUERY: usize = 500;
 
 impl Store {
     /// Stores a new connection, enforcing one live connection per instance
@@ -197,6 +203,33 @@ impl Store {
             row.map(|r| parse_state(&r.text("lifecycle_state")?))
                 .transpose()
         })
+    }
+
+    /// The states of the connections `ids` that exist: what the node's
+    /// periodic re-check of its live sessions reads, in one query per
+    /// [`STATES_PER_QUERY`] ids.
+    pub async fn connection_states(
+        &self,
+        ids: &[String],
+    ) -> Result<HashMap<String, LifecycleState>, StoreError> {
+        let mut states = HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(STATES_PER_QUERY) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|n| format!("${n}")).collect();
+            let sql = format!(
+                "SELECT id, lifecycle_state FROM console_connections WHERE id IN ({})",
+                placeholders.join(", ")
+            );
+            on_pool!(self, |pool| {
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for id in chunk {
+                    query = query.bind(id);
+                }
+                for row in query.fetch_all(pool).await? {
+                    states.insert(row.text("id")?, parse_state(&row.text("lifecycle_state")?)?);
+                }
+            });
+        }
+        Ok(states)
     }
 
     /// Connections matching `filter`, oldest first, starting after `page`,

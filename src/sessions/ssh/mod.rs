@@ -28,6 +28,7 @@ pub mod gate;
 mod inner;
 mod outer;
 mod quickack;
+mod recheck;
 mod refusals;
 mod tunnel;
 
@@ -69,8 +70,11 @@ pub struct SshContext {
     hubs: ConsoleHubs,
     sessions: Sessions,
     attach: AttachContext,
-    /// Ids of connections just deleted (on any node), for their sessions.
+    /// Ids of connections just deleted (on any node), or found no longer
+    /// ACTIVE by the periodic re-check, for their sessions.
     revoked: tokio::sync::broadcast::Sender<String>,
+    /// The connections live sessions stand for, re-checked periodically.
+    rechecks: Arc<recheck::Rechecks>,
     outer: Arc<RusshConfig>,
     /// Who may start a handshake.
     gate: Arc<Gate>,
@@ -143,6 +147,7 @@ impl SshContext {
             sessions,
             attach,
             revoked: tokio::sync::broadcast::channel(256).0,
+            rechecks: recheck::Rechecks::new(),
             outer,
             gate,
             instances: std::sync::RwLock::new(Arc::new(table)),
@@ -279,6 +284,12 @@ pub async fn serve(listener: TcpListener, ctx: Arc<SshContext>, shutdown: Cancel
             .clone()
             .run_sweeper(ctx.sessions.ending().clone()),
     );
+    ctx.sessions.spawn(ctx.rechecks.clone().run(
+        ctx.store.clone(),
+        ctx.revoked.clone(),
+        ctx.config.ssh.revalidate_interval(),
+        ctx.sessions.ending().clone(),
+    ));
     loop {
         let (socket, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -418,20 +429,36 @@ async fn handle_connection(
         }
     };
 
-    let mut recheck = tokio::time::interval(ctx.config.ssh.revalidate_interval());
-    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The node re-checks this connection with all the others that have
+    // sessions here (`recheck`): a delete it finds, or one announced by
+    // another node (or this one), is heard on `revoked`.
+    let _rechecked = ctx.rechecks.watch(&connection_id);
+    let mut health = ctx.rechecks.health();
     let mut revoked = ctx.revoked.subscribe();
-    // Since when the record could not be read, re-check after re-check.
-    let mut unchecked_since: Option<tokio::time::Instant> = None;
     loop {
-        // The record is read at every re-check, and at once when another
-        // node (or this one) announces that this connection was deleted.
+        // The record is read when this connection is heard of.
         let check = tokio::select! {
             result = &mut session => {
                 log_end(peer, Some(&connection_id), result);
                 return;
             }
-            _ = recheck.tick() => true,
+            changed = health.changed() => {
+                let now = *health.borrow_and_update();
+                if let (Ok(()), recheck::StoreHealth::Unreadable { since }) = (changed, now)
+                    && unchecked_too_long(&ctx.config, since.elapsed())
+                {
+                    tracing::warn!(code = "CG-STORE-003", %peer, connection = %connection_id,
+                        "console connection not re-checked for store_lost_secs; closing its session");
+                    goodbye(format!(
+                        "CG-STORE-003 console connection {connection_id} could not be re-checked \
+                         (the store is unreachable); reconnect when it is back"
+                    ))
+                    .await;
+                    let _ = tokio::time::timeout(GOODBYE_TIME, &mut session).await;
+                    return;
+                }
+                false
+            }
             heard = revoked.recv() => match heard {
                 Ok(id) => id == connection_id,
                 // Some were missed: this may have been one.
@@ -469,25 +496,12 @@ async fn handle_connection(
                 let _ = tokio::time::timeout(GOODBYE_TIME, &mut session).await;
                 return;
             }
+            // The node's re-check weighs how long the store is gone.
             Err(e) => {
                 tracing::warn!(code = "CG-STORE-002", connection = %connection_id,
                     error = %e, "could not re-check console connection");
-                let since = *unchecked_since.get_or_insert_with(tokio::time::Instant::now);
-                if unchecked_too_long(&ctx.config, since.elapsed()) {
-                    tracing::warn!(code = "CG-STORE-003", %peer, connection = %connection_id,
-                        "console connection not re-checked for store_lost_secs; closing its session");
-                    goodbye(format!(
-                        "CG-STORE-003 console connection {connection_id} could not be re-checked \
-                         (the store is unreachable); reconnect when it is back"
-                    ))
-                    .await;
-                    let _ = tokio::time::timeout(GOODBYE_TIME, &mut session).await;
-                    return;
-                }
-                continue;
             }
         }
-        unchecked_since = None;
     }
 }
 
