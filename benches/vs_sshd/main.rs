@@ -2,6 +2,8 @@
 //!
 //! `cargo bench --bench vs_sshd [-- --quick] [-- --only NAME[,NAME...]] [-- --out DIR]
 //! [-- --fanout-secs N]`, or `-- --redraw DIR` to redraw a run's chart.
+//! Measurement names (they run in this order): `time_to_console`,
+//! `throughput`, `keystroke`, `rate`, `rate_russh`, `fanout`, `memory`.
 //! Sets up both systems itself (see BENCHMARKS.md): the real `consolegate
 //! serve` and two private sshd instances as children, console servers and a
 //! VNC stand-in run by the bench. Prints, for every
@@ -14,6 +16,7 @@ mod chart;
 mod host;
 mod measure;
 mod memory;
+mod rate;
 #[path = "../shared/rlimit.rs"]
 mod rlimit;
 mod setup;
@@ -33,11 +36,12 @@ use crate::setup::{ConsoleServer, System, World};
 use crate::stats::percentile;
 
 /// Measurements, in the order they run.
-const MEASUREMENTS: [&str; 6] = [
+const MEASUREMENTS: [&str; 7] = [
     "time_to_console",
     "throughput",
     "keystroke",
     "rate",
+    "rate_russh",
     "fanout",
     "memory",
 ];
@@ -99,6 +103,8 @@ enum Target {
     RatioAtMost(f64),
     /// consolegate at most this, in the figure's unit.
     AtMost(f64),
+    /// consolegate at least this, in the figure's unit.
+    AtLeast(f64),
     /// Not judged (context only).
     None,
 }
@@ -141,6 +147,7 @@ impl Results {
             Target::RatioAtLeast(x) => Some(ratio >= x),
             Target::RatioAtMost(x) => Some(ratio <= x),
             Target::AtMost(x) => Some(cg <= x),
+            Target::AtLeast(x) => Some(cg >= x),
             Target::None => None,
         };
         let verdict = match met {
@@ -260,6 +267,10 @@ fn main() -> Result<()> {
         let rt = tokio::runtime::Runtime::new()?;
         return rt.block_on(memory::load_client(memory::LoadArgs::parse(&args[2..])?));
     }
+    if args.get(1).map(String::as_str) == Some("--rate-client") {
+        let rt = tokio::runtime::Runtime::new()?;
+        return rt.block_on(rate::rate_client(rate::RateArgs::parse(&args[2..])?));
+    }
     if args.get(1).map(String::as_str) == Some("--redraw") {
         return redraw(std::path::Path::new(args.get(2).context("--redraw DIR")?));
     }
@@ -275,6 +286,86 @@ fn main() -> Result<()> {
 async fn settle(quick: bool) {
     let secs = if quick { 0.5 } else { 3.0 };
     tokio::time::sleep(std::time::Duration::from_secs_f64(secs)).await;
+}
+
+/// Measurement 7 (`rate_russh`): each system's connection-rate ceiling under
+/// the russh rate client's open-loop steps; the figures come from each
+/// ladder's highest sustained step (see [`rate::reported`]).
+async fn rate_russh(world: &World, quick: bool, r: &mut Results) -> Result<()> {
+    let secs = if quick { 3.0 } else { 10.0 };
+    // sshd spends about 35 ms of CPU per nested connection (the `rate`
+    // figures) and takes about 0.3 s to a console unloaded, so its ladder
+    // starts twenty times lower.
+    let ladders: [(System, &[f64]); 2] = if quick {
+        [
+            (System::Consolegate, &[100.0, 200.0]),
+            (System::Sshd, &[5.0]),
+        ]
+    } else {
+        [
+            (System::Consolegate, &[100.0, 200.0, 400.0, 800.0]),
+            (System::Sshd, &[5.0, 10.0, 20.0, 40.0]),
+        ]
+    };
+    let mut all: [Vec<rate::Step>; 2] = Default::default();
+    for (i, (s, rates)) in ladders.into_iter().enumerate() {
+        all[i] = rate::rate_russh(world, s, rates, secs).await?;
+        // Let the servers finish tearing down before the next system.
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    }
+    let top = all.each_ref().map(|steps| rate::reported(steps));
+    let value = |f: fn(&rate::Step) -> f64| top.map(|s| s.map_or(f64::NAN, f));
+    r.add(
+        "rate_russh",
+        "russh: sustained connections/s",
+        "1/s",
+        value(|s| s.achieved_per_sec),
+        Target::None,
+        "(context: highest step with <= 1 % failed, p99 <= 1 s)",
+    );
+    r.add(
+        "rate_russh",
+        "russh: conn/s per server core",
+        "1/s",
+        value(|s| s.per_server_core),
+        Target::AtLeast(500.0),
+        ">= 500 per gateway core",
+    );
+    r.add(
+        "rate_russh",
+        "russh: time to console p50",
+        "ms",
+        value(|s| s.p50_ms),
+        Target::None,
+        "(context, at that rate)",
+    );
+    r.add(
+        "rate_russh",
+        "russh: time to console p99",
+        "ms",
+        value(|s| s.p99_ms),
+        Target::AtMost(20.0),
+        "<= 20 ms at that rate",
+    );
+    r.add(
+        "rate_russh",
+        "russh: server CPU per connection",
+        "ms",
+        value(|s| s.server_cpu_ms_per_connection),
+        Target::None,
+        "(context)",
+    );
+    r.add(
+        "rate_russh",
+        "russh: client CPU per connection",
+        "ms",
+        value(|s| s.client_cpu_ms_per_connection),
+        Target::None,
+        "(context: the rate client's)",
+    );
+    r.detail("rate_russh_consolegate", &all[0]);
+    r.detail("rate_russh_sshd", &all[1]);
+    Ok(())
 }
 
 async fn run(o: Options) -> Result<()> {
@@ -459,6 +550,11 @@ async fn run(o: Options) -> Result<()> {
             "(context)",
         );
         r.detail("rate", &rates);
+    }
+
+    if o.runs("rate_russh") {
+        settle(o.quick).await;
+        rate_russh(&world, o.quick, &mut r).await?;
     }
 
     if o.runs("fanout") {
