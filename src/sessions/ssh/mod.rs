@@ -434,6 +434,8 @@ async fn handle_connection(
     // another node (or this one), is heard on `revoked`.
     let _rechecked = ctx.rechecks.watch(&connection_id);
     let mut health = ctx.rechecks.health();
+    // Open while the context (which holds the sender) lives.
+    let mut health_open = true;
     let mut revoked = ctx.revoked.subscribe();
     loop {
         // The record is read when this connection is heard of.
@@ -442,9 +444,11 @@ async fn handle_connection(
                 log_end(peer, Some(&connection_id), result);
                 return;
             }
-            changed = health.changed() => {
+            changed = health.changed(), if health_open => {
+                health_open = changed.is_ok();
                 let now = *health.borrow_and_update();
-                if let (Ok(()), recheck::StoreHealth::Unreadable { since }) = (changed, now)
+                if let recheck::StoreHealth::Unreadable { since } = now
+                    && health_open
                     && unchecked_too_long(&ctx.config, since.elapsed())
                 {
                     tracing::warn!(code = "CG-STORE-003", %peer, connection = %connection_id,
