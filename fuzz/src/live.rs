@@ -44,7 +44,8 @@ pub struct Live {
     lingering: Mutex<VecDeque<TcpStream>>,
     /// Inputs sent to `ws_console`, to pick the next instance.
     sent: AtomicUsize,
-    _dir: tempfile::TempDir,
+    /// The gateway's directory: its config, and its data (the admin socket).
+    dir: tempfile::TempDir,
 }
 
 /// The gateway, started on first use.
@@ -89,7 +90,7 @@ fn start() -> Live {
         serial_targets,
         lingering: Mutex::new(VecDeque::new()),
         sent: AtomicUsize::new(0),
-        _dir: dir,
+        dir,
     }
 }
 
@@ -207,11 +208,15 @@ pub fn ws_console(data: &[u8]) {
         serial_target, live.api
     );
     stream.write_all(request.as_bytes()).unwrap();
+    let asked = Instant::now();
     let head = read_head(&mut stream);
     assert!(
         head.starts_with(b"HTTP/1.1 101"),
-        "the upgrade was refused: {}",
-        String::from_utf8_lossy(&head)
+        "the upgrade was refused after {:?}: {:?}; input {n}, {} sockets waiting; the gateway: {}",
+        asked.elapsed(),
+        String::from_utf8_lossy(&head),
+        live.lingering.lock().unwrap().len(),
+        gateway_state(live)
     );
     let _ = stream.write_all(&frames(data));
     let _ = stream.shutdown(Shutdown::Write);
@@ -226,6 +231,35 @@ pub fn ws_console(data: &[u8]) {
     };
     if let Some(mut oldest) = oldest {
         drain(&mut oldest);
+    }
+}
+
+/// What the gateway's admin socket says of its tasks and sessions, for a
+/// failure's message: whether it was busy, or stuck.
+fn gateway_state(live: &Live) -> String {
+    use std::os::unix::net::UnixStream;
+    let asked = Instant::now();
+    let answer = UnixStream::connect(live.dir.path().join("data/admin.sock")).and_then(|mut s| {
+        s.set_read_timeout(Some(READ_TIMEOUT))?;
+        s.write_all(b"{\"command\":\"status\"}\n")?;
+        let mut text = String::new();
+        s.read_to_string(&mut text)?;
+        Ok(text)
+    });
+    match answer {
+        Ok(text) => {
+            let tasks = text
+                .find("\"runtimeTasks\":")
+                .map(|at| &text[at + 15..])
+                .map(|rest| rest.split([',', '}']).next().unwrap_or(""))
+                .unwrap_or("?");
+            format!(
+                "{tasks} runtime tasks, {} sessions, status answered in {:?}",
+                text.matches("\"principal\"").count(),
+                asked.elapsed()
+            )
+        }
+        Err(e) => format!("no status within {:?}: {e}", asked.elapsed()),
     }
 }
 
