@@ -56,15 +56,7 @@ impl LoadArgs {
 pub async fn load_client(args: LoadArgs) -> Result<()> {
     raise_nofile(std::process::id());
     let known = std::fs::read_to_string(&args.known_hosts)?;
-    let prefix = format!("[127.0.0.1]:{} ", args.port);
-    let host_keys = known
-        .lines()
-        .filter_map(|l| l.strip_prefix(&prefix))
-        .filter_map(|k| PublicKey::from_openssh(k).ok())
-        .collect::<Vec<_>>();
-    if host_keys.is_empty() {
-        bail!("no known host key for port {}", args.port);
-    }
+    let host_keys = crate::rate::host_keys(&known, "127.0.0.1", args.port)?;
     let key = Arc::new(russh::keys::load_secret_key(&args.key, None)?);
     let config = crate::host::client_config();
     let args = Arc::new(args);
@@ -123,16 +115,10 @@ async fn attach(
     config: Arc<russh::client::Config>,
     args: &LoadArgs,
     key: Arc<russh::keys::PrivateKey>,
-    host_keys: Vec<PublicKey>,
+    host_keys: Arc<Vec<PublicKey>>,
 ) -> Result<Session> {
-    let mut handle = russh::client::connect(
-        config,
-        ("127.0.0.1", args.port),
-        PinnedHost {
-            host_keys: Arc::new(host_keys),
-        },
-    )
-    .await?;
+    let mut handle =
+        russh::client::connect(config, ("127.0.0.1", args.port), PinnedHost { host_keys }).await?;
     let auth = handle
         .authenticate_publickey(&args.user, PrivateKeyWithHashAlg::new(key, None))
         .await?;

@@ -125,7 +125,7 @@ struct Ctx {
 }
 
 /// The host keys `known` lists for `host:port`, as ssh would look them up.
-fn host_keys(known: &str, host: &str, port: u16) -> Result<Arc<Vec<PublicKey>>> {
+pub fn host_keys(known: &str, host: &str, port: u16) -> Result<Arc<Vec<PublicKey>>> {
     let prefix = if port == 22 {
         format!("{host} ")
     } else {
