@@ -2,7 +2,7 @@
 //! the gateway's memory and open files watched the whole time.
 //!
 //! `cargo bench --bench soak [-- --quick] [-- --sessions N] [-- --minutes M]
-//! [-- --instances N] [-- --churn type,reattach,api] [-- --out DIR]`, or
+//! [-- --instances N] [-- --reattach-rate R] [-- --churn type,reattach,api] [-- --out DIR]`, or
 //! `-- --redraw DIR` to redraw a run's chart from its `soak.json`.
 //!
 //! Starts the real `consolegate serve` (a child, with its own data
@@ -78,6 +78,7 @@ const CHURNS: [&str; 3] = ["type", "reattach", "api"];
 impl Options {
     fn parse() -> Result<Options> {
         let (mut quick, mut sessions, mut minutes, mut instances) = (false, None, None, None);
+        let mut reattach_rate = None;
         let mut out = PathBuf::from("target/bench");
         let mut churn: Vec<String> = CHURNS.iter().map(|c| (*c).to_owned()).collect();
         let mut args = std::env::args().skip(1);
@@ -89,6 +90,9 @@ impl Options {
                 "--sessions" => sessions = Some(value("--sessions")?.parse::<usize>()?),
                 "--minutes" => minutes = Some(value("--minutes")?.parse::<f64>()?),
                 "--instances" => instances = Some(value("--instances")?.parse::<usize>()?),
+                "--reattach-rate" => {
+                    reattach_rate = Some(value("--reattach-rate")?.parse::<f64>()?);
+                }
                 "--out" => out = value("--out")?.into(),
                 "--churn" => {
                     let names = value("--churn")?;
@@ -105,7 +109,7 @@ impl Options {
                 "--bench" => {}
                 other => bail!(
                     "unknown argument {other:?}; use --quick, --sessions N, --minutes M, \
-                     --instances N, --churn LIST, --out DIR, --redraw DIR"
+                     --instances N, --reattach-rate R, --churn LIST, --out DIR, --redraw DIR"
                 ),
             }
         }
@@ -113,6 +117,7 @@ impl Options {
             && sessions.is_none()
             && minutes.is_none()
             && instances.is_none()
+            && reattach_rate.is_none()
             && churn.len() == CHURNS.len();
         let sessions = sessions.unwrap_or(if quick { 200 } else { 10_000 }).max(1);
         let minutes = minutes.unwrap_or(if quick { 0.5 } else { 10.0 });
@@ -127,7 +132,7 @@ impl Options {
             ramp_rate: if quick { 100.0 } else { 200.0 },
             sample_secs: if quick { 1.0 } else { 5.0 },
             type_rate: (n / 200.0).max(5.0),
-            reattach_rate: (n / 500.0).max(2.0),
+            reattach_rate: reattach_rate.unwrap_or((n / 500.0).max(2.0)),
             api_rate: 4.0,
             churn,
             docs,
