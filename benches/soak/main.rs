@@ -159,6 +159,10 @@ struct Report {
     /// RSS, KiB per minute, over the steady state and its second half.
     rss_fit: Fit,
     rss_fit_second_half: Fit,
+    /// RSS over each quarter of the steady state: whether growth levels
+    /// off (the allocator's working set forming) or keeps its pace (a leak).
+    #[serde(default)]
+    rss_fit_quarters: Vec<Fit>,
     fds_fit: Fit,
     fds_fit_second_half: Fit,
     /// The machine's busy CPU (both cores together, in cores) over the
@@ -675,6 +679,12 @@ fn summarize(
         echo_ms_max: pct(1.0),
         rss_fit: samples::fit(&samples, ramp_end_s, steady_end_s, rss),
         rss_fit_second_half: samples::fit(&samples, mid, steady_end_s, rss),
+        rss_fit_quarters: (0..4)
+            .map(|q| {
+                let at = |q: f64| ramp_end_s + (steady_end_s - ramp_end_s) * q / 4.0;
+                samples::fit(&samples, at(q as f64), at(q as f64 + 1.0), rss)
+            })
+            .collect(),
         fds_fit: samples::fit(&samples, ramp_end_s, steady_end_s, fds),
         fds_fit_second_half: samples::fit(&samples, mid, steady_end_s, fds),
         machine_busy_cores: cores(|s| s.machine_busy_s),
@@ -744,6 +754,17 @@ fn print_summary(r: &Report, c: &Counters) {
         "  RSS slope: {:+.1} KiB/min over the steady state, {:+.1} KiB/min over its second half",
         r.rss_fit.slope, r.rss_fit_second_half.slope
     );
+    if !r.rss_fit_quarters.is_empty() {
+        let quarters: Vec<String> = r
+            .rss_fit_quarters
+            .iter()
+            .map(|f| format!("{:+.1}", f.slope))
+            .collect();
+        println!(
+            "  RSS slope by quarter of the steady state: {} KiB/min",
+            quarters.join(", ")
+        );
+    }
     println!(
         "  fds slope: {:+.2} /min over the steady state, {:+.2} /min over its second half",
         r.fds_fit.slope, r.fds_fit_second_half.slope
