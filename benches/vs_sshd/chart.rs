@@ -1,4 +1,5 @@
-//! `benchmarks.png`: throughput and time to console, both systems side by side.
+//! `benchmarks.png`: throughput, time to console, CPU per GB and connection
+//! rate, both systems side by side.
 
 use std::path::Path;
 

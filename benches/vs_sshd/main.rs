@@ -215,7 +215,8 @@ fn machine() -> String {
     format!("{cores} cores, {cpu}, Linux {}, {sshd}", kernel.trim())
 }
 
-/// Draws `out/benchmarks.png` from the throughput and time-to-console figures.
+/// Draws `out/benchmarks.png` from the throughput, time-to-console, CPU per
+/// GB and connection-rate figures (those the run measured).
 fn draw_chart(value: impl Fn(&str) -> Option<[f64; 2]>, out: &std::path::Path) {
     let mut panels = Vec::new();
     if let (Some(up), Some(down)) = (value("tunnel upload"), value("tunnel download")) {
@@ -230,6 +231,20 @@ fn draw_chart(value: impl Fn(&str) -> Option<[f64; 2]>, out: &std::path::Path) {
             title: "Time to console (lower is better)".into(),
             unit: "ms".into(),
             groups: vec![("p50".into(), p50), ("p95".into(), p95)],
+        });
+    }
+    if let (Some(up), Some(down)) = (value("server CPU upload"), value("server CPU download")) {
+        panels.push(chart::Panel {
+            title: "Server CPU per GB moved (lower is better)".into(),
+            unit: "s/GB".into(),
+            groups: vec![("upload".into(), up), ("download".into(), down)],
+        });
+    }
+    if let Some(per_core) = value("russh: conn/s per server core") {
+        panels.push(chart::Panel {
+            title: "Connections/s per server core (higher is better)".into(),
+            unit: "1/s".into(),
+            groups: vec![("russh client, nested".into(), per_core)],
         });
     }
     if panels.is_empty() {
