@@ -631,6 +631,8 @@ fn summarize(
         }
     };
     let mid = (ramp_end_s + steady_end_s) / 2.0;
+    // Where quarter `q` (0 to 4) of the steady state starts.
+    let quarter = |q: u32| ramp_end_s + (steady_end_s - ramp_end_s) * f64::from(q) / 4.0;
     let rss = |s: &Sample| s.rss_kib as f64;
     let fds = |s: &Sample| s.fds as f64;
     let steady: Vec<&Sample> = samples
@@ -680,10 +682,7 @@ fn summarize(
         rss_fit: samples::fit(&samples, ramp_end_s, steady_end_s, rss),
         rss_fit_second_half: samples::fit(&samples, mid, steady_end_s, rss),
         rss_fit_quarters: (0..4)
-            .map(|q| {
-                let at = |q: f64| ramp_end_s + (steady_end_s - ramp_end_s) * q / 4.0;
-                samples::fit(&samples, at(q as f64), at(q as f64 + 1.0), rss)
-            })
+            .map(|q| samples::fit(&samples, quarter(q), quarter(q + 1), rss))
             .collect(),
         fds_fit: samples::fit(&samples, ramp_end_s, steady_end_s, fds),
         fds_fit_second_half: samples::fit(&samples, mid, steady_end_s, fds),

@@ -75,7 +75,7 @@ fn start() -> Live {
         runtime.block_on(serve(&root, ports));
     });
     let (ssh, api) = bound.recv().expect("the gateway bound its ports");
-    let admin = dir.path().join("data/admin.sock");
+    let admin = consolegate::ops::admin::socket_path(&dir.path().join("data"));
     let deadline = Instant::now() + Duration::from_secs(60);
     while !admin.exists() {
         assert!(Instant::now() < deadline, "the gateway did not start");
@@ -237,29 +237,29 @@ pub fn ws_console(data: &[u8]) {
 /// What the gateway's admin socket says of its tasks and sessions, for a
 /// failure's message: whether it was busy, or stuck.
 fn gateway_state(live: &Live) -> String {
-    use std::os::unix::net::UnixStream;
     let asked = Instant::now();
-    let answer = UnixStream::connect(live.dir.path().join("data/admin.sock")).and_then(|mut s| {
-        s.set_read_timeout(Some(READ_TIMEOUT))?;
-        s.write_all(b"{\"command\":\"status\"}\n")?;
-        let mut text = String::new();
-        s.read_to_string(&mut text)?;
-        Ok(text)
-    });
+    let answer = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| {
+            rt.block_on(consolegate::ops::admin::status(
+                &live.dir.path().join("data"),
+            ))
+            .map_err(|e| e.to_string())
+        });
     match answer {
-        Ok(text) => {
-            let tasks = text
-                .find("\"runtimeTasks\":")
-                .map(|at| &text[at + 15..])
-                .map(|rest| rest.split([',', '}']).next().unwrap_or(""))
-                .unwrap_or("?");
-            format!(
-                "{tasks} runtime tasks, {} sessions, status answered in {:?}",
-                text.matches("\"principal\"").count(),
-                asked.elapsed()
-            )
-        }
-        Err(e) => format!("no status within {:?}: {e}", asked.elapsed()),
+        Ok(status) => format!(
+            "{} runtime tasks, {} sessions, status answered in {:?}",
+            status.runtime_tasks,
+            status
+                .instances
+                .iter()
+                .map(|i| i.sessions.len())
+                .sum::<usize>(),
+            asked.elapsed()
+        ),
+        Err(e) => format!("no status after {:?}: {e}", asked.elapsed()),
     }
 }
 
