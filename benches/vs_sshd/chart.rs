@@ -16,13 +16,18 @@ pub struct Panel {
     pub groups: Vec<(String, [f64; 2])>,
 }
 
-/// Draws `panels` side by side into `path`.
+/// At most this many panels side by side; more go on further rows.
+const COLUMNS: usize = 3;
+
+/// Draws `panels` into `path`, [`COLUMNS`] to a row.
 pub fn draw(path: &Path, panels: &[Panel]) -> Result<()> {
     register_font()?;
-    let width = 560 * panels.len().max(1) as u32;
-    let root = BitMapBackend::new(path, (width, 420)).into_drawing_area();
+    let columns = panels.len().clamp(1, COLUMNS);
+    let rows = panels.len().max(1).div_ceil(columns);
+    let (width, height) = (560 * columns as u32, 420 * rows as u32);
+    let root = BitMapBackend::new(path, (width, height)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
-    let areas = root.split_evenly((1, panels.len().max(1)));
+    let areas = root.split_evenly((rows, columns));
     for (panel, area) in panels.iter().zip(areas.iter()) {
         draw_panel(area, panel).map_err(|e| anyhow!("{e}"))?;
     }

@@ -9,7 +9,9 @@ use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::setup::{ConsoleServer, READY, System, World, finish, free_port, read_until, spawn_ssh};
+use crate::setup::{
+    ConsoleServer, Hops, READY, System, World, finish, free_port, read_until, spawn_ssh,
+};
 use crate::stats::{ms, percentile};
 
 /// How long one connection may take before it counts as failed.
@@ -97,10 +99,15 @@ impl Throughput {
     }
 }
 
-/// Measurement 1: `bytes` each way through `-L` over the nested hop.
-pub async fn throughput(world: &World, system: System, bytes: u64) -> Result<Throughput> {
+/// Measurement 1: `bytes` each way through a `-L` tunnel over `hops`.
+pub async fn throughput(
+    world: &World,
+    system: System,
+    hops: Hops,
+    bytes: u64,
+) -> Result<Throughput> {
     let port = free_port().await?;
-    let child = spawn_ssh(&world.tunnel_argv(system, port))?;
+    let child = spawn_ssh(&world.tunnel_argv(system, hops, port))?;
     let gb = bytes as f64 / 1e9;
     let result = async {
         // Warm up (and wait for the forward to listen) with a small transfer.
@@ -120,6 +127,27 @@ pub async fn throughput(world: &World, system: System, bytes: u64) -> Result<Thr
     .await;
     finish(child).await;
     result
+}
+
+/// A process that keeps one core busy for as long as it is held: the
+/// "second loaded core" the throughput is also measured under. A shell
+/// loop, not a thread of the bench, so that the scheduler weighs it as one
+/// more process, as it would a neighbour's build.
+pub struct BusyCore(tokio::process::Child);
+
+impl BusyCore {
+    pub fn start() -> Result<BusyCore> {
+        let child = tokio::process::Command::new("sh")
+            .args(["-c", "while :; do :; done"])
+            .kill_on_drop(true)
+            .spawn()
+            .context("start the busy loop")?;
+        Ok(BusyCore(child))
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.0.kill().await;
+    }
 }
 
 async fn connect_eventually(port: u16) -> Result<TcpStream> {

@@ -208,16 +208,53 @@ pub async fn rate_client(args: RateArgs) -> Result<()> {
     let mut stdin = BufReader::new(tokio::io::stdin()).lines();
     while let Some(line) = stdin.next_line().await? {
         let words: Vec<&str> = line.split_whitespace().collect();
-        let [cmd, rate, secs] = words[..] else {
-            break;
-        };
-        if cmd != "step" {
-            break;
+        match words[..] {
+            ["step", rate, secs] => {
+                let result = step(&ctx, rate.parse()?, secs.parse()?).await;
+                println!("{}", serde_json::to_string(&result)?);
+            }
+            ["echo", n] => {
+                let samples = echo(&ctx, n.parse()?).await?;
+                println!("{}", serde_json::to_string(&samples)?);
+            }
+            _ => break,
         }
-        let result = step(&ctx, rate.parse()?, secs.parse()?).await;
-        println!("{}", serde_json::to_string(&result)?);
     }
     Ok(())
+}
+
+/// `echo N`: one nested console, then `N` keystrokes, each sent once the
+/// last one's echo is back; returns each round trip in ms. What the console
+/// printed before the first keystroke (greeting, replay) is drained first.
+async fn echo(ctx: &Ctx, n: usize) -> Result<Vec<f64>> {
+    let mut console = open_console(ctx).await?;
+    loop {
+        match tokio::time::timeout(Duration::from_millis(300), console.channel.wait()).await {
+            Err(_) => break,
+            Ok(Some(ChannelMsg::Eof | ChannelMsg::Close) | None) => bail!("console closed"),
+            Ok(Some(_)) => {}
+        }
+    }
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n {
+        // Consecutive keys differ, so an echo is never mistaken for the last.
+        let key = b'a' + (i % 26) as u8;
+        let start = std::time::Instant::now();
+        console.channel.data(&[key][..]).await?;
+        loop {
+            let msg = tokio::time::timeout(ATTEMPT_LIMIT, console.channel.wait())
+                .await
+                .context("echo never came")?;
+            match msg {
+                Some(ChannelMsg::Data { data }) if data.contains(&key) => break,
+                Some(ChannelMsg::Eof | ChannelMsg::Close) | None => bail!("console closed"),
+                Some(_) => {}
+            }
+        }
+        samples.push(start.elapsed().as_secs_f64() * 1000.0);
+    }
+    console.close().await;
+    Ok(samples)
 }
 
 /// Starts attempts at `rate` per second for `secs`, open-loop; returns once
@@ -494,18 +531,18 @@ pub fn reported(steps: &[Step]) -> Option<&Step> {
     steps.iter().rev().find(|s| s.sustained).or(steps.first())
 }
 
-/// The rate client's command line for `system`: consolegate's `rate`
-/// console (outer hop as its connection id, inner hop to `rate:22`), or the
-/// sshd pair (outer sshd, `direct-tcpip` to the inner sshd, which runs the
-/// console command).
-fn client_command(world: &World, system: System) -> Result<Command> {
+/// The rate client's command line for `system`: consolegate's console of
+/// `instance` (outer hop as its connection id, inner hop to
+/// `<instance>:22`), or the sshd pair (outer sshd, `direct-tcpip` to the
+/// inner sshd, which runs the console command).
+fn client_command(world: &World, system: System, instance: &str) -> Result<Command> {
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.arg("--rate-client");
     match system {
         System::Consolegate => {
             cmd.arg(world.gateway.port.to_string())
-                .arg(world.gateway.connection("rate"))
-                .args(["rate", "22"]);
+                .arg(world.gateway.connection(instance))
+                .args([instance, "22"]);
         }
         System::Sshd => {
             cmd.arg(world.outer.port.to_string())
@@ -531,7 +568,7 @@ pub async fn rate_russh(
     rates: &[f64],
     secs: f64,
 ) -> Result<Vec<Step>> {
-    let mut child = client_command(world, system)?
+    let mut child = client_command(world, system, "rate")?
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .kill_on_drop(true)
@@ -580,4 +617,39 @@ pub async fn rate_russh(
     let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
     let _ = child.start_kill();
     Ok(steps)
+}
+
+/// Keystrokes typed before the timed ones (see `measure::WARM_UP_KEYS`).
+const WARM_UP_KEYS: usize = 20;
+
+/// Keystroke round trips (ms) through a nested console opened by the russh
+/// client (`echo N`), so that no `ssh` process is on the path: what is left
+/// is the server's share and the client's own, which is the same for both
+/// systems. Also the server's CPU per keystroke (µs), its connection set-up
+/// and teardown included.
+pub async fn echo_russh(world: &World, system: System, n: usize) -> Result<(Vec<f64>, f64)> {
+    let cpu0 = world.server_cpu(system);
+    let mut child = client_command(world, system, "keys")?
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("start the rate client")?;
+    let mut input = child.stdin.take().context("stdin")?;
+    let mut output = BufReader::new(child.stdout.take().context("stdout")?).lines();
+    input
+        .write_all(format!("echo {}\n", WARM_UP_KEYS + n).as_bytes())
+        .await?;
+    input.flush().await?;
+    let line = tokio::time::timeout(ATTEMPT_LIMIT + LATE, output.next_line())
+        .await
+        .context("rate client timed out")??
+        .context("rate client ended")?;
+    let mut samples: Vec<f64> = serde_json::from_str(&line).context("rate client's echoes")?;
+    drop(input);
+    let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+    // Let the server finish the teardown before reading its CPU.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let cpu_us = (world.server_cpu(system) - cpu0) * 1e6 / samples.len() as f64;
+    Ok((samples.split_off(WARM_UP_KEYS), cpu_us))
 }

@@ -578,18 +578,28 @@ impl World {
         }
     }
 
-    /// vncConnectionString shape: `-N -L local:target`.
-    pub fn tunnel_argv(&self, system: System, local_port: u16) -> Vec<String> {
+    /// A `-N -L local:target` tunnel. Two hops is the vncConnectionString's
+    /// shape (a ProxyCommand outer hop, the forward inside the inner hop);
+    /// one hop is the shortcut the outer hop accepts itself (`-L` straight
+    /// to `<instance>:5900`), against one sshd forwarding to the target.
+    pub fn tunnel_argv(&self, system: System, hops: Hops, local_port: u16) -> Vec<String> {
         let mut argv = client_options(&self.key, &self.known_hosts);
-        argv.push("-o".into());
-        match system {
-            System::Consolegate => {
+        match (system, hops) {
+            (System::Consolegate, Hops::Two) => {
+                argv.push("-o".into());
                 argv.push(self.proxy(self.gateway.port, self.gateway.connection("vnc")));
                 argv.extend(["-N".into(), "-L".into()]);
                 argv.push(format!("127.0.0.1:{local_port}:vnc:5900"));
                 argv.push("vnc".into());
             }
-            System::Sshd => {
+            (System::Consolegate, Hops::One) => {
+                argv.extend(["-N".into(), "-L".into()]);
+                argv.push(format!("127.0.0.1:{local_port}:vnc:5900"));
+                argv.extend(["-p".into(), self.gateway.port.to_string()]);
+                argv.push(format!("{}@127.0.0.1", self.gateway.connection("vnc")));
+            }
+            (System::Sshd, Hops::Two) => {
+                argv.push("-o".into());
                 argv.push(self.proxy(self.outer.port, &self.user));
                 argv.extend(["-N".into(), "-L".into()]);
                 argv.push(format!(
@@ -599,9 +609,25 @@ impl World {
                 argv.extend(["-p".into(), self.inner.port.to_string()]);
                 argv.push(format!("{}@127.0.0.1", self.user));
             }
+            (System::Sshd, Hops::One) => {
+                argv.extend(["-N".into(), "-L".into()]);
+                argv.push(format!(
+                    "127.0.0.1:{local_port}:127.0.0.1:{}",
+                    self.target_port
+                ));
+                argv.extend(["-p".into(), self.outer.port.to_string()]);
+                argv.push(format!("{}@127.0.0.1", self.user));
+            }
         }
         argv
     }
+}
+
+/// How many SSH hops a tunnel crosses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum Hops {
+    One,
+    Two,
 }
 
 /// What the inner sshd runs for a console: a raw pty joined to the console
