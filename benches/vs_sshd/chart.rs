@@ -84,11 +84,7 @@ fn draw_panel(
         let values = panel.groups.iter().enumerate().map(move |(i, (_, v))| {
             let x = i as f64 + 0.3 + 0.4 * s as f64;
             let y = if v[s].is_finite() { v[s] } else { 0.0 };
-            Text::new(
-                format!("{y:.1}"),
-                (x - 0.1, y + max * 0.06),
-                ("sans-serif", 13),
-            )
+            Text::new(label(y), (x - 0.1, y + max * 0.06), ("sans-serif", 13))
         });
         chart.draw_series(values)?;
     }
@@ -100,4 +96,14 @@ fn draw_panel(
         .position(SeriesLabelPosition::UpperRight)
         .draw()?;
     Ok(())
+}
+
+/// A bar's value: three decimals for sub-unit figures (echo in
+/// ms), one decimal otherwise.
+fn label(y: f64) -> String {
+    if y.abs() < 1.0 {
+        format!("{y:.3}")
+    } else {
+        format!("{y:.1}")
+    }
 }

@@ -274,6 +274,19 @@ fn draw_chart(value: impl Fn(&str) -> Option<[f64; 2]>, out: &std::path::Path) {
             groups: cpu,
         });
     }
+    let echo = groups(&[
+        ("ssh p50", "keystroke echo p50"),
+        ("ssh p99", "keystroke echo p99"),
+        ("russh p50", "russh: keystroke echo p50"),
+        ("russh p99", "russh: keystroke echo p99"),
+    ]);
+    if !echo.is_empty() {
+        panels.push(chart::Panel {
+            title: "Keystroke echo, nested (lower is better)".into(),
+            unit: "ms".into(),
+            groups: echo,
+        });
+    }
     if let Some(per_core) = value("russh: conn/s per server core") {
         panels.push(chart::Panel {
             title: "Connections/s per server core (higher is better)".into(),
