@@ -27,7 +27,7 @@ mod cut;
 pub mod gate;
 mod inner;
 mod outer;
-mod quickack;
+mod outer_socket;
 mod recheck;
 mod refusals;
 mod tunnel;
@@ -338,7 +338,7 @@ async fn handle_connection(
     // However this supervisor returns, the session's socket is closed.
     let cut = CancellationToken::new();
     let _cut_on_return = cut.clone().drop_guard();
-    let stream = cut::Cuttable::new(quickack::QuickAck::new(socket), cut);
+    let stream = cut::Cuttable::new(outer_socket::OuterSocket::new(socket), cut);
     let session = match tokio::time::timeout_at(
         deadline.min(started + IDENT_TIME),
         russh::server::run_stream(ctx.outer.clone(), stream, handler),
