@@ -217,83 +217,79 @@ fn machine() -> String {
 }
 
 /// Draws `out/benchmarks.png` from the throughput, time-to-console, CPU per
-/// GB and connection-rate figures (those the run measured).
+/// GB, echo and connection-rate figures (those the run measured).
 fn draw_chart(value: impl Fn(&str) -> Option<[f64; 2]>, out: &std::path::Path) {
-    let mut panels = Vec::new();
-    // Groups of the figures that exist (runs before the one-hop and
-    // busy-core rounds have only the two-hop figures).
-    let groups = |names: &[(&str, &str)]| -> Vec<(String, [f64; 2])> {
-        names
-            .iter()
-            .filter_map(|(label, name)| Some(((*label).to_owned(), value(name)?)))
-            .collect()
-    };
-    let speed = groups(&[
-        ("2 hops up", "tunnel upload"),
-        ("2 hops down", "tunnel download"),
-        ("1 hop up", "one hop upload"),
-        ("1 hop down", "one hop download"),
-    ]);
-    if !speed.is_empty() {
-        panels.push(chart::Panel {
-            title: "Tunnel throughput (higher is better)".into(),
-            unit: "MB/s".into(),
-            groups: speed,
-        });
-    }
-    let busy = groups(&[
-        ("2 hops up", "busy core: tunnel upload"),
-        ("2 hops down", "busy core: tunnel download"),
-        ("1 hop up", "busy core: one hop upload"),
-        ("1 hop down", "busy core: one hop download"),
-    ]);
-    if !busy.is_empty() {
-        panels.push(chart::Panel {
-            title: "Throughput, a second core busy (higher is better)".into(),
-            unit: "MB/s".into(),
-            groups: busy,
-        });
-    }
-    if let (Some(p50), Some(p95)) = (value("time to console p50"), value("time to console p95")) {
-        panels.push(chart::Panel {
-            title: "Time to console (lower is better)".into(),
-            unit: "ms".into(),
-            groups: vec![("p50".into(), p50), ("p95".into(), p95)],
-        });
-    }
-    let cpu = groups(&[
-        ("2 hops up", "server CPU upload"),
-        ("2 hops down", "server CPU download"),
-        ("1 hop up", "one hop: server CPU upload"),
-        ("1 hop down", "one hop: server CPU download"),
-    ]);
-    if !cpu.is_empty() {
-        panels.push(chart::Panel {
-            title: "Server CPU per GB moved (lower is better)".into(),
-            unit: "s/GB".into(),
-            groups: cpu,
-        });
-    }
-    let echo = groups(&[
-        ("ssh p50", "keystroke echo p50"),
-        ("ssh p99", "keystroke echo p99"),
-        ("russh p50", "russh: keystroke echo p50"),
-        ("russh p99", "russh: keystroke echo p99"),
-    ]);
-    if !echo.is_empty() {
-        panels.push(chart::Panel {
-            title: "Keystroke echo, nested (lower is better)".into(),
-            unit: "ms".into(),
-            groups: echo,
-        });
-    }
-    if let Some(per_core) = value("russh: conn/s per server core") {
-        panels.push(chart::Panel {
-            title: "Connections/s per server core (higher is better)".into(),
-            unit: "1/s".into(),
-            groups: vec![("russh client, nested".into(), per_core)],
-        });
-    }
+    // Each panel: its title, unit, and (bar group label, figure name); a
+    // panel shows the figures the run has (older runs lack the one-hop,
+    // busy-core and russh figures) and is left out without any.
+    type Bars = &'static [(&'static str, &'static str)];
+    const PANELS: [(&str, &str, Bars); 6] = [
+        (
+            "Tunnel throughput (higher is better)",
+            "MB/s",
+            &[
+                ("2 hops up", "tunnel upload"),
+                ("2 hops down", "tunnel download"),
+                ("1 hop up", "one hop upload"),
+                ("1 hop down", "one hop download"),
+            ],
+        ),
+        (
+            "Throughput, a second core busy (higher is better)",
+            "MB/s",
+            &[
+                ("2 hops up", "busy core: tunnel upload"),
+                ("2 hops down", "busy core: tunnel download"),
+                ("1 hop up", "busy core: one hop upload"),
+                ("1 hop down", "busy core: one hop download"),
+            ],
+        ),
+        (
+            "Time to console (lower is better)",
+            "ms",
+            &[
+                ("p50", "time to console p50"),
+                ("p95", "time to console p95"),
+            ],
+        ),
+        (
+            "Server CPU per GB moved (lower is better)",
+            "s/GB",
+            &[
+                ("2 hops up", "server CPU upload"),
+                ("2 hops down", "server CPU download"),
+                ("1 hop up", "one hop: server CPU upload"),
+                ("1 hop down", "one hop: server CPU download"),
+            ],
+        ),
+        (
+            "Keystroke echo, nested (lower is better)",
+            "ms",
+            &[
+                ("ssh p50", "keystroke echo p50"),
+                ("ssh p99", "keystroke echo p99"),
+                ("russh p50", "russh: keystroke echo p50"),
+                ("russh p99", "russh: keystroke echo p99"),
+            ],
+        ),
+        (
+            "Connections/s per server core (higher is better)",
+            "1/s",
+            &[("russh client, nested", "russh: conn/s per server core")],
+        ),
+    ];
+    let panels: Vec<chart::Panel> = PANELS
+        .iter()
+        .map(|(title, unit, names)| chart::Panel {
+            title: (*title).into(),
+            unit: (*unit).into(),
+            groups: names
+                .iter()
+                .filter_map(|(label, name)| Some(((*label).into(), value(name)?)))
+                .collect(),
+        })
+        .filter(|panel| !panel.groups.is_empty())
+        .collect();
     if panels.is_empty() {
         println!("no throughput or time-to-console figures: no chart");
         return;

@@ -568,28 +568,14 @@ pub async fn rate_russh(
     rates: &[f64],
     secs: f64,
 ) -> Result<Vec<Step>> {
-    let mut child = client_command(world, system, "rate")?
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .context("start the rate client")?;
-    let client_pid = child.id().context("rate client pid")?;
-    let mut input = child.stdin.take().context("stdin")?;
-    let mut output = BufReader::new(child.stdout.take().context("stdout")?).lines();
+    let mut client = Client::start(world, system, "rate")?;
+    let client_pid = client.child.id().context("rate client pid")?;
     let limit = Duration::from_secs_f64(secs) + ATTEMPT_LIMIT + 2 * TEARDOWN_LIMIT + LATE;
     let mut steps = Vec::new();
     for &rate in rates {
         let cpu0 = world.server_cpu(system);
         let client0 = stats::tree_cpu(&[client_pid]);
-        input
-            .write_all(format!("step {rate} {secs}\n").as_bytes())
-            .await?;
-        input.flush().await?;
-        let line = tokio::time::timeout(limit, output.next_line())
-            .await
-            .context("rate client timed out")??
-            .context("rate client ended")?;
+        let line = client.ask(&format!("step {rate} {secs}"), limit).await?;
         let client_cpu = stats::tree_cpu(&[client_pid]) - client0;
         // Let the server finish the last teardowns before reading its CPU.
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -613,10 +599,57 @@ pub async fn rate_russh(
         // Let the server settle before the next step.
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    drop(input);
-    let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
-    let _ = child.start_kill();
+    client.finish().await;
     Ok(steps)
+}
+
+/// The rate client, running as a child process: commands on its stdin,
+/// one JSON line of answer each on its stdout.
+struct Client {
+    child: tokio::process::Child,
+    input: tokio::process::ChildStdin,
+    output: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Client {
+    /// Starts it for `system`'s console of `instance`.
+    fn start(world: &World, system: System, instance: &str) -> Result<Client> {
+        let mut child = client_command(world, system, instance)?
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("start the rate client")?;
+        let input = child.stdin.take().context("stdin")?;
+        let output = BufReader::new(child.stdout.take().context("stdout")?).lines();
+        Ok(Client {
+            child,
+            input,
+            output,
+        })
+    }
+
+    /// Sends `command` and returns its answer, within `limit`.
+    async fn ask(&mut self, command: &str, limit: Duration) -> Result<String> {
+        self.input
+            .write_all(format!("{command}\n").as_bytes())
+            .await?;
+        self.input.flush().await?;
+        tokio::time::timeout(limit, self.output.next_line())
+            .await
+            .context("rate client timed out")??
+            .context("rate client ended")
+    }
+
+    /// Closes its stdin, which ends it, and waits (10 s at most).
+    async fn finish(self) {
+        let Client {
+            mut child, input, ..
+        } = self;
+        drop(input);
+        let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+        let _ = child.start_kill();
+    }
 }
 
 /// Keystrokes typed before the timed ones (see `measure::WARM_UP_KEYS`).
@@ -629,25 +662,12 @@ const WARM_UP_KEYS: usize = 20;
 /// and teardown included.
 pub async fn echo_russh(world: &World, system: System, n: usize) -> Result<(Vec<f64>, f64)> {
     let cpu0 = world.server_cpu(system);
-    let mut child = client_command(world, system, "keys")?
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .context("start the rate client")?;
-    let mut input = child.stdin.take().context("stdin")?;
-    let mut output = BufReader::new(child.stdout.take().context("stdout")?).lines();
-    input
-        .write_all(format!("echo {}\n", WARM_UP_KEYS + n).as_bytes())
+    let mut client = Client::start(world, system, "keys")?;
+    let line = client
+        .ask(&format!("echo {}", WARM_UP_KEYS + n), ATTEMPT_LIMIT + LATE)
         .await?;
-    input.flush().await?;
-    let line = tokio::time::timeout(ATTEMPT_LIMIT + LATE, output.next_line())
-        .await
-        .context("rate client timed out")??
-        .context("rate client ended")?;
     let mut samples: Vec<f64> = serde_json::from_str(&line).context("rate client's echoes")?;
-    drop(input);
-    let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+    client.finish().await;
     // Let the server finish the teardown before reading its CPU.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let cpu_us = (world.server_cpu(system) - cpu0) * 1e6 / samples.len() as f64;
