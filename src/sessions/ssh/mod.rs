@@ -339,9 +339,16 @@ async fn handle_connection(
     let cut = CancellationToken::new();
     let _cut_on_return = cut.clone().drop_guard();
     let stream = cut::Cuttable::new(outer_socket::OuterSocket::new(socket), cut);
+    // Boxed, as is the goodbye below: futures awaited once, early or at the
+    // end, are not stored inline in this task for the session's lifetime
+    // (the handshake alone would double its size).
     let session = match tokio::time::timeout_at(
         deadline.min(started + IDENT_TIME),
-        russh::server::run_stream(ctx.outer.clone(), stream, handler),
+        Box::pin(russh::server::run_stream(
+            ctx.outer.clone(),
+            stream,
+            handler,
+        )),
     )
     .await
     {
@@ -368,13 +375,13 @@ async fn handle_connection(
     // the shutdown waiting on it) open.
     let goodbye = |reason: String| {
         let handle = handle.clone();
-        async move {
+        Box::pin(async move {
             let _ = tokio::time::timeout(
                 GOODBYE_TIME,
                 handle.disconnect(russh::Disconnect::ByApplication, reason, String::new()),
             )
             .await;
-        }
+        })
     };
     // How a connection that never authenticated ended, for the penalties.
     let unauthenticated = |broke: bool| match refusals.load(Ordering::Relaxed) {
