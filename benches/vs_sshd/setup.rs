@@ -583,39 +583,34 @@ impl World {
     /// one hop is the shortcut the outer hop accepts itself (`-L` straight
     /// to `<instance>:5900`), against one sshd forwarding to the target.
     pub fn tunnel_argv(&self, system: System, hops: Hops, local_port: u16) -> Vec<String> {
+        // The forward's target, and the outer hop: its port and user.
+        let (target, outer_port, outer_user) = match system {
+            System::Consolegate => (
+                "vnc:5900".to_owned(),
+                self.gateway.port,
+                self.gateway.connection("vnc"),
+            ),
+            System::Sshd => (
+                format!("127.0.0.1:{}", self.target_port),
+                self.outer.port,
+                self.user.as_str(),
+            ),
+        };
         let mut argv = client_options(&self.key, &self.known_hosts);
+        if hops == Hops::Two {
+            argv.push("-o".into());
+            argv.push(self.proxy(outer_port, outer_user));
+        }
+        argv.extend(["-N".into(), "-L".into()]);
+        argv.push(format!("127.0.0.1:{local_port}:{target}"));
         match (system, hops) {
-            (System::Consolegate, Hops::Two) => {
-                argv.push("-o".into());
-                argv.push(self.proxy(self.gateway.port, self.gateway.connection("vnc")));
-                argv.extend(["-N".into(), "-L".into()]);
-                argv.push(format!("127.0.0.1:{local_port}:vnc:5900"));
-                argv.push("vnc".into());
+            (_, Hops::One) => {
+                argv.extend(["-p".into(), outer_port.to_string()]);
+                argv.push(format!("{outer_user}@127.0.0.1"));
             }
-            (System::Consolegate, Hops::One) => {
-                argv.extend(["-N".into(), "-L".into()]);
-                argv.push(format!("127.0.0.1:{local_port}:vnc:5900"));
-                argv.extend(["-p".into(), self.gateway.port.to_string()]);
-                argv.push(format!("{}@127.0.0.1", self.gateway.connection("vnc")));
-            }
+            (System::Consolegate, Hops::Two) => argv.push("vnc".into()),
             (System::Sshd, Hops::Two) => {
-                argv.push("-o".into());
-                argv.push(self.proxy(self.outer.port, &self.user));
-                argv.extend(["-N".into(), "-L".into()]);
-                argv.push(format!(
-                    "127.0.0.1:{local_port}:127.0.0.1:{}",
-                    self.target_port
-                ));
                 argv.extend(["-p".into(), self.inner.port.to_string()]);
-                argv.push(format!("{}@127.0.0.1", self.user));
-            }
-            (System::Sshd, Hops::One) => {
-                argv.extend(["-N".into(), "-L".into()]);
-                argv.push(format!(
-                    "127.0.0.1:{local_port}:127.0.0.1:{}",
-                    self.target_port
-                ));
-                argv.extend(["-p".into(), self.outer.port.to_string()]);
                 argv.push(format!("{}@127.0.0.1", self.user));
             }
         }
