@@ -3,13 +3,15 @@
 //!
 //! **Reading ahead.** russh reads each packet as its 4-byte length and then
 //! its body, each read a `recvfrom` of its own, and one more that finds the
-//! socket empty. While a transfer is under way (the last arrival was
-//! [`SHORT_READ`] or more), reads shorter than [`DIRECT`] are served from a
-//! buffer filled with whatever the socket holds, up to [`AHEAD`] bytes:
-//! about one `recvfrom` per 64 KiB instead of two or three per 32 KiB
-//! packet. Interactive traffic (keystrokes, the handshake) reads as before,
-//! straight from the socket, and allocates nothing. The buffer is given
-//! back whenever a read has to wait, so an idle session holds none.
+//! socket empty. Reads shorter than [`DIRECT`] are served from a buffer
+//! filled with whatever the socket holds: up to [`SHORT_READ`] bytes, or
+//! [`AHEAD`] while a transfer is under way (the last arrival filled at
+//! least [`SHORT_READ`]). A keystroke's packet then costs one `recvfrom`
+//! instead of three: the fill takes it whole, and a fill shorter than its
+//! room tells tokio the socket is drained, so the next read waits without
+//! asking the kernel again. A transfer's 32 KiB packets cost about one
+//! `recvfrom` per 64 KiB. The buffer is given back whenever a read has to
+//! wait, so an idle session holds none.
 //!
 //! **Quick ACKs.** OpenSSH's client leaves Nagle's algorithm on for
 //! connections without a terminal, which is exactly the outer hop (`ssh -W`
@@ -29,15 +31,18 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
+use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 /// Reads asking for at least this much go straight to the socket.
 const DIRECT: usize = 16 * 1024;
-/// The most one fill takes from the socket.
+/// The most one fill takes from the socket while a transfer is under way.
 const AHEAD: usize = 64 * 1024;
 /// Arrivals of fewer bytes than this are acknowledged at once: well above
 /// any handshake or interactive message, well below a busy stream's fill.
+/// It is also the most one fill takes while the stream is interactive: a
+/// fill that takes all of it starts a transfer.
 const SHORT_READ: usize = 4096;
 
 /// Whether an arrival of `n` bytes should be acknowledged at once.
@@ -49,12 +54,11 @@ fn acknowledge_now(n: usize) -> bool {
 /// arrivals without delay.
 pub struct OuterSocket {
     socket: TcpStream,
-    /// Bytes read ahead; `buffer[start..]` are not yet handed out. Empty
-    /// and without capacity while the stream is idle.
-    buffer: Vec<u8>,
-    start: usize,
+    /// Bytes read ahead and not yet handed out. Without capacity while the
+    /// stream is idle.
+    buffer: BytesMut,
     /// Whether the last arrival was long: a transfer is under way, and
-    /// short reads are worth reading ahead for.
+    /// short reads are worth reading further ahead for.
     busy: bool,
 }
 
@@ -62,8 +66,7 @@ impl OuterSocket {
     pub fn new(socket: TcpStream) -> OuterSocket {
         OuterSocket {
             socket,
-            buffer: Vec::new(),
-            start: 0,
+            buffer: BytesMut::new(),
             busy: false,
         }
     }
@@ -78,53 +81,41 @@ impl OuterSocket {
 
     /// Hands out what was read ahead.
     fn serve(&mut self, dst: &mut ReadBuf<'_>) {
-        let ahead = &self.buffer[self.start..];
-        let n = ahead.len().min(dst.remaining());
-        dst.put_slice(&ahead[..n]);
-        self.start += n;
-        if self.start == self.buffer.len() {
-            self.buffer.clear();
-            self.start = 0;
-        }
+        let n = self.buffer.len().min(dst.remaining());
+        dst.put_slice(&self.buffer[..n]);
+        self.buffer.advance(n);
     }
 
     /// Gives the buffer's memory back (it holds nothing unread).
     fn release(&mut self) {
-        self.buffer = Vec::new();
-        self.start = 0;
+        self.buffer = BytesMut::new();
     }
 
-    /// Fills the empty buffer from the socket once it is readable: `Ok(0)`
-    /// at the end of the stream. While the socket is not readable, the
-    /// buffer is given back: a read that waits holds no memory.
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        loop {
-            if let Err(e) = ready!(self.poll_readable(cx)) {
-                return Poll::Ready(Err(e));
+    /// Fills the empty buffer with up to `room` bytes from the socket:
+    /// `Ok(0)` at the end of the stream. tokio's read marks the socket
+    /// drained when it returns less than the room, so the next fill waits
+    /// for the next arrival without a `recvfrom` that finds nothing. While
+    /// the socket is not readable, the buffer is given back: a read that
+    /// waits holds no memory.
+    fn poll_fill(&mut self, cx: &mut Context<'_>, room: usize) -> Poll<io::Result<usize>> {
+        self.buffer.clear();
+        self.buffer.reserve(room);
+        let polled = {
+            // A window of exactly `room` bytes: `reserve` may give more.
+            let mut window = (&mut self.buffer).limit(room);
+            tokio_util::io::poll_read_buf(Pin::new(&mut self.socket), cx, &mut window)
+        };
+        match polled {
+            Poll::Ready(Ok(n)) if n > 0 => Poll::Ready(Ok(n)),
+            Poll::Ready(other) => {
+                self.release();
+                Poll::Ready(other)
             }
-            self.buffer.reserve_exact(AHEAD);
-            match self.socket.try_read_buf(&mut self.buffer) {
-                Ok(0) => {
-                    self.release();
-                    return Poll::Ready(Ok(0));
-                }
-                Ok(n) => return Poll::Ready(Ok(n)),
-                // Readiness was stale and is now cleared: wait again.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => {
-                    self.release();
-                    return Poll::Ready(Err(e));
-                }
+            Poll::Pending => {
+                self.release();
+                Poll::Pending
             }
         }
-    }
-
-    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let polled = self.socket.poll_read_ready(cx);
-        if polled.is_pending() {
-            self.release();
-        }
-        polled
     }
 }
 
@@ -135,12 +126,13 @@ impl AsyncRead for OuterSocket {
         dst: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.start < this.buffer.len() {
+        if !this.buffer.is_empty() {
             this.serve(dst);
             return Poll::Ready(Ok(()));
         }
-        let n = if this.busy && dst.remaining() < DIRECT {
-            let n = ready!(this.poll_fill(cx))?;
+        let n = if dst.remaining() < DIRECT {
+            let room = if this.busy { AHEAD } else { SHORT_READ };
+            let n = ready!(this.poll_fill(cx, room))?;
             this.serve(dst);
             n
         } else {
@@ -274,7 +266,7 @@ mod tests {
         let mut len = [0u8; 4];
         ours.read_exact(&mut len).await.unwrap();
         assert_eq!(len, [0, 0, 0, 1]);
-        assert_eq!(ours.buffer.len() - ours.start, 11, "read ahead");
+        assert_eq!(ours.buffer.len(), 11, "read ahead");
         let mut rest = vec![0u8; 11];
         ours.read_exact(&mut rest).await.unwrap();
         assert_eq!(rest, [0, 0, 0, 0, 1, 1, 0, 0, 0, 1, 2]);
@@ -287,6 +279,31 @@ mod tests {
         .await;
         assert!(waiting.is_err());
         assert_eq!(ours.buffer.capacity(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_keystroke_packet_is_taken_whole_by_the_length_read() {
+        let (mut ours, mut peer) = pair().await;
+        // A chacha20-poly1305 packet carrying one keystroke: 4 + 32 bytes.
+        let mut packet = vec![0, 0, 0, 32];
+        packet.extend(1..=32u8);
+        peer.write_all(&packet).await.unwrap();
+        let mut len = [0u8; 4];
+        ours.read_exact(&mut len).await.unwrap();
+        assert_eq!(len, [0, 0, 0, 32]);
+        // One fill took the body too: the body read asks the socket nothing.
+        assert_eq!(&ours.buffer[..], &packet[4..]);
+        assert!(!ours.busy);
+        let mut body = [0u8; 32];
+        ours.read_exact(&mut body).await.unwrap();
+        assert_eq!(&body[..], &packet[4..]);
+        // An interactive fill takes at most SHORT_READ, and one that takes
+        // all of it starts a transfer.
+        peer.write_all(&vec![5u8; 3 * SHORT_READ]).await.unwrap();
+        let mut first = [0u8; 4];
+        ours.read_exact(&mut first).await.unwrap();
+        assert_eq!(ours.buffer.len(), SHORT_READ - 4);
+        assert!(ours.busy);
     }
 
     #[tokio::test]
