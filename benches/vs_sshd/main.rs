@@ -386,9 +386,31 @@ impl Tunnel {
     }
 }
 
+/// Runs `measure` for both systems `rounds` times, alternating which goes
+/// first (consolegate, sshd, sshd, consolegate, …), so that a machine whose
+/// speed drifts during the run weighs on both alike; each system's results,
+/// round by round.
+async fn interleaved<T, F, Fut>(rounds: usize, mut measure: F) -> Result<[Vec<T>; 2]>
+where
+    F: FnMut(System) -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut of: [Vec<T>; 2] = [Vec::new(), Vec::new()];
+    for round in 0..rounds {
+        let mut order = System::BOTH.into_iter().enumerate().collect::<Vec<_>>();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for (i, s) in order {
+            of[i].push(measure(s).await?);
+        }
+    }
+    Ok(of)
+}
+
 /// Measurement 1 (`throughput`): `bytes` each way through `-L` tunnels,
 /// two hops and one, then both again with a second core kept busy. Rounds
-/// alternate the systems, and each figure is the median of its rounds: one
+/// are [`interleaved`], and each figure is the median of its rounds: one
 /// transfer on two shared cores varies by 10-20 %. The AEAD floor is
 /// measured first, on an otherwise idle machine.
 async fn throughput(world: &World, bytes: u64, rounds: usize, r: &mut Results) -> Result<()> {
@@ -406,20 +428,14 @@ async fn throughput(world: &World, bytes: u64, rounds: usize, r: &mut Results) -
         } else {
             None
         };
-        let mut rounds_of: [Vec<measure::Throughput>; 2] = [Vec::new(), Vec::new()];
-        let measured = async {
-            for _ in 0..rounds {
-                for (i, s) in System::BOTH.into_iter().enumerate() {
-                    rounds_of[i].push(measure::throughput(world, s, tunnel.hops, bytes).await?);
-                }
-            }
-            anyhow::Ok(())
-        }
+        let measured = interleaved(rounds, |s| {
+            measure::throughput(world, s, tunnel.hops, bytes)
+        })
         .await;
         if let Some(busy) = busy {
             busy.stop().await;
         }
-        measured?;
+        let rounds_of = measured?;
         let t = rounds_of.each_ref().map(|r| measure::Throughput::median(r));
         let label = tunnel.label();
         let (speed, speed_text) = if tunnel.busy_core {
@@ -648,10 +664,11 @@ async fn run(o: Options) -> Result<()> {
 
     if o.runs("keystroke") {
         settle(o.quick).await;
-        let n = if o.quick { 50 } else { 1000 };
+        let (n, rounds) = if o.quick { (50, 1) } else { (1000, 5) };
         let floor = measure::keystrokes(&world, None, n).await?;
-        let cg = measure::keystrokes(&world, Some(System::Consolegate), n).await?;
-        let sshd = measure::keystrokes(&world, Some(System::Sshd), n).await?;
+        let [cg, sshd] = interleaved(rounds, |s| measure::keystrokes(&world, Some(s), n / rounds))
+            .await?
+            .map(|rounds| rounds.concat());
         let floor99 = percentile(&floor, 99.0);
         r.add(
             "keystroke",
@@ -674,8 +691,23 @@ async fn run(o: Options) -> Result<()> {
         // Five times the keystrokes: they are quick, and the server CPU per
         // keystroke needs many clock ticks.
         settle(o.quick).await;
-        let (cg, cg_cpu) = rate::echo_russh(&world, System::Consolegate, 5 * n).await?;
-        let (sshd, sshd_cpu) = rate::echo_russh(&world, System::Sshd, 5 * n).await?;
+        let clients = [
+            rate::EchoClient::start(&world, System::Consolegate).await?,
+            rate::EchoClient::start(&world, System::Sshd).await?,
+        ];
+        let measured = interleaved(rounds, |s| {
+            clients[s as usize].round(&world, 5 * n / rounds)
+        })
+        .await;
+        for client in clients {
+            client.finish().await;
+        }
+        let [(cg, cg_cpu), (sshd, sshd_cpu)] = measured?.map(|rounds| {
+            let cpu: f64 = rounds.iter().map(|r| r.1).sum();
+            let samples: Vec<f64> = rounds.into_iter().flat_map(|r| r.0).collect();
+            let cpu_us = cpu * 1e6 / samples.len() as f64;
+            (samples, cpu_us)
+        });
         r.add(
             "keystroke",
             "russh: keystroke echo p50",
@@ -698,7 +730,7 @@ async fn run(o: Options) -> Result<()> {
             "us",
             [cg_cpu, sshd_cpu],
             Target::None,
-            "(context: set-up and teardown included)",
+            "(context)",
         );
     }
 

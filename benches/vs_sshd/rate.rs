@@ -206,6 +206,8 @@ pub async fn rate_client(args: RateArgs) -> Result<()> {
         args,
     });
     let mut stdin = BufReader::new(tokio::io::stdin()).lines();
+    // The console `open` opened, which `keys` types into.
+    let mut console = None;
     while let Some(line) = stdin.next_line().await? {
         let words: Vec<&str> = line.split_whitespace().collect();
         match words[..] {
@@ -213,20 +215,27 @@ pub async fn rate_client(args: RateArgs) -> Result<()> {
                 let result = step(&ctx, rate.parse()?, secs.parse()?).await;
                 println!("{}", serde_json::to_string(&result)?);
             }
-            ["echo", n] => {
-                let samples = echo(&ctx, n.parse()?).await?;
+            ["open"] => {
+                console = Some(open_drained(&ctx).await?);
+                println!("[]");
+            }
+            ["keys", n] => {
+                let console = console.as_mut().context("keys before open")?;
+                let samples = keys(console, n.parse()?).await?;
                 println!("{}", serde_json::to_string(&samples)?);
             }
             _ => break,
         }
     }
+    if let Some(console) = console {
+        console.close().await;
+    }
     Ok(())
 }
 
-/// `echo N`: one nested console, then `N` keystrokes, each sent once the
-/// last one's echo is back; returns each round trip in ms. What the console
-/// printed before the first keystroke (greeting, replay) is drained first.
-async fn echo(ctx: &Ctx, n: usize) -> Result<Vec<f64>> {
+/// `open`: one nested console, with what it printed before the first
+/// keystroke (greeting, replay) drained.
+async fn open_drained(ctx: &Ctx) -> Result<Console> {
     let mut console = open_console(ctx).await?;
     loop {
         match tokio::time::timeout(Duration::from_millis(300), console.channel.wait()).await {
@@ -235,6 +244,12 @@ async fn echo(ctx: &Ctx, n: usize) -> Result<Vec<f64>> {
             Ok(Some(_)) => {}
         }
     }
+    Ok(console)
+}
+
+/// `keys N`: `N` keystrokes into the open console, each sent once the last
+/// one's echo is back; returns each round trip in ms.
+async fn keys(console: &mut Console, n: usize) -> Result<Vec<f64>> {
     let mut samples = Vec::with_capacity(n);
     for i in 0..n {
         // Consecutive keys differ, so an echo is never mistaken for the last.
@@ -253,7 +268,6 @@ async fn echo(ctx: &Ctx, n: usize) -> Result<Vec<f64>> {
         }
         samples.push(start.elapsed().as_secs_f64() * 1000.0);
     }
-    console.close().await;
     Ok(samples)
 }
 
@@ -655,21 +669,42 @@ impl Client {
 /// Keystrokes typed before the timed ones (see `measure::WARM_UP_KEYS`).
 const WARM_UP_KEYS: usize = 20;
 
-/// Keystroke round trips (ms) through a nested console opened by the russh
-/// client (`echo N`), so that no `ssh` process is on the path: what is left
-/// is the server's share and the client's own, which is the same for both
-/// systems. Also the server's CPU per keystroke (µs), its connection set-up
-/// and teardown included.
-pub async fn echo_russh(world: &World, system: System, n: usize) -> Result<(Vec<f64>, f64)> {
-    let cpu0 = world.server_cpu(system);
-    let mut client = Client::start(world, system, "keys")?;
-    let line = client
-        .ask(&format!("echo {}", WARM_UP_KEYS + n), ATTEMPT_LIMIT + LATE)
-        .await?;
-    let mut samples: Vec<f64> = serde_json::from_str(&line).context("rate client's echoes")?;
-    client.finish().await;
-    // Let the server finish the teardown before reading its CPU.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let cpu_us = (world.server_cpu(system) - cpu0) * 1e6 / samples.len() as f64;
-    Ok((samples.split_off(WARM_UP_KEYS), cpu_us))
+/// A nested console held open by the russh rate client, typed into in
+/// rounds: no `ssh` process is on the path, so what is measured is the
+/// server's share and the client's own, which is the same for both systems.
+pub struct EchoClient {
+    system: System,
+    client: tokio::sync::Mutex<Client>,
+}
+
+impl EchoClient {
+    /// Starts the client, opens the console and types the untimed keys.
+    pub async fn start(world: &World, system: System) -> Result<EchoClient> {
+        let mut client = Client::start(world, system, "keys")?;
+        client.ask("open", ATTEMPT_LIMIT + LATE).await?;
+        client
+            .ask(&format!("keys {WARM_UP_KEYS}"), ATTEMPT_LIMIT + LATE)
+            .await?;
+        Ok(EchoClient {
+            system,
+            client: tokio::sync::Mutex::new(client),
+        })
+    }
+
+    /// `n` keystrokes: their round trips (ms), and the server's CPU over
+    /// them (s), the connection's set-up and teardown left out.
+    pub async fn round(&self, world: &World, n: usize) -> Result<(Vec<f64>, f64)> {
+        let mut client = self.client.lock().await;
+        let cpu0 = world.server_cpu(self.system);
+        let line = client
+            .ask(&format!("keys {n}"), ATTEMPT_LIMIT + LATE)
+            .await?;
+        let cpu = world.server_cpu(self.system) - cpu0;
+        let samples = serde_json::from_str(&line).context("rate client's echoes")?;
+        Ok((samples, cpu))
+    }
+
+    pub async fn finish(self) {
+        self.client.into_inner().finish().await;
+    }
 }
