@@ -30,7 +30,7 @@ use crate::audit::{AuditEvent, AuditKind, SessionRef};
 use crate::config::{InstanceConfig, RecordMode, Replay};
 use crate::console::escape::{EscapeAction, EscapeParser, HELP, Segment};
 use crate::console::hub::{
-    Attachment, ConsoleEvent, ConsoleHub, MOVED, Principal, Role, SessionInfo, WhoEntry,
+    Attachment, ConsoleEvent, ConsoleHub, MOVED, Principal, Role, SessionId, SessionInfo, WhoEntry,
 };
 use crate::console::options::SessionOptions;
 use crate::console::recording::{Recording, RecordingHeader};
@@ -307,7 +307,9 @@ struct Opened {
     /// The session, as its audit rows name it.
     id: SessionRef,
     attachment: Attachment,
-    recording: Option<Recording>,
+    /// Boxed, as its writes in the output loop are: an unrecorded
+    /// session's task holds no room for them.
+    recording: Option<Box<Recording>>,
     started: Instant,
     bytes_out: u64,
 }
@@ -318,7 +320,7 @@ struct Ended {
     reason: Cow<'static, str>,
     /// It resumes elsewhere: no goodbye.
     moved: bool,
-    recording: Option<Recording>,
+    recording: Option<Box<Recording>>,
     bytes_in: u64,
     bytes_out: u64,
 }
@@ -373,7 +375,7 @@ where
     ctx.store
         .record_audit(session.event(&id, AuditKind::Attach, Some(attach_detail)))
         .await;
-    let mut recording = start_recording(session, attachment.id).await;
+    let mut recording = start_recording(session, attachment.id).await.map(Box::new);
     if let Some(r) = &mut recording {
         r.output(&greeting).await;
     }
@@ -409,7 +411,9 @@ where
     let record_input = recording.is_some() && session.instance.record == RecordMode::OutputAndInput;
     let hub = &session.hub;
     // What the input side wants shown (or recorded), through the one writer.
-    let (local_tx, mut local_rx) = mpsc::channel::<Local>(16);
+    // Boxed: tokio allocates a channel's first block of 32 slots when it is
+    // made, and an idle session holds it; 8-byte slots instead of 40.
+    let (local_tx, mut local_rx) = mpsc::channel::<Box<Local>>(16);
     let mut bytes_in = 0u64;
     let session_id = attachment.id;
     let lag_disconnects = session.options.disconnect_when_lagging;
@@ -445,7 +449,7 @@ where
                     }
                     None => return Cow::Borrowed(SHUTTING_DOWN),
                 },
-                Some(local) = local_rx.recv() => match local {
+                Some(local) = local_rx.recv() => match *local {
                     Local::Show(b) => b,
                     Local::Typed(b) => {
                         // Only what reached the console: the hub drops a
@@ -454,7 +458,7 @@ where
                         if attachment.can_write()
                             && let Some(r) = &mut recording
                         {
-                            r.input(&b).await;
+                            Box::pin(r.input(&b)).await;
                         }
                         continue;
                     }
@@ -465,7 +469,7 @@ where
             }
             bytes_out += bytes.len() as u64;
             if let Some(r) = &mut recording {
-                r.output(&bytes).await;
+                Box::pin(r.output(&bytes)).await;
             }
         }
     };
@@ -474,7 +478,7 @@ where
         let mut escape = EscapeParser::new();
         let mut budget = EscapeBudget::new();
         let show = |text: String| {
-            let _ = local_tx.try_send(Local::Show(Bytes::from(text)));
+            let _ = local_tx.try_send(Box::new(Local::Show(Bytes::from(text))));
         };
         loop {
             let Some(data) = keyboard.typed().await else {
@@ -494,7 +498,7 @@ where
                         // Escapes are not input; what goes to the hub is
                         // recorded if the hub takes it (see `Local::Typed`).
                         if record_input {
-                            let _ = local_tx.send(Local::Typed(bytes)).await;
+                            let _ = local_tx.send(Box::new(Local::Typed(bytes))).await;
                         }
                     }
                     Segment::Action(EscapeAction::Disconnect) => {
@@ -509,49 +513,12 @@ where
                             ));
                         }
                     }
-                    Segment::Action(EscapeAction::Help) => show(HELP.to_owned()),
-                    Segment::Action(EscapeAction::Break) => {
-                        let message = match hub.send_break(session_id).await {
-                            Ok(()) => {
-                                ctx.store
-                                    .record_audit(session.event(&id, AuditKind::Break, None))
-                                    .await;
-                                "break sent".to_owned()
-                            }
-                            Err(reason) => reason.to_string(),
-                        };
-                        show(notice(&message));
-                    }
-                    Segment::Action(EscapeAction::Force) => match hub.force(session_id).await {
-                        // Forcing is not allowed on this console.
-                        Ok(Some(Role::ReadOnlyWhile(writer))) => show(notice(&format!(
-                            "CG-INPUT-003 this console does not allow taking write access; \
-                             {writer} keeps it until it leaves"
-                        ))),
-                        Ok(Some(role)) => {
-                            ctx.store
-                                .record_audit(session.event(&id, AuditKind::Force, None))
-                                .await;
-                            show(notice(match role {
-                                Role::Writer => "you hold write access",
-                                _ => "read-write (input shared by all sessions)",
-                            }));
-                        }
-                        Ok(None) => show(notice("you are no longer attached")),
-                        Err(_) => {}
-                    },
-                    Segment::Action(EscapeAction::Who) => {
-                        if let Ok(list) = hub.who().await {
-                            show(who_text(&list, session_id));
-                        }
-                    }
-                    Segment::Action(EscapeAction::Replay) => {
-                        if let Ok(history) = hub.history(Replay::Lines(REPLAY_LINES)).await {
-                            let mut text =
-                                notice(&format!("last {REPLAY_LINES} lines")).into_bytes();
-                            text.extend_from_slice(&history);
-                            text.extend_from_slice(notice("end of replay").as_bytes());
-                            let _ = local_tx.try_send(Local::Show(Bytes::from(text)));
+                    // The other actions are rare: their work is boxed, so
+                    // that it takes no room in every idle session's task.
+                    Segment::Action(action) => {
+                        let shown = Box::pin(act(ctx, session, &id, session_id, action)).await;
+                        if let Some(text) = shown {
+                            let _ = local_tx.try_send(Box::new(Local::Show(text)));
                         }
                     }
                 }
@@ -571,7 +538,7 @@ where
             };
             match announce(due, clock.timeouts(), SessionClock::idle_for(now, last)) {
                 Ok(warning) => {
-                    let _ = timer_tx.try_send(Local::Show(Bytes::from(notice(&warning))));
+                    let _ = timer_tx.try_send(Box::new(Local::Show(Bytes::from(notice(&warning)))));
                 }
                 Err(cut) => return cut,
             }
@@ -660,6 +627,60 @@ async fn close<W>(
 async fn show<W: AsyncWrite + Unpin>(screen: &mut W, bytes: &[u8]) -> std::io::Result<()> {
     screen.write_all(bytes).await?;
     screen.flush().await
+}
+
+/// An escape command other than disconnecting: what to show the user.
+async fn act(
+    ctx: &AttachContext,
+    session: &Attach,
+    id: &SessionRef,
+    session_id: SessionId,
+    action: EscapeAction,
+) -> Option<Bytes> {
+    let hub = &session.hub;
+    let text = match action {
+        EscapeAction::Disconnect => return None,
+        EscapeAction::Help => HELP.to_owned(),
+        EscapeAction::Break => {
+            let message = match hub.send_break(session_id).await {
+                Ok(()) => {
+                    ctx.store
+                        .record_audit(session.event(id, AuditKind::Break, None))
+                        .await;
+                    "break sent".to_owned()
+                }
+                Err(reason) => reason.to_string(),
+            };
+            notice(&message)
+        }
+        EscapeAction::Force => match hub.force(session_id).await {
+            // Forcing is not allowed on this console.
+            Ok(Some(Role::ReadOnlyWhile(writer))) => notice(&format!(
+                "CG-INPUT-003 this console does not allow taking write access; \
+                 {writer} keeps it until it leaves"
+            )),
+            Ok(Some(role)) => {
+                ctx.store
+                    .record_audit(session.event(id, AuditKind::Force, None))
+                    .await;
+                notice(match role {
+                    Role::Writer => "you hold write access",
+                    _ => "read-write (input shared by all sessions)",
+                })
+            }
+            Ok(None) => notice("you are no longer attached"),
+            Err(_) => return None,
+        },
+        EscapeAction::Who => who_text(&hub.who().await.ok()?, session_id),
+        EscapeAction::Replay => {
+            let history = hub.history(Replay::Lines(REPLAY_LINES)).await.ok()?;
+            let mut text = notice(&format!("last {REPLAY_LINES} lines")).into_bytes();
+            text.extend_from_slice(&history);
+            text.extend_from_slice(notice("end of replay").as_bytes());
+            return Some(Bytes::from(text));
+        }
+    };
+    Some(Bytes::from(text))
 }
 
 /// From the input side to the one writer.
