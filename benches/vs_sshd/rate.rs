@@ -674,6 +674,8 @@ const WARM_UP_KEYS: usize = 20;
 /// server's share and the client's own, which is the same for both systems.
 pub struct EchoClient {
     system: System,
+    /// Behind a lock so that a round needs only `&self`: the rounds of
+    /// both systems' clients are handed out by one closure.
     client: tokio::sync::Mutex<Client>,
 }
 
