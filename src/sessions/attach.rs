@@ -477,8 +477,8 @@ where
     let pump_input = async {
         let mut escape = EscapeParser::new();
         let mut budget = EscapeBudget::new();
-        let show = |text: String| {
-            let _ = local_tx.try_send(Box::new(Local::Show(Bytes::from(text))));
+        let show = |text: Bytes| {
+            let _ = local_tx.try_send(Box::new(Local::Show(text)));
         };
         loop {
             let Some(data) = keyboard.typed().await else {
@@ -508,9 +508,9 @@ where
                     // whole history) or `&B&B…` is not worth the work.
                     Segment::Action(_) if !budget.allow() => {
                         if budget.tell() {
-                            show(notice(
+                            show(Bytes::from(notice(
                                 "CG-INPUT-004 too many escape commands at once; the rest were ignored",
-                            ));
+                            )));
                         }
                     }
                     // The other actions are rare: their work is boxed, so
@@ -518,7 +518,7 @@ where
                     Segment::Action(action) => {
                         let shown = Box::pin(act(ctx, session, &id, session_id, action)).await;
                         if let Some(text) = shown {
-                            let _ = local_tx.try_send(Box::new(Local::Show(text)));
+                            show(text);
                         }
                     }
                 }
