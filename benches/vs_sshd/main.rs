@@ -505,14 +505,20 @@ async fn throughput(world: &World, bytes: u64, rounds: usize, r: &mut Results) -
     Ok(())
 }
 
+/// Issue 17's time to console at the connection-rate target (ms).
+const RATE_P99_TARGET_MS: f64 = 20.0;
+
 /// Measurement 7 (`rate_russh`): each system's connection-rate ceiling under
-/// the russh rate client's open-loop steps; the figures come from each
-/// ladder's highest sustained step (see [`rate::reported`]).
+/// the russh rate client's open-loop steps: the ladder's highest sustained
+/// step (see [`rate::reported`]), and the figures judged against the
+/// targets from its highest step within the p99 target ([`rate::within`]).
 async fn rate_russh(world: &World, quick: bool, r: &mut Results) -> Result<()> {
     let secs = if quick { 3.0 } else { 10.0 };
     // sshd spends about 35 ms of CPU per nested connection (the `rate`
-    // figures) and takes about 0.3 s to a console unloaded, so its ladder
-    // starts twenty times lower.
+    // figures) and takes about 0.2 s to a console unloaded, so its ladder
+    // starts twenty times lower; it climbs until it fails, as the
+    // gateway's does. The gateway's top steps are closer together (400,
+    // 600, 800) so that the step reported lies nearer its ceiling.
     let ladders: [(System, &[f64]); 2] = if quick {
         [
             (System::Consolegate, &[100.0, 200.0]),
@@ -520,8 +526,8 @@ async fn rate_russh(world: &World, quick: bool, r: &mut Results) -> Result<()> {
         ]
     } else {
         [
-            (System::Consolegate, &[100.0, 200.0, 400.0, 800.0]),
-            (System::Sshd, &[5.0, 10.0, 20.0, 40.0]),
+            (System::Consolegate, &[100.0, 200.0, 400.0, 600.0, 800.0]),
+            (System::Sshd, &[5.0, 10.0, 20.0, 40.0, 80.0]),
         ]
     };
     let mut all: [Vec<rate::Step>; 2] = Default::default();
@@ -531,14 +537,27 @@ async fn rate_russh(world: &World, quick: bool, r: &mut Results) -> Result<()> {
         tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     }
     let top = all.each_ref().map(|steps| rate::reported(steps));
-    let value = |f: fn(&rate::Step) -> f64| top.map(|s| s.map_or(f64::NAN, f));
     r.add(
         "rate_russh",
         "russh: sustained connections/s",
         "1/s",
-        value(|s| s.achieved_per_sec),
+        top.map(|s| s.map_or(f64::NAN, |s| s.achieved_per_sec)),
         Target::None,
         "(context: highest step with <= 1 % failed, p99 <= 1 s)",
+    );
+    // The target pairs a rate with a latency: the figures below come from
+    // the highest sustained step whose p99 is within it.
+    let fast = all
+        .each_ref()
+        .map(|steps| rate::within(steps, RATE_P99_TARGET_MS));
+    let value = |f: fn(&rate::Step) -> f64| fast.map(|s| s.map_or(f64::NAN, f));
+    r.add(
+        "rate_russh",
+        "russh: highest rate with p99 <= 20 ms",
+        "1/s",
+        value(|s| s.achieved_per_sec),
+        Target::None,
+        "(context: the step the figures below are from)",
     );
     r.add(
         "rate_russh",
@@ -561,7 +580,7 @@ async fn rate_russh(world: &World, quick: bool, r: &mut Results) -> Result<()> {
         "russh: time to console p99",
         "ms",
         value(|s| s.p99_ms),
-        Target::AtMost(20.0),
+        Target::AtMost(RATE_P99_TARGET_MS),
         "<= 20 ms at that rate",
     );
     r.add(

@@ -545,6 +545,16 @@ pub fn reported(steps: &[Step]) -> Option<&Step> {
     steps.iter().rev().find(|s| s.sustained).or(steps.first())
 }
 
+/// The highest sustained step whose p99 time to console is at most
+/// `p99_ms`, or the first step if none was.
+pub fn within(steps: &[Step], p99_ms: f64) -> Option<&Step> {
+    steps
+        .iter()
+        .rev()
+        .find(|s| s.sustained && s.p99_ms <= p99_ms)
+        .or(steps.first())
+}
+
 /// The rate client's command line for `system`: consolegate's console of
 /// `instance` (outer hop as its connection id, inner hop to
 /// `<instance>:22`), or the sshd pair (outer sshd, `direct-tcpip` to the

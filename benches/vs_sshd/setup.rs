@@ -362,6 +362,13 @@ pub struct Sshd {
 
 impl Sshd {
     /// Writes a config and host key under `dir/name` and starts `sshd -D -e`.
+    ///
+    /// The sessions' `HOME` is `dir`, which holds no shell start-up files.
+    /// Debian's bash reads `~/.bashrc` for every command sshd runs, and a
+    /// machine's own (a language version manager's set-up, say) can cost
+    /// more than sshd itself: 90 ms a connection on the bench's machine,
+    /// and a hang while a killed shell's lock file lingers. The bench
+    /// measures sshd, not the account it logs into.
     pub async fn start(
         dir: &Path,
         name: &str,
@@ -383,9 +390,10 @@ impl Sshd {
              StrictModes no\nAllowTcpForwarding yes\nAuthorizedKeysFile {}\n\
              PasswordAuthentication no\nKbdInteractiveAuthentication no\n\
              MaxStartups 10000\nMaxSessions 1000\nLogLevel ERROR\nPrintMotd no\nPrintLastLog no\n\
-             UseDNS no\nAcceptEnv none\nKexAlgorithms {KEX}\n",
+             UseDNS no\nAcceptEnv none\nKexAlgorithms {KEX}\nSetEnv HOME={}\n",
             host_key.display(),
             authorized_keys.display(),
+            dir.display(),
         );
         if root {
             text.push_str("PermitRootLogin yes\n");
@@ -546,9 +554,12 @@ impl World {
             let _ = err.read_to_string(&mut text).await;
             text
         });
-        read_until(&mut out, READY.as_bytes(), Duration::from_secs(30)).await?;
+        let reached = read_until(&mut out, READY.as_bytes(), Duration::from_secs(30)).await;
         finish(child).await;
         let text = log.await?;
+        if let Err(e) = reached {
+            bail!("{}: {e:#}; ssh said:\n{text}", system.name());
+        }
         Ok(text
             .lines()
             .filter_map(|l| l.strip_prefix("debug1: kex: "))
