@@ -449,6 +449,50 @@ async fn audit_rows_round_trip_newest_last_and_purge() {
     }
 }
 
+/// Audit rows recorded at once (as sessions end together) share the audit
+/// writer's transactions: every one lands, a session's second Detach row is
+/// still dropped, and a row the store refuses (PostgreSQL takes no NUL in
+/// text; SQLite does) does not take the rows committed with it down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_rows_recorded_together_all_land_and_a_refused_one_takes_none_down() {
+    use consolegate::audit::AuditKind::{Attach, Detach};
+    for backend in TestStore::both().await {
+        let name = backend.name();
+        let store = backend.open().await;
+        let mut rows: Vec<AuditEvent> = (0..200u64)
+            .map(|n| session_row(Attach, Some("c1"), None, "together", n))
+            .collect();
+        rows.push(session_row(Detach, Some("c1"), None, "together", 7));
+        rows.push(session_row(Detach, Some("c1"), None, "together", 7));
+        let mut refused = session_row(Attach, Some("c1"), None, "together", 1_000);
+        refused.detail = Some("a user name with a \0 in it".into());
+        rows.insert(100, refused);
+        let writes = rows.into_iter().map(|row| {
+            let store = store.clone();
+            tokio::spawn(async move { store.record_audit(row).await })
+        });
+        for write in futures_util::future::join_all(writes).await {
+            write.unwrap();
+        }
+        let stored = store.list_audit(None, None, 10_000).await.unwrap();
+        let numbers = |kind| {
+            let mut n: Vec<u64> = stored
+                .iter()
+                .filter(|e| e.event == kind)
+                .filter_map(|e| e.session.as_ref().map(|s| s.number))
+                .collect();
+            n.sort_unstable();
+            n
+        };
+        let mut attached: Vec<u64> = (0..200).collect();
+        if name == "sqlite" {
+            attached.push(1_000);
+        }
+        assert_eq!(numbers(Attach), attached, "{name}");
+        assert_eq!(numbers(Detach), [7], "{name}");
+    }
+}
+
 /// A row of console session `number` of process `incarnation` of node
 /// `node` (`None`: a gateway alone), of connection `connection`.
 fn session_row(

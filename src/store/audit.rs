@@ -1,9 +1,12 @@
-//! Audit rows: append, list, purge, and the Detach rows a crashed process
-//! could not write.
+//! Audit rows: append (through the audit writer, which commits rows that
+//! arrive together in one transaction), list, purge, and the Detach rows a
+//! crashed process could not write.
+
+use tokio::sync::{mpsc, oneshot};
 
 use super::row::StoreRow;
 
-use super::{Store, StoreError, now_ms};
+use super::{Backend, Store, StoreError, now_ms};
 use crate::audit::{AuditEvent, AuditKind, SessionRef, UNENDED};
 
 /// The conflict clause of every audit insert: one Detach row per session
@@ -48,14 +51,128 @@ macro_rules! insert_audit {
 }
 pub(super) use {insert_audit, one_detach};
 
+/// Most audit rows one transaction of the writer takes.
+const AUDIT_BATCH: usize = 128;
+
+/// Audit rows that may wait for the writer before callers wait to queue.
+const AUDIT_QUEUE: usize = 1024;
+
+/// An audit row for the writer, and where its outcome goes.
+pub(super) struct QueuedAudit {
+    event: AuditEvent,
+    done: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// The store's audit writer: where [`Store::record_audit`] queues rows.
+///
+/// Every session writes an Attach and a Detach row, and a commit costs a
+/// sync of the log (`synchronous = FULL`, docs/durability.md): one
+/// transaction per row made them the dearest of a connection's store calls.
+/// The writer takes whatever rows are queued (up to [`AUDIT_BATCH`]) into
+/// one transaction, so rows that arrive together share a commit and its
+/// sync. Each caller still waits until its own row is committed, so a row
+/// is as durable when `record_audit` returns as before; a lone row is
+/// written at once, as before.
+pub(super) fn start_audit_writer(backend: Backend) -> mpsc::Sender<QueuedAudit> {
+    let (queue, mut rows) = mpsc::channel::<QueuedAudit>(AUDIT_QUEUE);
+    let writer = Writer { backend };
+    tokio::spawn(async move {
+        let mut batch = Vec::with_capacity(AUDIT_BATCH);
+        while rows.recv_many(&mut batch, AUDIT_BATCH).await > 0 {
+            writer.write(&mut batch).await;
+        }
+    });
+    queue
+}
+
+/// The writer task's own handle on the pool (it holds no queue sender, so
+/// it ends when the last [`Store`] does).
+struct Writer {
+    backend: Backend,
+}
+
+/// How a shared transaction of audit rows ended.
+enum Shared {
+    /// Every row is stored.
+    Committed,
+    /// A row (or the transaction's start) failed before the commit; the
+    /// transaction rolled back and stored nothing.
+    RolledBack,
+    /// The commit itself failed: the rows may or may not be stored.
+    CommitFailed(String),
+}
+
+impl Writer {
+    /// Commits `batch` in one transaction and answers each caller. If a row
+    /// fails before the commit, each row is tried on its own, so that a row
+    /// the store refuses cannot take the others with it. If the commit
+    /// fails, nothing is retried (the rows may be stored already) and each
+    /// caller hears so, as a row of its own would have.
+    async fn write(&self, batch: &mut Vec<QueuedAudit>) {
+        // A lone row is written as it always was, in a transaction of its own.
+        let shared = match batch.len() {
+            1 => None,
+            _ => Some(self.insert_all(batch).await),
+        };
+        for queued in batch.drain(..) {
+            let result = match &shared {
+                Some(Shared::Committed) => Ok(()),
+                Some(Shared::CommitFailed(e)) => Err(StoreError::SharedCommit(e.clone())),
+                Some(Shared::RolledBack) | None => self.insert_one(&queued.event).await,
+            };
+            let _ = queued.done.send(result);
+        }
+    }
+
+    async fn insert_all(&self, batch: &[QueuedAudit]) -> Shared {
+        on_pool!(self, |pool| {
+            let inserted = async {
+                let mut tx = pool.begin().await?;
+                for queued in batch {
+                    insert_audit!(&mut *tx, &queued.event);
+                }
+                Ok::<_, StoreError>(tx)
+            }
+            .await;
+            match inserted {
+                Err(_) => Shared::RolledBack,
+                Ok(tx) => match tx.commit().await {
+                    Ok(()) => Shared::Committed,
+                    Err(e) => Shared::CommitFailed(e.to_string()),
+                },
+            }
+        })
+    }
+
+    async fn insert_one(&self, e: &AuditEvent) -> Result<(), StoreError> {
+        on_pool!(self, |pool| {
+            insert_audit!(pool, e);
+            Ok(())
+        })
+    }
+}
+
 impl Store {
     /// Writes an audit event to the log (target `consolegate::audit`) and
     /// the store. A store failure is logged, never returned: the audited
     /// action goes on.
     pub async fn record_audit(&self, event: AuditEvent) {
         log_audit(&event);
-        if let Err(e) = self.insert_audit(&event).await {
+        if let Err(e) = self.queue_audit(event).await {
             tracing::error!(code = "CG-STORE-002", error = %e, "could not store an audit event");
+        }
+    }
+
+    /// Hands `event` to the audit writer (see [`start_audit_writer`]) and
+    /// waits until it is committed. A store used outside the runtime that
+    /// opened it has no writer left; the row is written here instead.
+    async fn queue_audit(&self, event: AuditEvent) -> Result<(), StoreError> {
+        let (done, outcome) = oneshot::channel();
+        match self.audit.send(QueuedAudit { event, done }).await {
+            Ok(()) => outcome
+                .await
+                .unwrap_or_else(|_| Err(StoreError::Database(sqlx::Error::WorkerCrashed))),
+            Err(mpsc::error::SendError(queued)) => self.insert_audit(&queued.event).await,
         }
     }
 

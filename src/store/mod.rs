@@ -113,6 +113,10 @@ pub enum StoreError {
     /// `default_transaction_read_only`).
     #[error("the database takes no writes (a read-only standby or session)")]
     ReadOnly,
+    /// The commit of audit rows written together failed; they may or may
+    /// not be stored.
+    #[error("committing audit rows failed (they may or may not be stored): {0}")]
+    SharedCommit(String),
 }
 
 // Not `#[from]`: the messages above already show the cause, and a `source`
@@ -144,6 +148,8 @@ pub struct ConnectionFilter {
 #[derive(Debug, Clone)]
 pub struct Store {
     backend: Backend,
+    /// The audit writer's queue (`audit::start_audit_writer`).
+    audit: tokio::sync::mpsc::Sender<audit::QueuedAudit>,
 }
 
 #[derive(Debug, Clone)]
@@ -159,6 +165,12 @@ static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migratio
 const POSTGRES_CONNECTIONS: u32 = 8;
 
 impl Store {
+    /// A store on `backend`, with its audit writer started.
+    fn new(backend: Backend) -> Store {
+        let audit = audit::start_audit_writer(backend.clone());
+        Store { backend, audit }
+    }
+
     /// Opens the store `config` names and migrates it: PostgreSQL when
     /// `[store] url` is set, else the SQLite file in the data directory
     /// (created on first use).
@@ -199,9 +211,7 @@ impl Store {
                 path: redact_url(url),
                 error,
             })?;
-        Ok(Store {
-            backend: Backend::Postgres(pool),
-        })
+        Ok(Store::new(Backend::Postgres(pool)))
     }
 
     /// Opens (creating if needed) the SQLite database at `path` and migrates it.
@@ -271,9 +281,7 @@ impl Store {
             .await
             .map_err(open_error)?;
         drop(lock);
-        Ok(Store {
-            backend: Backend::Sqlite(pool),
-        })
+        Ok(Store::new(Backend::Sqlite(pool)))
     }
 
     /// Opens an existing SQLite database without creating or migrating it
@@ -292,9 +300,7 @@ impl Store {
                 path: path.display().to_string(),
                 error,
             })?;
-        Ok(Store {
-            backend: Backend::Sqlite(pool),
-        })
+        Ok(Store::new(Backend::Sqlite(pool)))
     }
 
     /// Checks that the database answers and would take a write: a read of
