@@ -533,10 +533,40 @@ pub fn instance(id: &str, serial: &str, vnc: Option<&str>) -> String {
     s
 }
 
-/// A port nothing listens on right now.
+/// A port nothing listens on right now, below the kernel's ephemeral range.
+///
+/// Tests write these ports into configs before the servers that bind them
+/// start. A port `bind(0)` hands out comes from the range the kernel also
+/// takes outgoing connections' source ports from, so a node's database
+/// connection, or another test's, could take it in between. Below that
+/// range only explicit binds take ports: each pick is the next of this
+/// process's sequence, from a start of its own, and one that is bound
+/// already is skipped.
 pub async fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    l.local_addr().unwrap().port()
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOWEST: u32 = 10_000;
+    static RANGE: OnceLock<(u32, AtomicU32)> = OnceLock::new();
+    let (top, next) = RANGE.get_or_init(|| {
+        // The ephemeral range's first port (Linux: 32768 by default).
+        let top = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|r| r.split_whitespace().next()?.parse().ok())
+            .filter(|&first: &u32| first > LOWEST + 1_000)
+            .unwrap_or(32_768);
+        let seed = std::process::id()
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+        (top, AtomicU32::new(seed % (top - LOWEST)))
+    });
+    for _ in 0..(top - LOWEST) {
+        let port = (LOWEST + next.fetch_add(1, Ordering::Relaxed) % (top - LOWEST)) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).await.is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port below {top}");
 }
 
 /// Connects to a local port, retrying until something listens there (an
