@@ -542,7 +542,7 @@ impl Step {
 /// The step a ladder's figures come from: the highest sustained one, or the
 /// first if none was.
 pub fn reported(steps: &[Step]) -> Option<&Step> {
-    steps.iter().rev().find(|s| s.sustained).or(steps.first())
+    within(steps, f64::INFINITY)
 }
 
 /// The highest sustained step whose p99 time to console is at most

@@ -118,7 +118,7 @@ impl Writer {
             let result = match &shared {
                 Some(Shared::Committed) => Ok(()),
                 Some(Shared::CommitFailed(e)) => Err(StoreError::SharedCommit(e.clone())),
-                Some(Shared::RolledBack) | None => self.insert_one(&queued.event).await,
+                Some(Shared::RolledBack) | None => insert_row(&self.backend, &queued.event).await,
             };
             let _ = queued.done.send(result);
         }
@@ -143,13 +143,16 @@ impl Writer {
             }
         })
     }
+}
 
-    async fn insert_one(&self, e: &AuditEvent) -> Result<(), StoreError> {
-        on_pool!(self, |pool| {
-            insert_audit!(pool, e);
-            Ok(())
-        })
+/// Appends `e` in a transaction of its own: the writer's lone rows and
+/// retries, and [`Store::insert_audit`].
+async fn insert_row(backend: &Backend, e: &AuditEvent) -> Result<(), StoreError> {
+    match backend {
+        Backend::Sqlite(pool) => insert_audit!(pool, e),
+        Backend::Postgres(pool) => insert_audit!(pool, e),
     }
+    Ok(())
 }
 
 impl Store {
@@ -180,10 +183,7 @@ impl Store {
     /// at start-up for a session its process did end after all, see
     /// [`Store::reconcile_detaches`]) is not stored: the first stands.
     pub async fn insert_audit(&self, e: &AuditEvent) -> Result<(), StoreError> {
-        on_pool!(self, |pool| {
-            insert_audit!(pool, e);
-            Ok(())
-        })
+        insert_row(&self.backend, e).await
     }
 
     /// Writes a Detach row for every console session that an earlier
