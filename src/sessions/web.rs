@@ -257,7 +257,7 @@ async fn serial(
         Err(r) => return r,
     };
     let peer = peer(info);
-    let session = Attach {
+    let session = Box::new(Attach {
         hub,
         instance: Arc::new(redeemed.instance.clone()),
         principal: Principal::ConsoleToken {
@@ -269,7 +269,7 @@ async fn serial(
         via_node: None,
         resumed: None,
         terminal: Terminal::default(),
-    };
+    });
     let watch = state.token_watch(redeemed, peer);
     let sessions = state.shared.sessions.clone();
     frames::limited(upgrade).on_upgrade(move |socket| {

@@ -159,10 +159,18 @@ impl Store {
     /// Writes an audit event to the log (target `consolegate::audit`) and
     /// the store. A store failure is logged, never returned: the audited
     /// action goes on.
-    pub async fn record_audit(&self, event: AuditEvent) {
+    ///
+    /// The log line is written at the call. The returned future holds only
+    /// a box: every console session's task awaits this at its start and its
+    /// end, and an inline future (the event and the queue's send, about
+    /// 1.8 KB) would take that room in every idle session.
+    pub fn record_audit(&self, event: AuditEvent) -> impl Future<Output = ()> + Send + '_ {
         log_audit(&event);
-        if let Err(e) = self.queue_audit(event).await {
-            tracing::error!(code = "CG-STORE-002", error = %e, "could not store an audit event");
+        let queued = Box::pin(self.queue_audit(event));
+        async move {
+            if let Err(e) = queued.await {
+                tracing::error!(code = "CG-STORE-002", error = %e, "could not store an audit event");
+            }
         }
     }
 

@@ -70,8 +70,8 @@ struct RelayRequest {
 /// is told and the session resumes where it is held next.
 pub async fn attach_anywhere<K, W>(
     ctx: &AttachContext,
-    mut session: Attach,
-    mut keyboard: K,
+    session: Box<Attach>,
+    keyboard: K,
     mut screen: W,
 ) where
     K: Keyboard,
@@ -89,10 +89,29 @@ pub async fn attach_anywhere<K, W>(
             return;
         }
     };
-    let Some(link) = &ctx.fleet else {
-        attach::run(ctx, &session, keyboard, screen).await;
-        return;
-    };
+    match &ctx.fleet {
+        None => {
+            attach::run(ctx, &session, keyboard, screen).await;
+        }
+        // Boxed: the fleet's paths (relaying to the holder among them) are
+        // larger than the attach core's, and a gateway alone would hold
+        // their room in every session's task.
+        Some(link) => Box::pin(in_fleet(ctx, link, session, keyboard, screen)).await,
+    }
+}
+
+/// [`attach_anywhere`] on a node of a fleet: wherever the console is held,
+/// following it as it moves.
+async fn in_fleet<K, W>(
+    ctx: &AttachContext,
+    link: &FleetLink,
+    mut session: Box<Attach>,
+    mut keyboard: K,
+    mut screen: W,
+) where
+    K: Keyboard,
+    W: AsyncWrite + Unpin + Send,
+{
     let instance_id = session.instance.id.clone();
     // Until when a session may go on finding its console.
     let mut patience = tokio::time::Instant::now() + waiting_time(link);

@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 
 use super::SshContext;
 use super::auth::Authorized;
+use super::console_session::ConsoleChannel;
 use crate::audit::AuditKind;
 use crate::sessions::Sessions;
 use crate::sessions::caps::OverCap;
@@ -106,7 +107,14 @@ impl Authorized {
         let me = self.clone();
         tasks.spawn(
             place,
-            super::console_session::serve(channel, ctx.clone(), hub, me, via, user_name.to_owned()),
+            super::console_session::serve(Box::new(ConsoleChannel {
+                channel,
+                ctx: ctx.clone(),
+                hub,
+                who: me,
+                via,
+                user_name: user_name.to_owned(),
+            })),
         );
     }
 

@@ -71,14 +71,30 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for SmallWrites<W> {
     }
 }
 
-pub(super) async fn serve(
-    mut channel: Channel<Msg>,
-    ctx: std::sync::Arc<SshContext>,
-    hub: ConsoleHub,
-    who: Authorized,
-    via: &'static str,
-    user_name: String,
-) {
+/// A session channel on its way to the console, with what it needs there.
+pub(super) struct ConsoleChannel {
+    pub channel: Channel<Msg>,
+    pub ctx: std::sync::Arc<SshContext>,
+    pub hub: ConsoleHub,
+    pub who: Authorized,
+    pub via: &'static str,
+    pub user_name: String,
+}
+
+/// Serves a console session channel until the session ends.
+///
+/// Takes its request boxed: an async function keeps each argument it moves
+/// into a local twice in its state, and this task is held for the session's
+/// whole life; so is the [`Attach`] handed on.
+pub(super) async fn serve(request: Box<ConsoleChannel>) {
+    let ConsoleChannel {
+        mut channel,
+        ctx,
+        hub,
+        who,
+        via,
+        user_name,
+    } = *request;
     // Before the shell: remember the terminal; the handler answers requests.
     let mut terminal = Terminal::default();
     loop {
@@ -102,22 +118,30 @@ pub(super) async fn serve(
     }
     let (reader, writer) = channel.split();
     let mut out = SmallWrites(writer.make_writer());
-    match SessionOptions::from_user_name(&user_name) {
+    let options = SessionOptions::from_user_name(&user_name);
+    drop(user_name);
+    match options {
         Ok(options) => {
-            let session = Attach {
+            let Authorized {
+                connection_id,
+                fingerprint,
+                instance,
+                peer,
+            } = who;
+            let session = Box::new(Attach {
                 hub,
                 principal: Principal::Key {
-                    connection_id: who.connection_id.clone(),
-                    fingerprint: who.fingerprint.clone(),
+                    connection_id,
+                    fingerprint,
                 },
-                instance: who.instance,
-                peer: who.peer,
+                instance,
+                peer,
                 options,
                 via: via.into(),
                 terminal,
                 via_node: None,
                 resumed: None,
-            };
+            });
             let keyboard = ChannelKeyboard(reader);
             attach_anywhere(ctx.attach_context(), session, keyboard, out).await;
             let _ = writer.exit_status(0).await;
