@@ -39,14 +39,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+use self::queue::{EventReceiver, EventSender, TrySendError};
 use super::backend::{BackendConnection, Io};
 use super::history::{History, Replay};
 use super::logfile::ConsoleLog;
 use crate::config::{InputPolicy, InstanceConfig};
+
+mod queue;
 
 /// Events a session may have queued before it counts as falling behind.
 const SESSION_QUEUE: usize = 128;
@@ -104,7 +106,7 @@ pub struct Attachment {
     /// Why the console is not connected, if it is not.
     pub unavailable: Option<String>,
     /// Everything from now on.
-    pub events: mpsc::Receiver<ConsoleEvent>,
+    pub events: EventReceiver,
     /// Where it stands.
     pub role: Role,
     progress: Arc<AtomicU64>,
@@ -285,7 +287,7 @@ fn clock_ms() -> u64 {
 struct Session {
     id: SessionId,
     info: SessionInfo,
-    tx: mpsc::Sender<ConsoleEvent>,
+    tx: EventSender,
     progress: Arc<AtomicU64>,
     /// Shared with the session's [`Attachment`]: whether its input goes through.
     can_write: Arc<AtomicBool>,
@@ -416,7 +418,7 @@ impl Hub {
 
     fn attach(&mut self, info: SessionInfo, replay: Replay) -> Attachment {
         self.prune();
-        let (tx, rx) = mpsc::channel(SESSION_QUEUE);
+        let (tx, rx) = queue::queue(SESSION_QUEUE);
         let id = self.next_id;
         self.next_id += 1;
         // Not reading until it has taken something from its queue.
@@ -702,7 +704,7 @@ async fn deliver(s: &mut Session, bytes: &Bytes) -> bool {
                 s.counters.skipped_bytes += len;
                 return true;
             }
-            Err(TrySendError::Closed(_)) => return false,
+            Err(TrySendError::Closed) => return false,
         }
     }
     match s.tx.try_send(ConsoleEvent::Output(bytes.clone())) {
@@ -712,15 +714,14 @@ async fn deliver(s: &mut Session, bytes: &Bytes) -> bool {
             s.counters.bytes_out += len;
             true
         }
-        Err(TrySendError::Closed(_)) => false,
+        Err(TrySendError::Closed) => false,
         Err(TrySendError::Full(event)) => {
             // Wait while the session keeps reading, for one grace period
             // per chunk at most, unless it has been draining too slowly.
             let started = Instant::now();
             if !s.held_back.slow && s.reading_recently() {
-                match tokio::time::timeout(SLOW_VIEWER_GRACE, s.tx.reserve()).await {
-                    Ok(Ok(permit)) => {
-                        permit.send(event);
+                match tokio::time::timeout(SLOW_VIEWER_GRACE, s.tx.send(event)).await {
+                    Ok(Ok(())) => {
                         s.counters.bytes_out += len;
                         s.held_back.record(started.elapsed(), len);
                         return true;
