@@ -214,6 +214,9 @@ pub async fn memory(world: &World, system: System, counts: &[usize]) -> Result<V
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
     let base = measure();
+    if base == 0 {
+        bail!("{}: no memory reading (smaps_rollup)", system.name());
+    }
     let mut points = Vec::new();
     for &n in counts {
         input.write_all(format!("open {n}\n").as_bytes()).await?;
@@ -228,6 +231,14 @@ pub async fn memory(world: &World, system: System, counts: &[usize]) -> Result<V
         // Let the sessions settle (greetings sent, buffers drained).
         tokio::time::sleep(Duration::from_secs(2)).await;
         let growth = measure().saturating_sub(base);
+        // Sessions cost something: no growth means the process measured is
+        // not the one serving them (a wrapper's, say), not a perfect score.
+        if reached > 0 && growth == 0 {
+            bail!(
+                "{}: no memory growth measured at {reached} sessions; the process measured is not the one serving them",
+                system.name()
+            );
+        }
         points.push(MemoryPoint {
             target: n,
             reached,
