@@ -266,17 +266,22 @@ mod tests {
         assert!(tx.send(output(3)).await.is_err());
     }
 
+    /// Fills `tx`'s queue of two with `n` and `n + 1`, then sends `n + 2`
+    /// from another task, which has had its turn when this returns.
+    async fn fill_then_send(tx: &Arc<EventSender>, n: usize) -> tokio::task::JoinHandle<bool> {
+        tx.try_send(output(n)).unwrap();
+        tx.try_send(output(n + 1)).unwrap();
+        let tx = tx.clone();
+        let sender = tokio::spawn(async move { tx.send(output(n + 2)).await.is_ok() });
+        tokio::task::yield_now().await;
+        sender
+    }
+
     #[tokio::test]
     async fn a_send_into_a_full_queue_waits_for_room_or_for_the_session_to_go() {
         let (tx, mut rx) = queue(2);
         let tx = Arc::new(tx);
-        tx.try_send(output(0)).unwrap();
-        tx.try_send(output(1)).unwrap();
-        let sender = tokio::spawn({
-            let tx = tx.clone();
-            async move { tx.send(output(2)).await.is_ok() }
-        });
-        tokio::task::yield_now().await;
+        let sender = fill_then_send(&tx, 0).await;
         assert!(!sender.is_finished(), "a send into a full queue returned");
         assert_eq!(text(rx.recv().await), "0");
         assert!(
@@ -286,13 +291,7 @@ mod tests {
         assert_eq!(text(rx.recv().await), "1");
         assert_eq!(text(rx.recv().await), "2");
 
-        tx.try_send(output(3)).unwrap();
-        tx.try_send(output(4)).unwrap();
-        let sender = tokio::spawn({
-            let tx = tx.clone();
-            async move { tx.send(output(5)).await.is_ok() }
-        });
-        tokio::task::yield_now().await;
+        let sender = fill_then_send(&tx, 3).await;
         drop(rx);
         assert!(!sender.await.unwrap(), "a send to a session gone succeeded");
     }
