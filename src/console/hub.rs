@@ -42,13 +42,11 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use self::queue::{EventReceiver, EventSender, TrySendError};
 use super::backend::{BackendConnection, Io};
 use super::history::{History, Replay};
 use super::logfile::ConsoleLog;
+use super::queue::{self, TrySendError};
 use crate::config::{InputPolicy, InstanceConfig};
-
-mod queue;
 
 /// Events a session may have queued before it counts as falling behind.
 const SESSION_QUEUE: usize = 128;
@@ -106,7 +104,7 @@ pub struct Attachment {
     /// Why the console is not connected, if it is not.
     pub unavailable: Option<String>,
     /// Everything from now on.
-    pub events: EventReceiver,
+    pub events: queue::Receiver<ConsoleEvent>,
     /// Where it stands.
     pub role: Role,
     progress: Arc<AtomicU64>,
@@ -287,7 +285,7 @@ fn clock_ms() -> u64 {
 struct Session {
     id: SessionId,
     info: SessionInfo,
-    tx: EventSender,
+    tx: queue::Sender<ConsoleEvent>,
     progress: Arc<AtomicU64>,
     /// Shared with the session's [`Attachment`]: whether its input goes through.
     can_write: Arc<AtomicBool>,

@@ -7,6 +7,8 @@
 //! - [`history`]: recent output and what a session replays.
 //! - [`logfile`]: the optional on-disk console log, rotated by size.
 //! - [`options`]: session options chosen in the inner hop's user name.
+//! - [`queue`]: the bounded queues from the hub to each session, and within
+//!   a session.
 //! - [`recording`]: asciicast v2 recordings of sessions.
 //! - [`escape`]: the in-band escape commands typed at the start of a line.
 //! - [`telnet`]: the telnet protocol state machine used by `telnet:` targets.
@@ -22,6 +24,7 @@ pub mod history;
 pub mod hub;
 pub mod logfile;
 pub mod options;
+pub mod queue;
 pub mod recording;
 pub mod simulator;
 pub mod telnet;

@@ -16,15 +16,13 @@
 //! told why, the recording is finished and the Detach row is written.
 
 use std::borrow::Cow;
-use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::{AuditEvent, AuditKind, SessionRef};
@@ -34,6 +32,7 @@ use crate::console::hub::{
     Attachment, ConsoleEvent, ConsoleHub, MOVED, Principal, Role, SessionId, SessionInfo, WhoEntry,
 };
 use crate::console::options::SessionOptions;
+use crate::console::queue;
 use crate::console::recording::{Recording, RecordingHeader};
 use crate::console::timeouts::{SessionClock, announce};
 use crate::ops::metrics::Metrics;
@@ -415,7 +414,7 @@ where
     let hub = &session.hub;
     // What the input side and the timer want shown (or recorded), through
     // the one writer.
-    let locals = LocalQueue::default();
+    let (local_tx, mut local_rx) = queue::queue::<Local>(LOCAL_QUEUE);
     let mut bytes_in = 0u64;
     let session_id = attachment.id;
     let lag_disconnects = session.options.disconnect_when_lagging;
@@ -450,7 +449,7 @@ where
                     }
                     None => return Cow::Borrowed(SHUTTING_DOWN),
                 },
-                local = locals.next() => match local {
+                Some(local) = local_rx.recv() => match local {
                     Local::Show(b) => b,
                     Local::Typed(b) => {
                         // Only what reached the console: the hub drops a
@@ -479,7 +478,7 @@ where
         let mut escape = EscapeParser::new();
         let mut budget = EscapeBudget::new();
         let show = |text: Bytes| {
-            locals.offer(Local::Show(text));
+            let _ = local_tx.try_send(Local::Show(text));
         };
         loop {
             let Some(data) = keyboard.typed().await else {
@@ -505,7 +504,7 @@ where
                         // Escapes are not input; what goes to the hub is
                         // recorded if the hub takes it (see `Local::Typed`).
                         if record_input {
-                            locals.push(Local::Typed(bytes)).await;
+                            let _ = local_tx.send(Local::Typed(bytes)).await;
                         }
                     }
                     Segment::Action(EscapeAction::Disconnect) => {
@@ -545,7 +544,7 @@ where
             };
             match announce(due, clock.timeouts(), SessionClock::idle_for(now, last)) {
                 Ok(warning) => {
-                    locals.offer(Local::Show(Bytes::from(notice(&warning))));
+                    let _ = local_tx.try_send(Local::Show(Bytes::from(notice(&warning))));
                 }
                 Err(cut) => return cut,
             }
@@ -691,7 +690,6 @@ async fn act(
 }
 
 /// From the input side to the one writer.
-#[derive(Debug, PartialEq)]
 enum Local {
     /// Show this to the user.
     Show(Bytes),
@@ -700,83 +698,8 @@ enum Local {
     Typed(Bytes),
 }
 
-/// The most [`Local`] entries a session's [`LocalQueue`] holds.
+/// The most [`Local`] entries a session's queue of them holds.
 const LOCAL_QUEUE: usize = 16;
-
-/// A session's [`Local`] entries on their way to its one writer, from its
-/// input side and its timer: at most [`LOCAL_QUEUE`], in order.
-///
-/// Not a tokio channel: tokio allocates a channel's first block of 32
-/// slots, and a 512-byte shared part, when the channel is made, and every
-/// idle session would hold them (about 800 bytes). This queue lives in the
-/// session's task, shared by the three halves of it, and allocates only
-/// while it holds something.
-#[derive(Default)]
-struct LocalQueue {
-    items: std::sync::Mutex<VecDeque<Local>>,
-    /// An entry was queued.
-    queued: Notify,
-    /// An entry was taken.
-    taken: Notify,
-}
-
-impl LocalQueue {
-    fn items(&self) -> std::sync::MutexGuard<'_, VecDeque<Local>> {
-        self.items.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Queues `item` if there is room, and drops it if not (a notice the
-    /// user cannot take in time is not worth waiting for).
-    fn offer(&self, item: Local) -> bool {
-        let mut items = self.items();
-        if items.len() >= LOCAL_QUEUE {
-            return false;
-        }
-        items.push_back(item);
-        drop(items);
-        self.queued.notify_one();
-        true
-    }
-
-    /// Queues `item`, waiting while the queue is full.
-    async fn push(&self, item: Local) {
-        let mut item = Some(item);
-        loop {
-            {
-                let mut items = self.items();
-                if items.len() < LOCAL_QUEUE {
-                    items.extend(item.take());
-                    drop(items);
-                    self.queued.notify_one();
-                    return;
-                }
-            }
-            // A permit stored by a `notify_one` with no one waiting wakes
-            // this at once: no entry taken in between is missed.
-            self.taken.notified().await;
-        }
-    }
-
-    /// The next entry, waiting for one. Cancel-safe: an entry is taken only
-    /// in the poll that returns it.
-    async fn next(&self) -> Local {
-        loop {
-            {
-                let mut items = self.items();
-                if let Some(item) = items.pop_front() {
-                    if items.is_empty() {
-                        // An idle session holds no buffer.
-                        *items = VecDeque::new();
-                    }
-                    drop(items);
-                    self.taken.notify_one();
-                    return item;
-                }
-            }
-            self.queued.notified().await;
-        }
-    }
-}
 
 async fn start_recording(session: &Attach, id: u64) -> Option<Recording> {
     let instance = &session.instance;
@@ -890,65 +813,5 @@ mod tests {
         budget.last -= Duration::from_secs(1);
         let later = (0..100).filter(|_| budget.allow()).count();
         assert!((4..=5).contains(&later), "{later}");
-    }
-
-    fn show(n: usize) -> Local {
-        Local::Show(Bytes::from(n.to_string()))
-    }
-
-    #[tokio::test]
-    async fn the_local_queue_keeps_order_drops_offers_when_full_and_frees_its_buffer() {
-        let queue = LocalQueue::default();
-        for n in 0..LOCAL_QUEUE {
-            assert!(queue.offer(show(n)), "entry {n} refused");
-        }
-        assert!(!queue.offer(show(99)), "a full queue took an offer");
-        for n in 0..LOCAL_QUEUE {
-            assert_eq!(queue.next().await, show(n));
-        }
-        assert_eq!(
-            queue.items().capacity(),
-            0,
-            "a drained queue kept its buffer"
-        );
-        // Nothing queued: `next` waits.
-        let taken = futures_util::FutureExt::now_or_never(queue.next());
-        assert_eq!(taken, None, "next returned from an empty queue");
-    }
-
-    #[tokio::test]
-    async fn a_push_into_a_full_queue_waits_until_an_entry_is_taken() {
-        let queue = Arc::new(LocalQueue::default());
-        for n in 0..LOCAL_QUEUE {
-            queue.push(show(n)).await;
-        }
-        let pusher = tokio::spawn({
-            let queue = queue.clone();
-            async move { queue.push(Local::Typed(Bytes::from_static(b"late"))).await }
-        });
-        tokio::task::yield_now().await;
-        assert_eq!(queue.items().len(), LOCAL_QUEUE, "pushed past the bound");
-        assert!(!pusher.is_finished(), "a push into a full queue returned");
-        assert_eq!(queue.next().await, show(0));
-        pusher.await.unwrap();
-        for n in 1..LOCAL_QUEUE {
-            assert_eq!(queue.next().await, show(n));
-        }
-        assert_eq!(
-            queue.next().await,
-            Local::Typed(Bytes::from_static(b"late"))
-        );
-    }
-
-    #[tokio::test]
-    async fn a_waiting_next_wakes_for_an_entry_queued_from_another_task() {
-        let queue = Arc::new(LocalQueue::default());
-        let taker = tokio::spawn({
-            let queue = queue.clone();
-            async move { queue.next().await }
-        });
-        tokio::task::yield_now().await;
-        assert!(queue.offer(show(7)));
-        assert_eq!(taker.await.unwrap(), show(7));
     }
 }

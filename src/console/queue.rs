@@ -1,34 +1,34 @@
-//! A session's queue of [`ConsoleEvent`]s: bounded, from the hub (its one
-//! sender) to the session (its one receiver).
+//! A bounded queue from one sender to one receiver in the same process:
+//! the hub's queue of [`ConsoleEvent`](super::hub::ConsoleEvent)s for each
+//! attached session, and a session's own queue of what its input side and
+//! timer want shown.
 //!
 //! Not a tokio channel: tokio allocates a channel's first block of 32 slots
-//! and a 512-byte shared part when the channel is made, about 1.8 KB that
-//! every attached session held while idle. This queue's shared part is a
-//! lock, a deque and two [`Notify`]s; the deque allocates while it holds
-//! events, and once the session has taken them all it is given back unless
-//! it is small (room for up to [`KEPT`] events: a session that keeps up
-//! with steady output would otherwise allocate for every event).
+//! and a 512-byte shared part when the channel is made, 0.8–1.8 KB that
+//! every attached session held per queue while idle. This queue's shared
+//! part is a lock, a deque and two [`Notify`]s; the deque allocates while
+//! it holds entries, and once the receiver has taken them all it is given
+//! back unless it is small (room for up to [`KEPT`] entries: a session that
+//! keeps up with steady output would otherwise allocate for every event).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::Notify;
 
-use super::ConsoleEvent;
-
-/// The most events' room a drained queue keeps.
+/// The most entries' room a drained queue keeps.
 const KEPT: usize = 4;
 
 /// Why an event was not queued.
 #[derive(Debug)]
-pub enum TrySendError {
-    /// The queue holds its bound; the event is handed back.
-    Full(ConsoleEvent),
+pub enum TrySendError<T> {
+    /// The queue holds its bound; the entry is handed back.
+    Full(T),
     /// The session is gone.
     Closed,
 }
 
-/// Why [`EventReceiver::try_recv`] returned nothing.
+/// Why [`Receiver::try_recv`] returned nothing.
 #[derive(Debug, PartialEq, Eq)]
 pub enum TryRecvError {
     /// Nothing queued now.
@@ -37,14 +37,14 @@ pub enum TryRecvError {
     Disconnected,
 }
 
-struct State {
-    events: VecDeque<ConsoleEvent>,
+struct State<T> {
+    events: VecDeque<T>,
     sender_gone: bool,
     receiver_gone: bool,
 }
 
-struct Shared {
-    state: Mutex<State>,
+struct Shared<T> {
+    state: Mutex<State<T>>,
     bound: usize,
     /// Wakes the receiver: an event was queued, or the sender is gone.
     to_receiver: Notify,
@@ -53,14 +53,14 @@ struct Shared {
     to_sender: Notify,
 }
 
-impl Shared {
-    fn state(&self) -> MutexGuard<'_, State> {
+impl<T> Shared<T> {
+    fn state(&self) -> MutexGuard<'_, State<T>> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
-/// A queue holding at most `bound` events.
-pub fn queue(bound: usize) -> (EventSender, EventReceiver) {
+/// A queue holding at most `bound` entries.
+pub fn queue<T>(bound: usize) -> (Sender<T>, Receiver<T>) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             events: VecDeque::new(),
@@ -71,15 +71,15 @@ pub fn queue(bound: usize) -> (EventSender, EventReceiver) {
         to_receiver: Notify::new(),
         to_sender: Notify::new(),
     });
-    (EventSender(shared.clone()), EventReceiver(shared))
+    (Sender(shared.clone()), Receiver(shared))
 }
 
-/// The hub's end.
-pub struct EventSender(Arc<Shared>);
+/// The sending end.
+pub struct Sender<T>(Arc<Shared<T>>);
 
-impl EventSender {
-    /// Queues `event` now, or hands it back.
-    pub fn try_send(&self, event: ConsoleEvent) -> Result<(), TrySendError> {
+impl<T> Sender<T> {
+    /// Queues `event` now, or says why not.
+    pub fn try_send(&self, event: T) -> Result<(), TrySendError<T>> {
         let mut state = self.0.state();
         if state.receiver_gone {
             return Err(TrySendError::Closed);
@@ -97,9 +97,9 @@ impl EventSender {
         Ok(())
     }
 
-    /// Queues `event` once there is room; hands it back if the session is
-    /// gone. Dropping the future drops the event.
-    pub async fn send(&self, event: ConsoleEvent) -> Result<(), ConsoleEvent> {
+    /// Queues `event` once there is room; hands it back if the receiver is
+    /// gone. Dropping the future drops the entry.
+    pub async fn send(&self, event: T) -> Result<(), T> {
         let mut event = Some(event);
         loop {
             {
@@ -120,37 +120,37 @@ impl EventSender {
         }
     }
 
-    /// Whether the session is gone.
+    /// Whether the receiver is gone.
     pub fn is_closed(&self) -> bool {
         self.0.state().receiver_gone
     }
 }
 
-impl Drop for EventSender {
+impl<T> Drop for Sender<T> {
     fn drop(&mut self) {
         self.0.state().sender_gone = true;
         self.0.to_receiver.notify_one();
     }
 }
 
-/// The session's end.
-pub struct EventReceiver(Arc<Shared>);
+/// The receiving end.
+pub struct Receiver<T>(Arc<Shared<T>>);
 
-impl std::fmt::Debug for EventReceiver {
+impl<T> std::fmt::Debug for Receiver<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EventReceiver").finish_non_exhaustive()
+        f.debug_struct("Receiver").finish_non_exhaustive()
     }
 }
 
-impl EventReceiver {
-    /// Takes the next event, or says why there is none.
-    pub fn try_recv(&mut self) -> Result<ConsoleEvent, TryRecvError> {
+impl<T> Receiver<T> {
+    /// Takes the next entry, or says why there is none.
+    pub fn try_recv(&mut self) -> Result<T, TryRecvError> {
         let mut state = self.0.state();
         let was_full = state.events.len() >= self.0.bound;
         match state.events.pop_front() {
             Some(event) => {
                 if state.events.is_empty() && state.events.capacity() > KEPT {
-                    // An idle session holds no more than a small buffer.
+                    // An idle receiver holds no more than a small buffer.
                     state.events = VecDeque::new();
                 }
                 drop(state);
@@ -164,9 +164,9 @@ impl EventReceiver {
         }
     }
 
-    /// The next event; `None` once the hub is gone and every event queued
-    /// before has been taken. Cancel-safe.
-    pub async fn recv(&mut self) -> Option<ConsoleEvent> {
+    /// The next entry; `None` once the sender is gone and every entry
+    /// queued before has been taken. Cancel-safe.
+    pub async fn recv(&mut self) -> Option<T> {
         loop {
             match self.try_recv() {
                 Ok(event) => return Some(event),
@@ -176,13 +176,13 @@ impl EventReceiver {
         }
     }
 
-    /// Whether the hub is gone.
+    /// Whether the sender is gone.
     pub fn is_closed(&self) -> bool {
         self.0.state().sender_gone
     }
 }
 
-impl Drop for EventReceiver {
+impl<T> Drop for Receiver<T> {
     fn drop(&mut self) {
         let mut state = self.0.state();
         state.receiver_gone = true;
@@ -198,6 +198,7 @@ mod tests {
     use futures_util::FutureExt;
 
     use super::*;
+    use crate::console::hub::ConsoleEvent;
 
     fn output(n: usize) -> ConsoleEvent {
         ConsoleEvent::Output(Bytes::from(n.to_string()))
@@ -268,7 +269,10 @@ mod tests {
 
     /// Fills `tx`'s queue of two with `n` and `n + 1`, then sends `n + 2`
     /// from another task, which has had its turn when this returns.
-    async fn fill_then_send(tx: &Arc<EventSender>, n: usize) -> tokio::task::JoinHandle<bool> {
+    async fn fill_then_send(
+        tx: &Arc<Sender<ConsoleEvent>>,
+        n: usize,
+    ) -> tokio::task::JoinHandle<bool> {
         tx.try_send(output(n)).unwrap();
         tx.try_send(output(n + 1)).unwrap();
         let tx = tx.clone();
