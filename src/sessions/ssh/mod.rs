@@ -566,4 +566,13 @@ mod tests {
         );
         assert!(!unchecked_too_long(&node, Duration::from_secs(3600)));
     }
+
+    #[test]
+    fn russh_is_the_patched_copy_whose_messages_stay_small() {
+        // Every session holds two queues of 32 `Msg` slots each; the
+        // vendored russh boxes the variant that made `Msg` 136 bytes
+        // (vendor/russh/CONSOLEGATE.md). An unpatched russh fails here.
+        let size = std::mem::size_of::<russh::server::Msg>();
+        assert!(size <= 96, "russh::server::Msg is {size} bytes");
+    }
 }

@@ -1130,7 +1130,7 @@ where
 
     session.begin_rekey()?;
 
-    let join = russh_util::runtime::spawn(session.run(stream, handler));
+    let join = russh_util::runtime::spawn(Box::new(session).run(stream, handler));
 
     Ok(RunningSession { handle, join })
 }
