@@ -119,6 +119,7 @@ pub(super) async fn serve(request: Box<ConsoleChannel>) {
     let (reader, writer) = channel.split();
     let mut out = SmallWrites(writer.make_writer());
     let options = SessionOptions::from_user_name(&user_name);
+    // Freed here rather than held through the session's whole life.
     drop(user_name);
     match options {
         Ok(options) => {
