@@ -331,13 +331,23 @@ pub(crate) async fn read<R: AsyncRead + Unpin>(
         }
     }
 
-    buffer.buffer.resize(buffer.len + 4, 0);
     trace!("read_exact {:?}", buffer.len + 4);
 
-    let l = cipher.packet_length_to_read_for_block_length();
-
-    #[allow(clippy::indexing_slicing)] // length checked
-    stream.read_exact(&mut buffer.buffer[l..]).await?;
+    // Read the rest of the packet into the buffer's spare capacity, which
+    // `read_buf` takes uninitialised: no zero fill of every packet first.
+    let end = buffer.len + 4;
+    buffer.buffer.reserve_exact(end.saturating_sub(buffer.buffer.len()));
+    while buffer.buffer.len() < end {
+        let want = end - buffer.buffer.len();
+        if (&mut *stream)
+            .take(want as u64)
+            .read_buf(&mut buffer.buffer)
+            .await?
+            == 0
+        {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
+    }
 
     trace!("read_exact done");
     let seqn = buffer.seqn.0;

@@ -39,13 +39,25 @@ impl Session {
         handler: &mut H,
         pkt: &mut IncomingSshPacket,
     ) -> Result<(), H::Error> {
-        self.process_packet(handler, &pkt.buffer).await
+        self.process_packet_of(handler, &pkt.buffer, Some(&pkt.buffer))
+            .await
     }
 
     pub(crate) async fn process_packet<H: Handler + Send>(
         &mut self,
         handler: &mut H,
         buf: &[u8],
+    ) -> Result<(), H::Error> {
+        self.process_packet_of(handler, buf, None).await
+    }
+
+    /// Handles one packet, `buf`. With `packet`, the `Bytes` that `buf` is
+    /// the whole of, channel data is handed on as a slice of it, not copied.
+    async fn process_packet_of<H: Handler + Send>(
+        &mut self,
+        handler: &mut H,
+        buf: &[u8],
+        packet: Option<&Bytes>,
     ) -> Result<(), H::Error> {
         let rejection_wait_until =
             tokio::time::Instant::now() + self.common.config.auth_rejection_time;
@@ -153,13 +165,37 @@ impl Session {
                         .init_compress(self.common.packet_writer.compress());
                 }
                 enc.state = EncryptedState::Authenticated;
-                self.server_read_authenticated(handler, *msg, &mut r).await
+                self.server_read_authenticated(handler, *msg, &mut r, packet)
+                    .await
             }
             (EncryptedState::Authenticated, Some((msg, mut r))) => {
-                self.server_read_authenticated(handler, *msg, &mut r).await
+                self.server_read_authenticated(handler, *msg, &mut r, packet)
+                    .await
             }
             _ => Ok(()),
         }
+    }
+}
+
+/// Decodes an SSH string from `r`. Where `r` lies within `packet`, the
+/// string is returned as a slice of `packet`, sharing its allocation instead
+/// of copying it; otherwise it is copied, as `Bytes::decode` does.
+fn decode_data(r: &mut &[u8], packet: Option<&Bytes>) -> Result<Bytes, crate::Error> {
+    let Some(packet) = packet else {
+        return map_err!(Bytes::decode(r));
+    };
+    let len = map_err!(usize::decode(r))?;
+    if r.len() < len {
+        return Err(ssh_encoding::Error::Length.into());
+    }
+    let (data, rest) = r.split_at(len);
+    *r = rest;
+    let within = packet.as_ptr_range();
+    let range = data.as_ptr_range();
+    if within.start <= range.start && range.end <= within.end {
+        Ok(packet.slice_ref(data))
+    } else {
+        Ok(Bytes::copy_from_slice(data))
     }
 }
 
@@ -182,6 +218,30 @@ mod tests {
         raw_auth_request_signal, raw_channel_request_signal, raw_service_request_signal,
         read_packet, timeout,
     };
+
+    #[test]
+    fn channel_data_is_a_slice_of_its_packet() {
+        let packet = Bytes::from(vec![0, 0, 0, 3, b'a', b'b', b'c', 9]);
+        let mut r = &packet[..];
+        let data = decode_data(&mut r, Some(&packet)).unwrap();
+        assert_eq!(&data[..], b"abc");
+        #[allow(clippy::indexing_slicing)]
+        let shared = packet[4..].as_ptr();
+        assert_eq!(data.as_ptr(), shared, "not copied");
+        assert_eq!(r, &[9]);
+
+        // A length past the end is refused, not read beyond the packet.
+        #[allow(clippy::indexing_slicing)]
+        let mut short = &packet[..6];
+        assert!(decode_data(&mut short, Some(&packet)).is_err());
+
+        // Bytes from elsewhere are copied, as without a packet.
+        let other = vec![0, 0, 0, 2, b'x', b'y'];
+        let data = decode_data(&mut &other[..], Some(&packet)).unwrap();
+        assert_eq!(&data[..], b"xy");
+        let data = decode_data(&mut &other[..], None).unwrap();
+        assert_eq!(&data[..], b"xy");
+    }
 
     #[tokio::test]
     async fn auth_attempts_capped_at_max() {
@@ -1433,11 +1493,12 @@ async fn reply_userauth_info_response(
 }
 
 impl Session {
-    async fn server_read_authenticated<H: Handler + Send, R: Reader>(
+    async fn server_read_authenticated<H: Handler + Send>(
         &mut self,
         handler: &mut H,
         msg: u8,
-        r: &mut R,
+        r: &mut &[u8],
+        packet: Option<&Bytes>,
     ) -> Result<(), H::Error> {
         match msg {
             msg::CHANNEL_OPEN => self.server_handle_channel_open(handler, r).await,
@@ -1485,7 +1546,7 @@ impl Session {
                     Some(map_err!(u32::decode(r))?)
                 };
                 trace!("handler.data {ext:?} {channel_num:?}");
-                let data = map_err!(Bytes::decode(r))?;
+                let data = decode_data(r, packet)?;
                 map_err!(ensure_end(r))?;
                 let target = self.target_window_size;
 
