@@ -1,7 +1,9 @@
-//! The one VNC copy: bytes between a user's stream (an SSH `direct-tcpip`
-//! channel, or a websockify WebSocket) and the instance's VNC display, with
-//! its VncOpen and VncClose audit rows, until either side closes, the
-//! gateway shuts down or the front end stops it.
+//! The one VNC relay: bytes between a user (an SSH `direct-tcpip` channel,
+//! or a websockify WebSocket) and the instance's VNC display, with its
+//! VncOpen and VncClose audit rows, until either side closes, the gateway
+//! shuts down or the front end stops it. The copy itself is the front
+//! end's: [`copy_stream`] for a byte stream, and the SSH front end's own,
+//! which hands channel data on as it comes, without a buffer between.
 //!
 //! The display is connected by the front end before it accepts the user's
 //! channel or upgrade, so a display that is down shows up as "connect
@@ -9,6 +11,7 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -37,36 +40,53 @@ pub struct Tunnel {
     pub via: &'static str,
 }
 
-/// Copies between `user` and `display` until either closes or `ending` is
-/// cancelled; audits the opening and the close (bytes each way, duration).
-pub async fn relay<U>(
+/// Bytes a VNC copy has moved each way, for its VncClose row; kept outside
+/// the copy so that a copy cut short still knows.
+#[derive(Debug, Default)]
+pub struct Counts {
+    from_user: AtomicU64,
+    to_user: AtomicU64,
+}
+
+impl Counts {
+    /// `n` bytes came from the user and went to the display.
+    pub fn from_user(&self, n: usize) {
+        self.from_user.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// `n` bytes came from the display and went to the user.
+    pub fn to_user(&self, n: usize) {
+        self.to_user.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// Runs `copy`, the bytes between a user and an instance's display, until
+/// it ends or `ending` is cancelled; audits the opening and the close (bytes
+/// each way, from `counts`, and the duration).
+pub async fn relay(
     store: &Store,
     ending: &CancellationToken,
     tunnel: Tunnel,
-    user: U,
-    display: BackendStream,
-) where
-    U: AsyncRead + AsyncWrite + Unpin,
-{
+    counts: &Counts,
+    copy: impl Future<Output = std::io::Result<()>>,
+) {
     let shutdown = async {
         ending.cancelled().await;
         super::attach::SHUTTING_DOWN.to_owned()
     };
-    relay_until(store, shutdown, tunnel, user, display).await;
+    relay_until(store, shutdown, tunnel, counts, copy).await;
 }
 
 /// [`relay`], ended early when `stop` resolves (the gateway shutting down,
 /// a web console's token revoked), with the reason it gives for the audit
 /// row, however stuck the copy is.
-pub async fn relay_until<U>(
+pub async fn relay_until(
     store: &Store,
     stop: impl Future<Output = String>,
     tunnel: Tunnel,
-    user: U,
-    mut display: BackendStream,
-) where
-    U: AsyncRead + AsyncWrite + Unpin,
-{
+    counts: &Counts,
+    copy: impl Future<Output = std::io::Result<()>>,
+) {
     let event = |kind, detail: String| {
         audit_event(
             kind,
@@ -81,13 +101,12 @@ pub async fn relay_until<U>(
         .record_audit(event(AuditKind::VncOpen, tunnel.via.to_owned()))
         .await;
     let started = Instant::now();
-    let mut user = Counted::new(user);
     let ended = tokio::select! {
         // The reason to stop wins over the error it may cause in the copy.
         biased;
         reason = stop => reason,
-        copied = tokio::io::copy_bidirectional_with_sizes(&mut user, &mut display, BUFFER, BUFFER) => match copied {
-            Ok(_) => "closed".to_owned(),
+        copied = copy => match copied {
+            Ok(()) => "closed".to_owned(),
             Err(e) => {
                 tracing::debug!(instance = %tunnel.instance_id, error = %e, "VNC tunnel ended");
                 e.to_string()
@@ -95,30 +114,38 @@ pub async fn relay_until<U>(
         },
     };
     let mut closed = event(AuditKind::VncClose, format!("{}: {ended}", tunnel.via));
-    closed.bytes_in = Some(user.read);
-    closed.bytes_out = Some(user.written);
+    closed.bytes_in = Some(counts.from_user.load(Ordering::Relaxed));
+    closed.bytes_out = Some(counts.to_user.load(Ordering::Relaxed));
     closed.duration_ms = Some(started.elapsed().as_millis() as u64);
     store.record_audit(closed).await;
 }
 
-/// A stream that counts what passes, so that a copy cut short still knows.
-struct Counted<S> {
+/// The copy for a user's byte stream (a websockify WebSocket): both ways
+/// until both sides have closed, through a buffer each way.
+pub async fn copy_stream<U>(
+    user: U,
+    mut display: BackendStream,
+    counts: &Counts,
+) -> std::io::Result<()>
+where
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut user = Counted {
+        inner: user,
+        counts,
+    };
+    tokio::io::copy_bidirectional_with_sizes(&mut user, &mut display, BUFFER, BUFFER)
+        .await
+        .map(drop)
+}
+
+/// A stream that counts what passes into [`Counts`].
+struct Counted<'a, S> {
     inner: S,
-    read: u64,
-    written: u64,
+    counts: &'a Counts,
 }
 
-impl<S> Counted<S> {
-    fn new(inner: S) -> Self {
-        Counted {
-            inner,
-            read: 0,
-            written: 0,
-        }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<'_, S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -126,12 +153,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        self.read += (buf.filled().len() - before) as u64;
+        self.counts.from_user(buf.filled().len() - before);
         polled
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -139,7 +166,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
     ) -> Poll<std::io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = polled {
-            self.written += n as u64;
+            self.counts.to_user(n);
         }
         polled
     }

@@ -48,7 +48,7 @@ use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf};
 use super::Sessions;
 use super::attach::{Attach, AttachContext, Keyboard, SHUTTING_DOWN, Terminal, notice};
 use super::caps::OverCap;
-use super::proxy::{Tunnel, relay_until};
+use super::proxy::{Counts, Tunnel, copy_stream, relay_until};
 use crate::codes::CODE_HEADER;
 use crate::config::InstanceConfig;
 use crate::connections::ConsoleTokens;
@@ -404,8 +404,10 @@ async fn websockify(
                     }
                 };
                 let store = &state.shared.attach.store;
+                let counts = Counts::default();
+                let copy = copy_stream(&mut frames, display, &counts);
                 tokio::select! {
-                    () = relay_until(store, stop, tunnel, &mut frames, display) => {}
+                    () = relay_until(store, stop, tunnel, &counts, copy) => {}
                     () = watch.run(&ending) => {}
                 }
                 state.close(&ending, &mut frames).await;
