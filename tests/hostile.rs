@@ -579,7 +579,7 @@ async fn half_open_connections_leave_no_descriptors_or_memory_behind() {
     let mut term = Terminal::spawn(&from_source(conn.ssh_argv(&key), "127.0.0.9")).await;
     term.expect("serial console of vm1").await;
     echoes(&mut term, "before").await;
-    let baseline = gw.vitals();
+    let baseline = gw.baseline().await;
     let mut held = Vec::new();
     for n in 0..1000 {
         let source = format!("127.0.1.{}", 1 + n % 20);

@@ -113,8 +113,7 @@ impl Working {
 
 /// What the gateway holds once the user works and is quiet.
 async fn baseline(served: &Served) -> Vitals {
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    served.vitals()
+    served.baseline().await
 }
 
 /// Waits for the gateway's descriptors to come back to `before`, and

@@ -156,7 +156,7 @@ fn refused_with<T>(result: &Result<T, russh::Error>, reason: ChannelOpenFailure)
 async fn a_seventeenth_channel_is_refused_and_the_sixteen_keep_working() {
     let served = Served::start(served_config(None)).await;
     let (mut user, user_conn) = user_session(&served).await;
-    let baseline = served.vitals();
+    let baseline = served.baseline().await;
     let (key, conn) = connection(&served, "mux").await;
     let socket = served.dir.path().join("mux.sock");
     let master_log = served.dir.path().join("master.log");
@@ -272,7 +272,7 @@ async fn a_seventeenth_channel_is_refused_and_the_sixteen_keep_working() {
 async fn nested_inner_hops_share_one_connections_sixteen_channels() {
     let served = Served::start(served_config(None)).await;
     let (mut user, user_conn) = user_session(&served).await;
-    let baseline = served.vitals();
+    let baseline = served.baseline().await;
     let (key, conn) = connection(&served, "nester").await;
     let key = Arc::new(key.private.clone());
 
@@ -499,7 +499,7 @@ fn request_denied<T: std::fmt::Debug>(result: Result<T, russh::Error>) -> Result
 async fn a_storm_of_refused_opens_is_refused_and_leaves_a_bounded_trail() {
     let served = Served::start(served_config(None)).await;
     let (mut user, user_conn) = user_session(&served).await;
-    let baseline = served.vitals();
+    let baseline = served.baseline().await;
     let (key, conn) = connection(&served, "stormer").await;
 
     while_user_echoes(&mut user, async {
@@ -697,7 +697,7 @@ impl FlipProxy {
 async fn a_bit_flipped_packet_closes_that_connection_and_nothing_else() {
     let served = Served::start(served_config(None)).await;
     let (mut user, user_conn) = user_session(&served).await;
-    let baseline = served.vitals();
+    let baseline = served.baseline().await;
     let (key, conn) = connection(&served, "flipped").await;
     let mut proxy = FlipProxy::start(served.port, "127.0.0.5").await;
     let proxy_port = proxy.port;
@@ -867,7 +867,7 @@ async fn rekeys_in_the_middle_of_a_64_mib_vnc_transfer_lose_nothing() {
     ))))
     .await;
     let (mut user, user_conn) = user_session(&served).await;
-    let baseline = served.vitals();
+    let baseline = served.baseline().await;
     let (key, conn) = connection(&served, "viewer").await;
     let local = free_port().await;
     let inner_log = served.dir.path().join("inner-hop-ssh.log");
@@ -1078,7 +1078,7 @@ const FLOOD_ROUNDS: usize = 12;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_viewer_that_drips_is_skipped_and_the_console_goes_on() {
     let served = Served::start(served_config(None)).await;
-    let baseline = served.vitals();
+    let baseline = served.baseline().await;
     let (reader_key, reader_conn) = connection(&served, "reader").await;
     let (dripper_key, dripper_conn) = connection(&served, "dripper").await;
     let mut reader = PipedSsh::spawn(&reader_conn.ssh_argv(&reader_key));
@@ -1188,7 +1188,7 @@ async fn a_client_that_ignores_the_window_gets_no_memory() {
     ))))
     .await;
     let (mut user, user_conn) = user_session(&served).await;
-    let baseline = served.vitals();
+    let baseline = served.baseline().await;
     let (key, conn) = connection(&served, "breaker").await;
     let script =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/window_abuse.py");
@@ -1262,7 +1262,7 @@ async fn replays_are_freed_once_shown() {
     filler.send(b"echo history-full\r").await;
     filler.expect("\nhistory-full").await;
     filler.leave().await;
-    let baseline = served.vitals();
+    let baseline = served.baseline().await;
     let mut viewers = Vec::new();
     for n in 0..REPLAYING_VIEWERS {
         let (key, conn) = connection(&served, &format!("viewer{n}")).await;

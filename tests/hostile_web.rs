@@ -86,7 +86,7 @@ async fn warmed_baseline(gw: &Served, vnc: bool) -> common::served::Vitals {
     }
     warm.send("\r&.").await;
     assert!(warm.closed_by_server().await);
-    gw.vitals()
+    gw.baseline().await
 }
 
 /// Why a WebSocket to `path` was not opened: the status and the runbook

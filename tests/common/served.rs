@@ -199,14 +199,59 @@ impl Served {
 
     /// The running gateway's `runtimeTasks`, through its admin socket.
     pub fn runtime_tasks(&self) -> Option<u64> {
+        self.status()?["runtimeTasks"].as_u64()
+    }
+
+    /// `consolegate status --json`, if the admin socket answered.
+    fn status(&self) -> Option<serde_json::Value> {
         let out = std::process::Command::new(super::BIN)
             .args(["status", "--json", "--config"])
             .arg(&self.config_path)
             .env("RUST_LOG", "warn")
             .output()
             .ok()?;
-        let status: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        status["runtimeTasks"].as_u64()
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    /// Whether every simulated console is connected (the others may be
+    /// unreachable on purpose).
+    fn simulators_connected(&self) -> bool {
+        self.status().is_some_and(|s| {
+            s["instances"].as_array().is_some_and(|all| {
+                all.iter()
+                    .filter(|i| i["target"] == "simulator")
+                    .all(|i| i["connected"] == true)
+            })
+        })
+    }
+
+    /// The vitals to measure an attack against: read once the gateway has
+    /// settled after starting, its simulated consoles connected and its
+    /// task and descriptor counts steady for half a second. The gateway
+    /// starts its last tasks (the SSH front end's sweepers, the systemd
+    /// stop notice) after its admin socket answers: read at once, on a
+    /// loaded machine, the baseline missed them, and an attack that left
+    /// nothing behind was blamed for three tasks.
+    pub async fn baseline(&self) -> Vitals {
+        let deadline = tokio::time::Instant::now() + GUARD;
+        let mut last = self.vitals();
+        let mut steady = 0;
+        while steady < 5 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let now = self.vitals();
+            let same = now.tasks == last.tasks && now.fds == last.fds;
+            steady = if same && self.simulators_connected() {
+                steady + 1
+            } else {
+                0
+            };
+            last = now;
+        }
+        assert!(
+            steady >= 5,
+            "the gateway did not settle after starting: {last:?}"
+        );
+        last
     }
 
     /// What each open descriptor is (`/proc/<pid>/fd` links).
