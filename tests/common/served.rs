@@ -176,9 +176,14 @@ impl Served {
 
     /// Its resident memory and open descriptors now.
     pub fn vitals(&self) -> Vitals {
+        self.vitals_with(self.status().as_ref())
+    }
+
+    /// [`Served::vitals`], its task count taken from `status`.
+    fn vitals_with(&self, status: Option<&serde_json::Value>) -> Vitals {
         let pid = self.pid();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        let rss_kib = status
+        let proc_status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let rss_kib = proc_status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
@@ -193,16 +198,12 @@ impl Served {
         Vitals {
             rss_kib,
             fds,
-            tasks: self.runtime_tasks(),
+            tasks: status.and_then(|s| s["runtimeTasks"].as_u64()),
         }
     }
 
-    /// The running gateway's `runtimeTasks`, through its admin socket.
-    pub fn runtime_tasks(&self) -> Option<u64> {
-        self.status()?["runtimeTasks"].as_u64()
-    }
-
-    /// `consolegate status --json`, if the admin socket answered.
+    /// `consolegate status --json` (`runtimeTasks` among it), if the
+    /// admin socket answered.
     fn status(&self) -> Option<serde_json::Value> {
         let out = std::process::Command::new(super::BIN)
             .args(["status", "--json", "--config"])
@@ -213,10 +214,10 @@ impl Served {
         serde_json::from_slice(&out.stdout).ok()
     }
 
-    /// Whether every simulated console is connected (the others may be
-    /// unreachable on purpose).
-    fn simulators_connected(&self) -> bool {
-        self.status().is_some_and(|s| {
+    /// Whether `status` shows every simulated console connected (the
+    /// others may be unreachable on purpose).
+    fn simulators_connected(status: Option<&serde_json::Value>) -> bool {
+        status.is_some_and(|s| {
             s["instances"].as_array().is_some_and(|all| {
                 all.iter()
                     .filter(|i| i["target"] == "simulator")
@@ -238,9 +239,10 @@ impl Served {
         let mut steady = 0;
         while steady < 5 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            let now = self.vitals();
+            let status = self.status();
+            let now = self.vitals_with(status.as_ref());
             let same = now.tasks == last.tasks && now.fds == last.fds;
-            steady = if same && self.simulators_connected() {
+            steady = if same && Self::simulators_connected(status.as_ref()) {
                 steady + 1
             } else {
                 0
